@@ -1,0 +1,40 @@
+"""The fusion interface every method implements: arrays in, array out, no I/O.
+
+A fusion method takes the reference pair (coarse t1, fine t1) and the coarse image at the target
+date t2, all float32 reflectance on the fine grid with shape (C, H, W), and returns the predicted
+fine image at t2, float32 (C, H, W); NaN marks pixels it cannot predict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class FusionMethod(Protocol):
+    """Callable signature of a fusion method (see module docstring for shapes and units)."""
+
+    def __call__(
+        self,
+        coarse_t1: np.ndarray,
+        fine_t1: np.ndarray,
+        coarse_t2: np.ndarray,
+        **options: Any,
+    ) -> np.ndarray: ...
+
+
+def check_fusion_inputs(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> None:
+    """Raise ValueError unless the three inputs are (C, H, W) arrays of one shape."""
+    for name, image in (("coarse_t1", coarse_t1), ("fine_t1", fine_t1), ("coarse_t2", coarse_t2)):
+        if image.ndim != 3:
+            raise ValueError(f"{name} must have shape (C, H, W), got {image.shape}")
+    if not (coarse_t1.shape == fine_t1.shape == coarse_t2.shape):
+        raise ValueError(
+            "fusion inputs must share one shape (C, H, W): "
+            f"coarse_t1 {coarse_t1.shape}, fine_t1 {fine_t1.shape}, coarse_t2 {coarse_t2.shape}"
+        )
+
+
+MethodRegistry = dict[str, Callable[..., np.ndarray]]
