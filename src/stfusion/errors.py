@@ -1,0 +1,15 @@
+"""Exceptions the package raises for bad input; the CLI turns them into one-line messages."""
+
+from __future__ import annotations
+
+
+class StfusionError(Exception):
+    """Base class: an error caused by the user's input or environment, with a one-line message."""
+
+
+class InputError(StfusionError, ValueError):
+    """A file, folder or option is missing, unreadable or inconsistent; the message names it."""
+
+
+class OutputExistsError(StfusionError, FileExistsError):
+    """An output path exists and overwriting was not requested."""

@@ -1,0 +1,404 @@
+"""Name the inputs of fusion cases: which file is coarse t1, fine t1, coarse t2 and fine t2.
+
+Three ways to describe cases, all producing :class:`FusionCase` records (paths and dates, no pixels):
+
+- the MLFF-GAN paper layout ``D/{train,val,test}/<YYYY_DOY_MMDD>-<YYYY_DOY_MMDD>/``: the first date is
+  the reference t1, the second the target t2; in each pair folder a file whose name contains
+  ``YYYY`` + ``MMDD`` (e.g. ``20011007``) is the fine image of that date and one whose name contains
+  ``YYYY`` + ``DOY`` (e.g. ``2001281``) is the coarse image (CIA/LGC file names);
+- a flat folder of ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` files, paired by date (each coarse
+  date with the nearest earlier date that has both images, or explicit date pairs);
+- explicit file arguments (:func:`explicit_case`).
+
+Problems (missing, duplicated or ambiguous files, unparseable names, mismatched sizes, band counts or
+CRS) raise :class:`~stfusion.errors.InputError` naming the folder or file and what was expected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stfusion import raster
+from stfusion.errors import InputError
+
+RASTER_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_PAIR_FOLDER = re.compile(r"^(\d{4})_(\d{3})_(\d{4})-(\d{4})_(\d{3})_(\d{4})$")
+_FLAT_FILE = re.compile(r"^(fine|coarse)_(\d{8})$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FusionCase:
+    """One fusion problem: predict the fine image at ``date_t2`` from a t1 pair and coarse t2.
+
+    ``fine_t2`` is the truth when known (training, validation, evaluation), else None.
+    """
+
+    name: str
+    coarse_t1: Path
+    fine_t1: Path
+    coarse_t2: Path
+    fine_t2: Path | None
+    date_t1: dt.date
+    date_t2: dt.date
+    split: str | None = None
+
+    def paths(self) -> dict[str, Path]:
+        """Role name -> path for the files the case has."""
+        roles = {"coarse_t1": self.coarse_t1, "fine_t1": self.fine_t1, "coarse_t2": self.coarse_t2}
+        if self.fine_t2 is not None:
+            roles["fine_t2"] = self.fine_t2
+        return roles
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that discovery looked at and did not use, with the reason."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Discovery:
+    """Cases found under a folder, the layout recognised and the files skipped."""
+
+    layout: str
+    cases: list[FusionCase] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def split(self, name: str) -> list[FusionCase]:
+        """Cases of one split (``train``, ``val`` or ``test``)."""
+        return [case for case in self.cases if case.split == name]
+
+
+# --------------------------------------------------------------------------------------------------
+# dates
+
+
+@dataclass(frozen=True)
+class PairDate:
+    """One date of a paper-layout folder name, ``YYYY_DOY_MMDD``.
+
+    ``coarse_key`` (YYYY+DOY) marks the coarse file, ``fine_key`` (YYYY+MMDD) the fine file. In CIA the
+    two may differ by a day (Landsat one day before the MODIS DOY), so both are kept.
+    """
+
+    year: int
+    doy: int
+    month: int
+    day: int
+
+    @property
+    def coarse_key(self) -> str:
+        return f"{self.year:04d}{self.doy:03d}"
+
+    @property
+    def fine_key(self) -> str:
+        return f"{self.year:04d}{self.month:02d}{self.day:02d}"
+
+    @property
+    def date(self) -> dt.date:
+        """The fine (MMDD) acquisition date."""
+        return dt.date(self.year, self.month, self.day)
+
+    def label(self) -> str:
+        return f"{self.year:04d}_{self.doy:03d}_{self.month:02d}{self.day:02d}"
+
+
+def pair_date(year: int, month: int, day: int, *, doy: int | None = None) -> PairDate:
+    """A PairDate for a calendar date; ``doy`` defaults to that date's day of year."""
+    date = dt.date(year, month, day)
+    return PairDate(year, doy if doy is not None else date.timetuple().tm_yday, month, day)
+
+
+def parse_pair_folder_name(name: str, *, where: Path | None = None) -> tuple[PairDate, PairDate]:
+    """Parse ``YYYY_DOY_MMDD-YYYY_DOY_MMDD`` into (t1, t2); InputError if it does not parse."""
+    where_text = str(where) if where is not None else name
+    match = _PAIR_FOLDER.match(name)
+    if not match:
+        raise InputError(
+            f"{where_text}: pair folder name {name!r} does not parse; expected "
+            "YYYY_DOY_MMDD-YYYY_DOY_MMDD, e.g. 2001_281_1007-2001_290_1016"
+        )
+    values = [int(v) for v in match.groups()]
+    dates = []
+    for year, doy, mmdd in (values[0:3], values[3:6]):
+        month, day = divmod(mmdd, 100)
+        try:
+            dt.date(year, month, day)
+        except ValueError as exc:
+            raise InputError(f"{where_text}: invalid date {year:04d}_{mmdd:04d} in folder name") from exc
+        if not 1 <= doy <= 366:
+            raise InputError(f"{where_text}: day of year {doy} in folder name is not within 1..366")
+        dates.append(PairDate(year, doy, month, day))
+    if dates[0].fine_key == dates[1].fine_key:
+        raise InputError(f"{where_text}: both dates of the pair folder are the same")
+    return dates[0], dates[1]
+
+
+def _is_raster_name(path: Path) -> bool:
+    return path.suffix.lower() in RASTER_SUFFIXES
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------------
+# paper layout
+
+
+def read_pair_folder(folder: Path, *, split: str | None = None) -> tuple[FusionCase, list[SkippedFile]]:
+    """Read one paper-layout pair folder into a FusionCase; fine t2 may be absent (prediction only)."""
+    folder = Path(folder)
+    t1, t2 = parse_pair_folder_name(folder.name, where=folder)
+    found: dict[str, list[Path]] = {"coarse_t1": [], "fine_t1": [], "coarse_t2": [], "fine_t2": []}
+    skipped: list[SkippedFile] = []
+    for path in _files(folder):
+        if not _is_raster_name(path):
+            skipped.append(SkippedFile(path, "not a GeoTIFF name (.tif/.tiff)"))
+            continue
+        role = _role_in_pair_folder(path.name, t1, t2)
+        if role is None:
+            keys = ", ".join([t1.fine_key, t1.coarse_key, t2.fine_key, t2.coarse_key])
+            skipped.append(SkippedFile(path, f"name contains none of the dates {keys}"))
+        else:
+            found[role].append(path)
+    expected = {
+        "coarse_t1": t1.coarse_key,
+        "fine_t1": t1.fine_key,
+        "coarse_t2": t2.coarse_key,
+        "fine_t2": t2.fine_key,
+    }
+    chosen: dict[str, Path | None] = {}
+    for role, paths in found.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            raise InputError(f"{folder}: several files for {role} (name contains {expected[role]}): {names}")
+        if not paths and role != "fine_t2":
+            raise InputError(
+                f"{folder}: no file for {role} (expected a .tif whose name contains {expected[role]})"
+            )
+        chosen[role] = paths[0] if paths else None
+    case = FusionCase(
+        name=folder.name,
+        coarse_t1=_required(chosen["coarse_t1"]),
+        fine_t1=_required(chosen["fine_t1"]),
+        coarse_t2=_required(chosen["coarse_t2"]),
+        fine_t2=chosen["fine_t2"],
+        date_t1=t1.date,
+        date_t2=t2.date,
+        split=split,
+    )
+    return case, skipped
+
+
+def _required(path: Path | None) -> Path:
+    assert path is not None
+    return path
+
+
+def _role_in_pair_folder(name: str, t1: PairDate, t2: PairDate) -> str | None:
+    # The 8-digit fine key is checked first: it is more specific than the 7-digit coarse key.
+    if t1.fine_key in name:
+        return "fine_t1"
+    if t2.fine_key in name:
+        return "fine_t2"
+    if t1.coarse_key in name:
+        return "coarse_t1"
+    if t2.coarse_key in name:
+        return "coarse_t2"
+    return None
+
+
+def discover_paper_layout(root: Path, *, splits: Sequence[str] = SPLITS) -> Discovery:
+    """Cases of ``root/<split>/<pair folder>/`` for each split folder that exists."""
+    root = Path(root)
+    discovery = Discovery(layout="paper")
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        _add_pair_folders(discovery, split_dir, split)
+    return discovery
+
+
+def _add_pair_folders(discovery: Discovery, folder: Path, split: str | None) -> None:
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            discovery.skipped.append(SkippedFile(entry, "a file where pair folders are expected"))
+            continue
+        case, skipped = read_pair_folder(entry, split=split)
+        discovery.cases.append(case)
+        discovery.skipped.extend(skipped)
+
+
+# --------------------------------------------------------------------------------------------------
+# flat folder
+
+
+def _flat_files(folder: Path) -> tuple[dict[str, dict[dt.date, Path]], list[SkippedFile]]:
+    by_role: dict[str, dict[dt.date, Path]] = {"fine": {}, "coarse": {}}
+    skipped: list[SkippedFile] = []
+    for path in _files(folder):
+        match = _FLAT_FILE.match(path.stem)
+        if not _is_raster_name(path) or not match:
+            skipped.append(SkippedFile(path, "not named fine_YYYYMMDD.tif or coarse_YYYYMMDD.tif"))
+            continue
+        role, stamp = match.group(1).lower(), match.group(2)
+        try:
+            date = dt.datetime.strptime(stamp, "%Y%m%d").date()
+        except ValueError:
+            skipped.append(SkippedFile(path, f"{stamp} is not a valid date YYYYMMDD"))
+            continue
+        if date in by_role[role]:
+            other = by_role[role][date]
+            raise InputError(f"{folder}: two {role} images for {date}: {other.name} and {path.name}")
+        by_role[role][date] = path
+    return by_role, skipped
+
+
+def discover_flat_folder(
+    folder: Path, *, date_pairs: Iterable[tuple[dt.date, dt.date]] | None = None
+) -> Discovery:
+    """Cases from ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` files in one folder.
+
+    Without ``date_pairs``, every coarse date t2 is paired with the nearest earlier date t1 that has
+    both a fine and a coarse image (consecutive pairs); fine t2 is the truth when present. With
+    ``date_pairs`` exactly those (t1, t2) cases are formed (t2 may precede t1: backward prediction).
+    """
+    folder = Path(folder)
+    by_role, skipped = _flat_files(folder)
+    fine, coarse = by_role["fine"], by_role["coarse"]
+    complete = sorted(set(fine) & set(coarse))
+    discovery = Discovery(layout="flat", skipped=skipped)
+    if date_pairs is None:
+        pairs = []
+        for t2 in sorted(coarse):
+            earlier = [d for d in complete if d < t2]
+            if earlier:
+                pairs.append((earlier[-1], t2))
+    else:
+        pairs = list(date_pairs)
+    for t1, t2 in pairs:
+        for role, date, table in (("fine", t1, fine), ("coarse", t1, coarse), ("coarse", t2, coarse)):
+            if date not in table:
+                raise InputError(f"{folder}: no {role}_{date:%Y%m%d}.tif for the case {t1} -> {t2}")
+        discovery.cases.append(
+            FusionCase(
+                name=f"{t1:%Y%m%d}-{t2:%Y%m%d}",
+                coarse_t1=coarse[t1],
+                fine_t1=fine[t1],
+                coarse_t2=coarse[t2],
+                fine_t2=fine.get(t2),
+                date_t1=t1,
+                date_t2=t2,
+            )
+        )
+    return discovery
+
+
+# --------------------------------------------------------------------------------------------------
+# any folder, explicit files
+
+
+def discover(root: str | os.PathLike[str]) -> Discovery:
+    """Recognise the layout under ``root`` and return its cases.
+
+    ``root`` may be a paper-layout data folder (with train/val/test), one split folder of pair
+    folders, a single pair folder, or a flat folder of fine_/coarse_ files. An empty result is an error.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: folder not found")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    if any((root / split).is_dir() for split in SPLITS):
+        discovery = discover_paper_layout(root)
+    elif _PAIR_FOLDER.match(root.name):
+        case, skipped = read_pair_folder(root)
+        discovery = Discovery(layout="pair-folder", cases=[case], skipped=skipped)
+    elif any(p.is_dir() and _PAIR_FOLDER.match(p.name) for p in root.iterdir()):
+        discovery = Discovery(layout="paper-split")
+        _add_pair_folders(discovery, root, None)
+    else:
+        discovery = discover_flat_folder(root)
+    if not discovery.cases:
+        raise InputError(
+            f"{root}: no fusion cases found (expected train/val/test pair folders named "
+            "YYYY_DOY_MMDD-YYYY_DOY_MMDD, or fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif files)"
+        )
+    return discovery
+
+
+def explicit_case(
+    *,
+    coarse_t1: str | os.PathLike[str],
+    fine_t1: str | os.PathLike[str],
+    coarse_t2: str | os.PathLike[str],
+    fine_t2: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    date_t1: dt.date | None = None,
+    date_t2: dt.date | None = None,
+) -> FusionCase:
+    """A case from explicit file paths; dates default to those found in the file names, else today."""
+    paths = [Path(p) for p in (coarse_t1, fine_t1, coarse_t2)]
+    t1 = date_t1 or _date_in_name(paths[1]) or dt.date.min
+    t2 = date_t2 or _date_in_name(paths[2]) or dt.date.min
+    return FusionCase(
+        name=name or Path(coarse_t2).stem,
+        coarse_t1=paths[0],
+        fine_t1=paths[1],
+        coarse_t2=paths[2],
+        fine_t2=Path(fine_t2) if fine_t2 is not None else None,
+        date_t1=t1,
+        date_t2=t2,
+    )
+
+
+def _date_in_name(path: Path) -> dt.date | None:
+    for stamp in re.findall(r"(?<!\d)(\d{8})(?!\d)", path.stem):
+        try:
+            return dt.datetime.strptime(stamp, "%Y%m%d").date()
+        except ValueError:
+            continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+
+
+def check_case(case: FusionCase, *, require_truth: bool = False) -> dict[str, raster.RasterInfo]:
+    """Open every file of a case (metadata only) and check that they fit together.
+
+    All images must be readable rasters with the same size, band count and CRS. Returns role -> info.
+    Raises InputError naming the file and the problem.
+    """
+    if require_truth and case.fine_t2 is None:
+        raise InputError(f"{case.name}: no fine t2 image (truth) for this case, but one is required")
+    infos = {role: raster.inspect(path) for role, path in case.paths().items()}
+    reference = infos["fine_t1"]
+    for role, info in infos.items():
+        if info.count != reference.count:
+            raise InputError(
+                f"{info.path}: {info.count} bands, but fine t1 {reference.path.name} has {reference.count}"
+            )
+        if (info.height, info.width) != (reference.height, reference.width):
+            raise InputError(
+                f"{info.path}: size {info.height}x{info.width} (rows x cols) differs from fine t1 "
+                f"{reference.path.name} {reference.height}x{reference.width}; {role} must be on the fine grid"
+            )
+        if info.crs != reference.crs:
+            raise InputError(
+                f"{info.path}: CRS {info.crs} differs from fine t1 {reference.path.name} CRS {reference.crs}"
+            )
+    return infos

@@ -1,0 +1,85 @@
+"""Shared test helpers: tiny real GeoTIFFs written with rasterio into tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from stfusion.sample import SAMPLE_ROOT
+
+TEST_CRS = "EPSG:32755"
+TEST_TRANSFORM = from_origin(401000.0, 6152800.0, 50.0, 50.0)
+
+WriteTif = Callable[..., Path]
+
+
+def write_tif(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = TEST_CRS,
+    transform: Any = TEST_TRANSFORM,
+    nodata: float | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Write a (C, H, W) array as a GeoTIFF (CRS and transform by default) and return its path."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "count": data.shape[0],
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "dtype": dtype or str(data.dtype),
+    }
+    if crs is not None:
+        profile.update(crs=crs, transform=transform)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(profile["dtype"]))
+    return path
+
+
+def random_scene(rng: np.random.Generator, bands: int = 4, height: int = 20, width: int = 24) -> np.ndarray:
+    """Int16 reflectance x 1e4 with smooth structure plus noise, (bands, height, width)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = 1500 + 800 * np.sin(yy / 5.0)[None] * np.cos(xx / 7.0)[None]
+    offsets = np.arange(bands)[:, None, None] * 300
+    noise = rng.normal(0, 50, size=(bands, height, width))
+    return np.clip(base + offsets + noise, -100, 10000).astype(np.int16)
+
+
+@pytest.fixture
+def tif_writer() -> WriteTif:
+    """The write_tif helper as a fixture."""
+    return write_tif
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(2020)
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """A flat folder with three dates of fine_/coarse_ files (4 bands, 20 x 24)."""
+    folder = tmp_path / "flat"
+    for stamp in ("20010101", "20010201", "20010301"):
+        write_tif(folder / f"fine_{stamp}.tif", random_scene(rng))
+        write_tif(folder / f"coarse_{stamp}.tif", random_scene(rng))
+    return folder
+
+
+@pytest.fixture
+def sample_root() -> Path:
+    """The built-in CIA sample (paper layout)."""
+    return SAMPLE_ROOT

@@ -1,0 +1,170 @@
+"""CLI behaviour with real GeoTIFFs: outputs, and one-line errors with exit code 2 on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from stfusion import raster
+from stfusion.cli import cli
+from tests.conftest import TEST_CRS, random_scene, write_tif
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def triple(tmp_path: Path, rng: np.random.Generator) -> dict[str, Path]:
+    return {
+        "coarse_t1": write_tif(tmp_path / "coarse_20010101.tif", random_scene(rng)),
+        "fine_t1": write_tif(tmp_path / "fine_20010101.tif", random_scene(rng), nodata=-9999),
+        "coarse_t2": write_tif(tmp_path / "coarse_20010201.tif", random_scene(rng)),
+    }
+
+
+def predict_args(files: dict[str, Path], out: Path, method: str = "coarse-delta") -> list[str]:
+    return [
+        "predict",
+        "--method",
+        method,
+        "--fine-t1",
+        str(files["fine_t1"]),
+        "--coarse-t1",
+        str(files["coarse_t1"]),
+        "--coarse-t2",
+        str(files["coarse_t2"]),
+        "--out",
+        str(out),
+    ]
+
+
+def test_predict_coarse_delta_is_georeferenced(
+    runner: CliRunner, triple: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "pred.tif"
+    result = runner.invoke(cli, predict_args(triple, out))
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as src:
+        assert src.crs.to_string() == TEST_CRS
+        assert src.nodata == -9999
+        stored = src.read()
+    f1, c1, c2 = (raster.read(triple[k]).data for k in ("fine_t1", "coarse_t1", "coarse_t2"))
+    expected = np.rint((f1 + c2 - c1) / 1e-4)
+    np.testing.assert_allclose(stored, expected, atol=1)
+
+
+def test_predict_many_targets_into_a_folder(
+    runner: CliRunner, triple: dict[str, Path], tmp_path: Path, rng: np.random.Generator
+) -> None:
+    extra = write_tif(tmp_path / "coarse_20010301.tif", random_scene(rng))
+    args = predict_args(triple, tmp_path / "preds", "persistence") + ["--coarse-t2", str(extra)]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == [
+        "pred_coarse_20010201.tif",
+        "pred_coarse_20010301.tif",
+    ]
+
+
+def test_cases_lists_sample(runner: CliRunner, sample_root: Path) -> None:
+    result = runner.invoke(cli, ["cases", str(sample_root)])
+    assert result.exit_code == 0, result.output
+    assert "3 case(s), layout paper" in result.output
+    assert "[test] 2001_290_1017-2001_306_1102: 2001-10-17 -> 2001-11-02" in result.output
+
+
+def test_cases_reports_skipped(runner: CliRunner, flat_folder: Path) -> None:
+    (flat_folder / "readme.txt").write_text("hi")
+    result = runner.invoke(cli, ["cases", str(flat_folder)])
+    assert result.exit_code == 0
+    assert "skipped" in result.output and "readme.txt" in result.output
+
+
+def _assert_one_line_error(result: object, *fragments: str) -> None:
+    exit_code = result.exit_code  # type: ignore[attr-defined]
+    output = result.output  # type: ignore[attr-defined]
+    assert exit_code == 2, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+BAD_PREDICT_INPUTS = [
+    ("missing file", lambda p, t: p["fine_t1"].unlink(), ["fine_20010101.tif", "file not found"]),
+    (
+        "wrong band count",
+        lambda p, t: write_tif(p["coarse_t2"], random_scene(np.random.default_rng(1), bands=3)),
+        ["coarse_20010201.tif", "3 bands"],
+    ),
+    (
+        "size mismatch",
+        lambda p, t: write_tif(p["coarse_t1"], random_scene(np.random.default_rng(1), height=30)),
+        ["coarse_20010101.tif", "size 30x24"],
+    ),
+    (
+        "CRS mismatch",
+        lambda p, t: write_tif(p["coarse_t1"], random_scene(np.random.default_rng(1)), crs="EPSG:4326"),
+        ["coarse_20010101.tif", "CRS"],
+    ),
+    (
+        "non-raster file",
+        lambda p, t: p["coarse_t2"].write_text("hello"),
+        ["coarse_20010201.tif", "not a readable raster"],
+    ),
+    (
+        "truncated raster",
+        lambda p, t: p["fine_t1"].write_bytes(p["fine_t1"].read_bytes()[:300]),
+        ["fine_20010101.tif"],
+    ),
+    ("output exists", lambda p, t: (t / "pred.tif").write_text("old"), ["pred.tif", "--overwrite"]),
+]
+
+
+@pytest.mark.parametrize("label, damage, fragments", BAD_PREDICT_INPUTS, ids=[b[0] for b in BAD_PREDICT_INPUTS])
+def test_predict_bad_inputs(
+    runner: CliRunner, triple: dict[str, Path], tmp_path: Path, label: str, damage: object, fragments: list[str]
+) -> None:
+    damage(triple, tmp_path)  # type: ignore[operator]
+    out = tmp_path / "pred.tif"
+    before = out.read_text() if out.exists() else None
+    result = runner.invoke(cli, predict_args(triple, out))
+    _assert_one_line_error(result, *fragments)
+    # no partial output: either nothing, or the untouched old file
+    assert (out.read_text() if out.exists() else None) == before
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_predict_unwritable_folder_and_bad_option(
+    runner: CliRunner, triple: dict[str, Path], tmp_path: Path
+) -> None:
+    result = runner.invoke(cli, predict_args(triple, tmp_path / "missing" / "pred.tif"))
+    _assert_one_line_error(result, "does not exist")
+    result = runner.invoke(cli, [*predict_args(triple, tmp_path / "p.tif"), "--option", "oops"])
+    _assert_one_line_error(result, "key=value")
+    result = runner.invoke(cli, [*predict_args(triple, tmp_path / "p.tif"), "--option", "window=3"])
+    _assert_one_line_error(result, "coarse-delta", "no options")
+
+
+def test_cases_bad_folders(runner: CliRunner, tmp_path: Path, rng: np.random.Generator) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_one_line_error(runner.invoke(cli, ["cases", str(empty)]), "empty", "no fusion cases found")
+    bad = tmp_path / "data" / "train" / "2001-281"
+    bad.mkdir(parents=True)
+    _assert_one_line_error(runner.invoke(cli, ["cases", str(tmp_path / "data")]), "2001-281", "does not parse")
+    pair = tmp_path / "d2" / "train" / "2001_281_1007-2001_290_1016"
+    for name in ("L7_20011007.tif", "L7_20011016.tif", "MOD_A2001290.tif"):
+        write_tif(pair / name, random_scene(rng))
+    _assert_one_line_error(runner.invoke(cli, ["cases", str(tmp_path / "d2")]), "coarse_t1", "2001281")
+    flat = tmp_path / "flat"
+    write_tif(flat / "fine_20010101.tif", random_scene(rng))
+    write_tif(flat / "fine_20010101.TIF", random_scene(rng))
+    _assert_one_line_error(runner.invoke(cli, ["cases", str(flat)]), "two fine images")

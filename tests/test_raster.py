@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from stfusion import raster
+from stfusion.errors import InputError, OutputExistsError
+from tests.conftest import TEST_CRS, TEST_TRANSFORM, random_scene, write_tif
+
+
+def test_read_scales_to_float_reflectance(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = random_scene(rng)
+    path = write_tif(tmp_path / "a.tif", stored)
+    image = raster.read(path)
+    assert image.data.dtype == np.float32
+    assert image.data.shape == stored.shape
+    np.testing.assert_allclose(image.data, stored * 1e-4, rtol=1e-6)
+    assert image.info.crs == TEST_CRS
+    assert image.info.transform == tuple(TEST_TRANSFORM)[:6]
+
+
+def test_read_custom_scale_and_nodata_as_nan(tmp_path: Path) -> None:
+    stored = np.full((2, 4, 5), 100, dtype=np.int16)
+    stored[:, 1, 2] = -9999
+    path = write_tif(tmp_path / "a.tif", stored, nodata=-9999)
+    image = raster.read(path, scale=0.5)
+    assert np.isnan(image.data[:, 1, 2]).all()
+    assert np.nanmax(image.data) == pytest.approx(50.0)
+
+
+def test_read_window_is_boundless_with_nan_outside(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = random_scene(rng)
+    path = write_tif(tmp_path / "a.tif", stored)
+    part = raster.read(path, window=Window(col_off=20, row_off=-2, width=8, height=5)).data
+    assert part.shape == (4, 5, 8)
+    assert np.isnan(part[:, :2]).all() and np.isnan(part[:, :, 4:]).all()
+    np.testing.assert_allclose(part[:, 2:, :4], stored[:, 0:3, 20:24] * 1e-4, rtol=1e-6)
+
+
+def test_write_like_keeps_crs_transform_and_rounds(tmp_path: Path, rng: np.random.Generator) -> None:
+    reference = write_tif(tmp_path / "ref.tif", random_scene(rng), nodata=-9999)
+    info = raster.inspect(reference)
+    prediction = np.full((4, 20, 24), 0.12346, dtype=np.float32)
+    prediction[0, 0, 0] = 5.0  # clipped to int16 max
+    prediction[1, 0, 0] = -0.00016  # rounds to -2; truncation would give -1
+    prediction[2, 0, 0] = np.nan  # becomes nodata
+    out = raster.write_like(tmp_path / "out.tif", prediction, info)
+    with rasterio.open(out) as src:
+        assert src.crs.to_string() == TEST_CRS
+        assert tuple(src.transform)[:6] == tuple(TEST_TRANSFORM)[:6]
+        assert src.nodata == -9999
+        assert src.dtypes[0] == "int16"
+        stored = src.read()
+    assert stored[0, 0, 0] == 32767
+    assert stored[1, 0, 0] == -2
+    assert stored[2, 0, 0] == -9999
+    assert stored[3, 1, 1] == 1235  # 1234.6 rounds up; a truncating cast would give 1234
+
+
+def test_write_like_float32_and_default_nodata(tmp_path: Path, rng: np.random.Generator) -> None:
+    info = raster.inspect(write_tif(tmp_path / "ref.tif", random_scene(rng)))
+    prediction = np.full((4, 20, 24), 0.25, dtype=np.float32)
+    prediction[:, 3, 3] = np.nan
+    out = raster.write_like(tmp_path / "f.tif", prediction, info, dtype="float32")
+    back = raster.read(out, scale=1.0)
+    assert np.isnan(back.data[:, 3, 3]).all()
+    assert np.nanmax(back.data) == pytest.approx(0.25)
+    out16 = raster.write_like(tmp_path / "i.tif", prediction, info)
+    assert raster.inspect(out16).nodata == raster.DEFAULT_INT16_NODATA
+    assert np.isnan(raster.read(out16).data[:, 3, 3]).all()
+
+
+def test_write_like_refuses_existing_output_and_leaves_no_partial(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    info = raster.inspect(write_tif(tmp_path / "ref.tif", random_scene(rng)))
+    out = tmp_path / "out.tif"
+    raster.write_like(out, np.zeros((4, 20, 24), np.float32), info)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        raster.write_like(out, np.zeros((4, 20, 24), np.float32), info)
+    raster.write_like(out, np.ones((4, 20, 24), np.float32) * 0.1, info, overwrite=True)
+    assert raster.read(out).data.max() == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="differs from the reference"):
+        raster.write_like(tmp_path / "bad.tif", np.zeros((4, 10, 10), np.float32), info)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "ref.tif"]
+
+
+def test_inspect_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="missing.tif: file not found"):
+        raster.inspect(tmp_path / "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    with pytest.raises(InputError, match="notes.tif: not a readable raster"):
+        raster.inspect(text)
+    with pytest.raises(InputError, match="is a folder"):
+        raster.inspect(tmp_path)
+
+
+def test_truncated_raster_is_an_input_error(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_tif(tmp_path / "a.tif", rng.integers(0, 9000, size=(3, 300, 300)).astype(np.int16))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"a\.tif"):
+        raster.read(path)
+
+
+def test_check_writable(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        raster.check_writable(tmp_path / "nope" / "x.tif", overwrite=False)
