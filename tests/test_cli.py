@@ -63,7 +63,7 @@ def test_predict_many_targets_into_a_folder(
     runner: CliRunner, triple: dict[str, Path], tmp_path: Path, rng: np.random.Generator
 ) -> None:
     extra = write_tif(tmp_path / "coarse_20010301.tif", random_scene(rng))
-    args = predict_args(triple, tmp_path / "preds", "persistence") + ["--coarse-t2", str(extra)]
+    args = [*predict_args(triple, tmp_path / "preds", "persistence"), "--coarse-t2", str(extra)]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == [
@@ -128,9 +128,16 @@ BAD_PREDICT_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("label, damage, fragments", BAD_PREDICT_INPUTS, ids=[b[0] for b in BAD_PREDICT_INPUTS])
+@pytest.mark.parametrize(
+    "label, damage, fragments", BAD_PREDICT_INPUTS, ids=[b[0] for b in BAD_PREDICT_INPUTS]
+)
 def test_predict_bad_inputs(
-    runner: CliRunner, triple: dict[str, Path], tmp_path: Path, label: str, damage: object, fragments: list[str]
+    runner: CliRunner,
+    triple: dict[str, Path],
+    tmp_path: Path,
+    label: str,
+    damage: object,
+    fragments: list[str],
 ) -> None:
     damage(triple, tmp_path)  # type: ignore[operator]
     out = tmp_path / "pred.tif"
@@ -159,7 +166,9 @@ def test_cases_bad_folders(runner: CliRunner, tmp_path: Path, rng: np.random.Gen
     _assert_one_line_error(runner.invoke(cli, ["cases", str(empty)]), "empty", "no fusion cases found")
     bad = tmp_path / "data" / "train" / "2001-281"
     bad.mkdir(parents=True)
-    _assert_one_line_error(runner.invoke(cli, ["cases", str(tmp_path / "data")]), "2001-281", "does not parse")
+    _assert_one_line_error(
+        runner.invoke(cli, ["cases", str(tmp_path / "data")]), "2001-281", "does not parse"
+    )
     pair = tmp_path / "d2" / "train" / "2001_281_1007-2001_290_1016"
     for name in ("L7_20011007.tif", "L7_20011016.tif", "MOD_A2001290.tif"):
         write_tif(pair / name, random_scene(rng))
@@ -168,3 +177,45 @@ def test_cases_bad_folders(runner: CliRunner, tmp_path: Path, rng: np.random.Gen
     write_tif(flat / "fine_20010101.tif", random_scene(rng))
     write_tif(flat / "fine_20010101.TIF", random_scene(rng))
     _assert_one_line_error(runner.invoke(cli, ["cases", str(flat)]), "two fine images")
+
+
+def test_evaluate_sample_coarse_delta_matches_numpy(
+    runner: CliRunner, sample_root: Path, tmp_path: Path
+) -> None:
+    """Issue 2 acceptance: coarse-delta 2001-10-08 -> 10-17 on the sample, RMSE as NumPy computes it."""
+    import json
+
+    folder = sample_root / "train" / "2001_281_1008-2001_290_1017"
+    files = {
+        "fine_t1": folder / "L71093084_08420011008_HRF_modtran_surf_ref_agd66.tif",
+        "coarse_t1": folder / "MOD09GA_A2001281.sur_refl.tif",
+        "coarse_t2": folder / "MOD09GA_A2001290.sur_refl.tif",
+    }
+    truth = folder / "L71093084_08420011017_HRF_modtran_surf_ref_agd66.tif"
+    pred = tmp_path / "pred.tif"
+    assert runner.invoke(cli, predict_args(files, pred)).exit_code == 0
+    out_json, out_csv = tmp_path / "m.json", tmp_path / "m.csv"
+    args = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--ratio", "0.05"]
+    result = runner.invoke(cli, [*args, "--json", str(out_json), "--csv", str(out_csv)])
+    assert result.exit_code == 0, result.output
+    assert "blue" in result.output and "mean" in result.output
+    with rasterio.open(pred) as p, rasterio.open(truth) as t:
+        diff = p.read().astype(np.float64) * 1e-4 - t.read().astype(np.float64) * 1e-4
+    numpy_rmse = np.sqrt((diff**2).mean(axis=(1, 2)))
+    content = json.loads(out_json.read_text())
+    rmse = np.array(content["methods"]["pred"]["metrics"]["per_band"]["rmse"], dtype=np.float64)
+    np.testing.assert_allclose(rmse, numpy_rmse, atol=1e-6)
+    assert round(float(numpy_rmse.mean()), 4) == 0.0362
+    assert out_csv.exists()
+    # refusing to overwrite the JSON: one-line error, nothing changed
+    before = out_json.read_text()
+    again = runner.invoke(cli, [*args, "--json", str(out_json)])
+    _assert_one_line_error(again, "m.json", "--overwrite")
+    assert out_json.read_text() == before
+
+
+def test_evaluate_shape_mismatch(runner: CliRunner, tmp_path: Path, rng: np.random.Generator) -> None:
+    pred = write_tif(tmp_path / "p.tif", random_scene(rng, bands=3))
+    truth = write_tif(tmp_path / "t.tif", random_scene(rng))
+    result = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth)])
+    _assert_one_line_error(result, "p.tif", "differs from truth")

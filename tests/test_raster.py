@@ -90,11 +90,11 @@ def test_write_like_refuses_existing_output_and_leaves_no_partial(
 
 
 def test_inspect_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="missing.tif: file not found"):
+    with pytest.raises(InputError, match=r"missing\.tif: file not found"):
         raster.inspect(tmp_path / "missing.tif")
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
-    with pytest.raises(InputError, match="notes.tif: not a readable raster"):
+    with pytest.raises(InputError, match=r"notes\.tif: not a readable raster"):
         raster.inspect(text)
     with pytest.raises(InputError, match="is a folder"):
         raster.inspect(tmp_path)

@@ -191,7 +191,8 @@ def evaluate_command(
     """Compare a prediction with the truth: per-band metrics table (METRICS.md conventions)."""
     from stfusion import metrics, report
 
-    for path in (json_path, csv_path):
+    outputs = [json_path, csv_path, report.sidecar_path(csv_path) if csv_path else None]
+    for path in outputs:
         if path is not None:
             raster.check_writable(path, overwrite=overwrite)
     predicted = raster.read(pred, scale=scale)

@@ -1,0 +1,100 @@
+"""Pure window math for whole-scene prediction: an overlapping tile grid and smooth blending.
+
+Tiles cover the whole image: starts step by ``tile - overlap`` and the last tile is aligned to the
+bottom/right edge, so no margin is left out. Each tile's prediction is weighted by a separable ramp that
+rises linearly across the overlap from the tile's inner edges (never reaching zero), and the mosaic is
+sum(weight * value) / sum(weight): seams fade smoothly, and a constant prediction gives a constant mosaic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window of the scene: rows [row, row + height), columns [col, col + width)."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap`` overlap.
+
+    The last start is ``size - tile`` so the far edge is covered; a tile larger than the image is
+    shrunk to the image (one start, 0).
+    """
+    if size < 1 or tile < 1:
+        raise ValueError(f"size and tile must be positive, got size={size}, tile={tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
+    if tile >= size:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    starts.append(size - tile)
+    return starts
+
+
+def tile_grid(height: int, width: int, tile: tuple[int, int], overlap: tuple[int, int]) -> list[Tile]:
+    """All tiles, row-major, covering an image of ``height`` x ``width``."""
+    tile_h, tile_w = min(tile[0], height), min(tile[1], width)
+    overlap_h, overlap_w = min(overlap[0], tile_h - 1), min(overlap[1], tile_w - 1)
+    rows = tile_starts(height, tile_h, overlap_h)
+    cols = tile_starts(width, tile_w, overlap_w)
+    return [Tile(r, c, tile_h, tile_w) for r in rows for c in cols]
+
+
+def ramp(length: int, overlap: int) -> np.ndarray:
+    """1-D blending weights: linear from 1/(overlap+1) up to 1 over ``overlap`` pixels at each end."""
+    weights = np.ones(length, dtype=np.float64)
+    if overlap > 0:
+        rise = np.arange(1, overlap + 1, dtype=np.float64) / (overlap + 1)
+        n = min(overlap, length)
+        weights[:n] = np.minimum(weights[:n], rise[:n])
+        weights[length - n :] = np.minimum(weights[length - n :], rise[:n][::-1])
+    return weights
+
+
+def blend_weights(height: int, width: int, overlap: tuple[int, int]) -> np.ndarray:
+    """(height, width) float64 separable ramp weights, positive everywhere."""
+    return np.outer(ramp(height, overlap[0]), ramp(width, overlap[1]))
+
+
+class Mosaic:
+    """Accumulates weighted tile predictions into a (C, H, W) scene.
+
+    NaN values in a tile contribute nothing; a pixel whose every contribution is NaN stays NaN.
+    """
+
+    def __init__(self, bands: int, height: int, width: int, overlap: tuple[int, int]) -> None:
+        self.overlap = overlap
+        self.total = np.zeros((bands, height, width), dtype=np.float64)
+        self.weight = np.zeros((bands, height, width), dtype=np.float64)
+        self._weights: dict[tuple[int, int], np.ndarray] = {}
+
+    def add(self, tile: Tile, values: np.ndarray) -> None:
+        """Add a (C, tile.height, tile.width) prediction."""
+        key = (tile.height, tile.width)
+        if key not in self._weights:
+            self._weights[key] = blend_weights(tile.height, tile.width, self.overlap)
+        weights = np.where(np.isnan(values), 0.0, self._weights[key][None])
+        rows, cols = tile.slices
+        self.total[:, rows, cols] += np.nan_to_num(values, nan=0.0) * weights
+        self.weight[:, rows, cols] += weights
+
+    def result(self) -> np.ndarray:
+        """The blended (C, H, W) float32 scene; NaN where no tile gave a value."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            blended = self.total / self.weight
+        blended[self.weight == 0] = np.nan
+        return blended.astype(np.float32)

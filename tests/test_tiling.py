@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from stfusion.tiling import Mosaic, blend_weights, ramp, tile_grid, tile_starts
+
+
+@pytest.mark.parametrize(
+    "size, tile, overlap", [(250, 128, 32), (256, 256, 0), (100, 256, 16), (517, 96, 40)]
+)
+def test_tiles_cover_every_pixel(size: int, tile: int, overlap: int) -> None:
+    starts = tile_starts(size, tile, overlap)
+    covered = np.zeros(size, bool)
+    length = min(size, tile)
+    for start in starts:
+        assert 0 <= start <= size - length
+        covered[start : start + length] = True
+    assert covered.all()
+    assert starts[-1] + length == size
+    # neighbouring tiles overlap by at least `overlap`
+    for a, b in itertools.pairwise(starts):
+        assert a + length - b >= min(overlap, length - 1)
+
+
+def test_tile_starts_errors() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        tile_starts(100, 32, 32)
+
+
+def test_ramp_positive_and_symmetric() -> None:
+    weights = ramp(10, 3)
+    assert (weights > 0).all() and weights.max() == 1.0
+    np.testing.assert_allclose(weights, weights[::-1])
+    assert blend_weights(5, 7, (2, 2)).shape == (5, 7)
+
+
+def test_constant_prediction_gives_constant_mosaic() -> None:
+    mosaic = Mosaic(2, 333, 517, overlap=(24, 24))
+    for tile in tile_grid(333, 517, (96, 128), (24, 24)):
+        mosaic.add(tile, np.full((2, tile.height, tile.width), 0.37))
+    result = mosaic.result()
+    np.testing.assert_allclose(result, 0.37, rtol=0, atol=1e-7)
+
+
+def test_mosaic_reproduces_a_tile_independent_function() -> None:
+    rng = np.random.default_rng(0)
+    scene = rng.random((3, 70, 90))
+    mosaic = Mosaic(3, 70, 90, overlap=(10, 10))
+    for tile in tile_grid(70, 90, (32, 32), (10, 10)):
+        rows, cols = tile.slices
+        mosaic.add(tile, scene[:, rows, cols])
+    np.testing.assert_allclose(mosaic.result(), scene, rtol=1e-6)
+
+
+def test_nan_contributions_are_ignored() -> None:
+    mosaic = Mosaic(1, 10, 10, overlap=(0, 0))
+    tiles = tile_grid(10, 10, (10, 10), (0, 0))
+    values = np.ones((1, 10, 10))
+    values[0, 0, 0] = np.nan
+    mosaic.add(tiles[0], values)
+    result = mosaic.result()
+    assert np.isnan(result[0, 0, 0]) and np.nansum(result) == 99
