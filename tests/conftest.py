@@ -83,3 +83,40 @@ def flat_folder(tmp_path: Path, rng: np.random.Generator) -> Path:
 def sample_root() -> Path:
     """The built-in CIA sample (paper layout)."""
     return SAMPLE_ROOT
+
+
+def make_pair_folder(
+    root: Path,
+    name: str,
+    rng: np.random.Generator,
+    *,
+    skip: str | None = None,
+    bands: int = 4,
+    height: int = 20,
+    width: int = 24,
+) -> Path:
+    """A CIA-style pair folder: Landsat names carry YYYYMMDD, MODIS names YYYYDOY."""
+    from stfusion import scenes
+
+    folder = root / name
+    t1, t2 = scenes.parse_pair_folder_name(name)
+    for date in (t1, t2):
+        fine = folder / f"L71093084_084{date.fine_key}_HRF_modtran_surf_ref_agd66.tif"
+        coarse = folder / f"MOD09GA_A{date.coarse_key}.sur_refl.tif"
+        for path in (fine, coarse):
+            if skip is None or skip not in path.name:
+                write_tif(path, random_scene(rng, bands=bands, height=height, width=width))
+    return folder
+
+
+@pytest.fixture
+def tiny_paper_data(tmp_path: Path) -> Path:
+    """Paper layout with train (2 cases), val and test; 3 bands, 40 x 48 pixels."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "data"
+    size = {"bands": 3, "height": 40, "width": 48}
+    make_pair_folder(root / "train", "2001_281_1008-2001_290_1017", rng, **size)
+    make_pair_folder(root / "train", "2001_290_1017-2001_306_1102", rng, **size)
+    make_pair_folder(root / "val", "2001_306_1102-2001_322_1118", rng, **size)
+    make_pair_folder(root / "test", "2001_322_1118-2001_338_1204", rng, **size)
+    return root

@@ -8,20 +8,7 @@ import pytest
 
 from stfusion import scenes
 from stfusion.errors import InputError
-from tests.conftest import random_scene, write_tif
-
-
-def make_pair_folder(root: Path, name: str, rng: np.random.Generator, *, skip: str | None = None) -> Path:
-    """A CIA-style pair folder: Landsat names carry YYYYMMDD, MODIS names YYYYDOY."""
-    folder = root / name
-    t1, t2 = scenes.parse_pair_folder_name(name)
-    for date in (t1, t2):
-        fine = folder / f"L71093084_084{date.fine_key}_HRF_modtran_surf_ref_agd66.tif"
-        coarse = folder / f"MOD09GA_A{date.coarse_key}.sur_refl.tif"
-        for path in (fine, coarse):
-            if skip is None or skip not in path.name:
-                write_tif(path, random_scene(rng))
-    return folder
+from tests.conftest import make_pair_folder, random_scene, write_tif
 
 
 def test_parse_pair_folder_name() -> None:

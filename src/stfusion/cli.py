@@ -17,9 +17,12 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
-from stfusion import __version__, raster, scenes
+from stfusion import __version__, raster, scenes, workflows
+from stfusion.checkpoint import load_checkpoint
 from stfusion.errors import InputError, StfusionError
-from stfusion.methods import METHOD_NAMES, get_method
+from stfusion.methods import METHOD_NAMES
+from stfusion.predict import TileOptions
+from stfusion.train import TrainConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INPUT_ERROR = 2
@@ -88,13 +91,18 @@ def cases_command(folder: Path) -> None:
 # predict
 
 
-def _read_case_arrays(case: scenes.FusionCase, scale: float) -> dict[str, raster.Raster]:
-    scenes.check_case(case)
-    return {role: raster.read(path, scale=scale) for role, path in case.paths().items()}
-
-
 @cli.command("predict")
-@click.option("--method", type=click.Choice(METHOD_NAMES), default="coarse-delta", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice([*METHOD_NAMES, "mlffgan"]),
+    default=None,
+    help="Fusion method [default: mlffgan with --checkpoint, else coarse-delta].",
+)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="MLFF-GAN checkpoint.")
+@click.option("--tile", type=(int, int), default=(1024, 768), show_default=True, help="Tile rows cols.")
+@click.option("--overlap", type=int, default=64, show_default=True, help="Tile overlap in pixels.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Tiles per batch.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--fine-t1", type=click.Path(path_type=Path), required=True, help="Fine image at t1.")
 @click.option("--coarse-t1", type=click.Path(path_type=Path), required=True, help="Coarse image at t1.")
 @click.option(
@@ -116,7 +124,12 @@ def _read_case_arrays(case: scenes.FusionCase, scale: float) -> dict[str, raster
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @one_line_errors
 def predict_command(
-    method: str,
+    method: str | None,
+    checkpoint: Path | None,
+    tile: tuple[int, int],
+    overlap: int,
+    batch_size: int,
+    device: str,
     fine_t1: Path,
     coarse_t1: Path,
     coarse_t2: tuple[Path, ...],
@@ -127,20 +140,26 @@ def predict_command(
     overwrite: bool,
 ) -> None:
     """Predict the fine image at each target date from a reference pair and the coarse image(s)."""
+    method = method or ("mlffgan" if checkpoint else "coarse-delta")
     method_options = parse_options(options)
-    fusion = get_method(method)
+    predictor: workflows.Predictor
+    if method == "mlffgan":
+        if checkpoint is None:
+            raise InputError("--method mlffgan needs --checkpoint MODEL.ckpt (see `stfusion train`)")
+        load_checkpoint(checkpoint)  # fail early on a missing or damaged file
+        tiles = TileOptions(tile=tile, overlap=(overlap, overlap), batch_size=batch_size)
+        predictor = workflows.CheckpointPredictor(checkpoint, tiles=tiles, device=device)
+    elif checkpoint is not None:
+        raise InputError(f"--checkpoint is for --method mlffgan, not {method}")
+    else:
+        predictor = workflows.method_predictor(method, **method_options)
     targets = _output_paths(out, coarse_t2, overwrite=overwrite)
     for target_coarse, target_path in targets:
         case = scenes.explicit_case(coarse_t1=coarse_t1, fine_t1=fine_t1, coarse_t2=target_coarse)
-        images = _read_case_arrays(case, scale)
-        try:
-            prediction = fusion(
-                images["coarse_t1"].data, images["fine_t1"].data, images["coarse_t2"].data, **method_options
-            )
-        except (TypeError, ValueError) as exc:  # unknown or invalid method options
-            raise InputError(f"method {method}: {exc}") from exc
+        inputs = workflows.read_case(case, scale=scale)
+        prediction = predictor(inputs)
         raster.write_like(
-            target_path, prediction, images["fine_t1"].info, dtype=dtype, scale=scale, overwrite=overwrite
+            target_path, prediction, inputs.reference, dtype=dtype, scale=scale, overwrite=overwrite
         )
         click.echo(f"wrote {target_path}")
 
@@ -228,6 +247,225 @@ def evaluate_command(
     if json_path is not None:
         report.write_metrics_json(json_path, reports)
         click.echo(f"wrote {json_path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# train, test, demo
+
+
+def _train_config(config_file: Path | None, save_dir: Path, explicit: dict[str, Any]) -> TrainConfig:
+    """Defaults < JSON config file < flags given on the command line."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values.update(json.loads(Path(config_file).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{config_file}: not a readable JSON training config ({exc})") from exc
+    values.update(explicit)
+    values["save_dir"] = str(save_dir)
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"training config: {exc}") from exc
+
+
+class _Progress:
+    """tqdm bar over training steps, with the running losses."""
+
+    def __init__(self, epochs: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=epochs, unit="epoch", dynamic_ncols=True)
+
+    def step(self, step: int, losses: dict[str, float]) -> None:
+        self.bar.set_postfix(step=step + 1, g=f"{losses['g_loss']:.4f}", d=f"{losses['d_loss']:.4f}")
+
+    def epoch(self, record: dict[str, float]) -> None:
+        self.bar.update(1)
+        self.bar.write(
+            f"epoch {int(record['epoch'])}: g_loss {record['g_loss']:.4f} d_loss {record['d_loss']:.4f} "
+            f"val_mse {record['val_mse']:.6f}"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+_TRAIN_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "patch_size": "patch_size",
+    "patch_stride": "patch_stride",
+    "random_crops": "random_crops",
+    "coarse_factor": "coarse_factor",
+    "seed": "seed",
+    "device": "device",
+    "amp": "amp",
+    "num_workers": "num_workers",
+    "date_swap": "date_swap",
+    "flips": "flips",
+    "residual": "residual",
+}
+
+
+@cli.command("train")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), required=True, help="Paper layout: train/, val/."
+)
+@click.option("--save-dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON training config.")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--patch-size", type=int, default=256, show_default=True, help="Training patch size.")
+@click.option("--patch-stride", type=int, default=200, show_default=True, help="Training patch stride.")
+@click.option(
+    "--random-crops", type=int, default=0, show_default=True, help="Random crops per case (0: grid)."
+)
+@click.option("--coarse-factor", type=int, default=16, show_default=True, help="Coarse degradation factor.")
+@click.option("--seed", type=int, default=2020, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--amp", is_flag=True, help="bf16 autocast (CUDA only).")
+@click.option("--num-workers", type=int, default=0, show_default=True)
+@click.option("--date-swap/--no-date-swap", default=True, show_default=True)
+@click.option("--flips/--no-flips", default=False, show_default=True, help="Random flips/rotations.")
+@click.option("--residual/--no-residual", default=False, show_default=True, help="Learn F2 - (F1 + C2 - C1).")
+@click.option("--resume", is_flag=True, help="Continue from <save-dir>/last.ckpt.")
+@click.option("--ratio", type=float, default=None, help="ERGAS pixel-size ratio for the test table.")
+@click.pass_context
+@one_line_errors
+def train_command(
+    ctx: click.Context,
+    data_dir: Path,
+    save_dir: Path,
+    config_file: Path | None,
+    resume: bool,
+    ratio: float | None,
+    **flags: Any,
+) -> None:
+    """Train MLFF-GAN on DATA_DIR/train, select on val, test the best model on test."""
+    explicit = {
+        field: flags[name]
+        for name, field in _TRAIN_FLAGS.items()
+        if config_file is None or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    config = _train_config(config_file, save_dir, explicit)
+    progress = _Progress(config.epochs)
+    try:
+        result = workflows.run_experiment(
+            data_dir,
+            config,
+            resume=resume,
+            ratio=ratio,
+            on_step=progress.step,
+            on_epoch=progress.epoch,
+            say=click.echo,
+        )
+    finally:
+        progress.close()
+    click.echo(f"best checkpoint: {result.train.best}")
+    for name, path in result.tables.items():
+        click.echo(f"{name}: {path}")
+
+
+@cli.command("test")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--split", default="test", show_default=True, help="Which split of DATA_DIR to predict.")
+@click.option("--tile", type=(int, int), default=(1024, 768), show_default=True)
+@click.option("--overlap", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--baselines", default="coarse-delta,persistence", show_default=True, help="Comma list or ''.")
+@click.option("--ratio", type=float, default=None, help="ERGAS pixel-size ratio.")
+@click.option("--overwrite", is_flag=True)
+@one_line_errors
+def test_command(
+    data_dir: Path,
+    checkpoint: Path,
+    out: Path,
+    split: str,
+    tile: tuple[int, int],
+    overlap: int,
+    device: str,
+    baselines: str,
+    ratio: float | None,
+    overwrite: bool,
+) -> None:
+    """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
+    load_checkpoint(checkpoint)
+    cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
+    if not cases:
+        raise InputError(f"{data_dir}: no cases in split {split!r}")
+    tiles = TileOptions(tile=tile, overlap=(overlap, overlap))
+    predictors: dict[str, workflows.Predictor] = {
+        "mlffgan": workflows.CheckpointPredictor(checkpoint, tiles=tiles, device=device)
+    }
+    predictors.update({name: workflows.method_predictor(name) for name in baselines.split(",") if name})
+    out.mkdir(parents=True, exist_ok=True)
+    results = workflows.run_methods(cases, predictors, out_dir=out, ratio=ratio, overwrite=overwrite)
+    tables = workflows.write_tables(
+        results, out, protocol={"data": str(data_dir), "split": split}, overwrite=overwrite
+    )
+    if "markdown" in tables:
+        click.echo(tables["markdown"].read_text())
+    for name, path in tables.items():
+        click.echo(f"{name}: {path}")
+
+
+@cli.command("import-reference")
+@click.argument("generator_path", type=click.Path(path_type=Path))
+@click.option("--discriminator", "discriminator_path", type=click.Path(path_type=Path), default=None)
+@click.option("--bands", type=int, required=True)
+@click.option("--coarse-factor", type=int, default=16, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--overwrite", is_flag=True)
+@one_line_errors
+def import_reference_command(
+    generator_path: Path,
+    discriminator_path: Path | None,
+    bands: int,
+    coarse_factor: int,
+    out: Path,
+    overwrite: bool,
+) -> None:
+    """Convert the MLFF-GAN authors' .pth state dict(s) into a self-describing stfusion checkpoint."""
+    import torch
+
+    from stfusion.checkpoint import ModelSpec, save_checkpoint
+    from stfusion.models import PatchDiscriminator, ReferenceCheckpointError, import_reference_state_dict
+
+    raster.check_writable(out, overwrite=overwrite)
+    spec = ModelSpec(name="mlffgan", bands=bands, kwargs={})
+    payload: dict[str, Any] = {
+        "model": spec.to_dict(),
+        "band_names": [f"band{i + 1}" for i in range(bands)],
+        "scale": 1e-4,
+        "coarse_factor": coarse_factor,
+        "config": {"imported_from": str(generator_path)},
+        "epoch": 0,
+    }
+    parts = [("generator", generator_path, spec.build())]
+    if discriminator_path is not None:
+        parts.append(("discriminator", discriminator_path, PatchDiscriminator(bands)))
+    for part, path, module in parts:
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__})") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            ours = import_reference_state_dict(state, part=part)  # type: ignore[arg-type]
+            module.load_state_dict(ours, strict=True)
+        except (ReferenceCheckpointError, RuntimeError) as exc:
+            raise InputError(f"{path}: does not fit MLFF-GAN {part} with {bands} bands: {exc}") from exc
+        payload[part] = module.state_dict()
+    save_checkpoint(out, payload)
+    click.echo(f"wrote {out}")
 
 
 def main() -> None:

@@ -1,0 +1,130 @@
+"""Drop-in for the MLFF-GAN paper's script: ``python run.py --data_dir D --save_dir S``.
+
+Trains on D/train, selects the best epoch on D/val, tests on D/test (or on D/val when there is no
+test folder, saying so), and writes checkpoints, history, GeoTIFF predictions and metric tables under
+S. Every flag of the paper's script is accepted with the same meaning and defaults; booleans may be
+written True/False. Flags for what the paper fixed in code: --train_patch_size, --coarse_factor,
+--seed, --resume. Any image size works, so --image_size is accepted and only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from stfusion.errors import StfusionError
+from stfusion.losses import GeneratorLossWeights
+from stfusion.predict import TileOptions
+from stfusion.train import TrainConfig
+from stfusion.workflows import run_experiment
+
+
+def str2bool(text: str | bool) -> bool:
+    """True/False (also yes/no, 1/0), as the paper's command lines write booleans."""
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in {"true", "t", "yes", "y", "1"}:
+        return True
+    if value in {"false", "f", "no", "n", "0"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    flag: dict[str, Any] = {"type": str2bool, "nargs": "?", "const": True}
+    parser.add_argument("--data_dir", required=True, help="folder with train/, val/ (and test/) pair folders")
+    parser.add_argument("--save_dir", required=True, help="output folder")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--cuda", default=False, **flag, help="train and test on the GPU")
+    parser.add_argument("--ngpu", type=int, default=1, help="GPUs (more than 1: use torchrun)")
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--image_size", type=int, nargs=2, default=None, help="accepted; any size works")
+    parser.add_argument("--patch_stride", type=int, default=200, help="training patch stride")
+    parser.add_argument("--patch_size", type=int, nargs=2, default=[1024, 768], help="TEST tile size H W")
+    parser.add_argument("--cut_num", type=int, default=None, help="accepted; tiling follows --patch_size")
+    parser.add_argument("--ifAdaIN", default=True, **flag)
+    parser.add_argument("--ifAttention", default=True, **flag)
+    parser.add_argument("--ifTwoInput", default=False, **flag)
+    parser.add_argument("--ifAmplificat", default=True, **flag, help="date-swap augmentation")
+    parser.add_argument("--a", type=float, default=0.01, help="adversarial weight")
+    parser.add_argument("--b", type=float, default=1.0, help="L1 weight")
+    parser.add_argument("--c", type=float, default=1.0, help="spectral cosine weight")
+    parser.add_argument("--d", type=float, default=1.0, help="MS-SSIM weight")
+    parser.add_argument("--train_patch_size", type=int, default=256)
+    parser.add_argument("--coarse_factor", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--resume", default=False, **flag)
+    parser.add_argument("--ratio", type=float, default=None, help="ERGAS fine/coarse pixel-size ratio")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        save_dir=args.save_dir,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patch_size=args.train_patch_size,
+        patch_stride=args.patch_stride,
+        coarse_factor=args.coarse_factor,
+        seed=args.seed,
+        adain=args.ifAdaIN,
+        attention=args.ifAttention,
+        two_input=args.ifTwoInput,
+        date_swap=args.ifAmplificat,
+        weights=GeneratorLossWeights(adversarial=args.a, l1=args.b, cosine=args.c, ms_ssim=args.d),
+        val_tile=(args.patch_size[0], args.patch_size[1]),
+        device="cuda" if args.cuda else "cpu",
+        num_workers=args.num_workers,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.image_size is not None:
+        print(f"--image_size {args.image_size[0]} {args.image_size[1]}: not needed, any image size works")
+    if args.cut_num is not None:
+        print(f"--cut_num {args.cut_num}: test tiles follow --patch_size {args.patch_size} with blending")
+    if args.cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --cuda given but no CUDA device is available", file=sys.stderr)
+            return 2
+    if args.ngpu > 1:
+        print(f"--ngpu {args.ngpu}: this script uses one device; launch `torchrun` for several")
+    config = config_from_args(args)
+    tiles = TileOptions(tile=config.val_tile, overlap=config.val_overlap)
+    try:
+        result = run_experiment(
+            Path(args.data_dir),
+            config,
+            resume=args.resume,
+            tiles=tiles,
+            ratio=args.ratio,
+            say=print,
+            on_epoch=lambda r: print(
+                f"epoch {int(r['epoch'])}/{config.epochs}: g_loss {r['g_loss']:.4f} "
+                f"d_loss {r['d_loss']:.4f} val_mse {r['val_mse']:.6f}",
+                flush=True,
+            ),
+        )
+    except StfusionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"best checkpoint: {result.train.best}")
+    if "markdown" in result.tables:
+        print(result.tables["markdown"].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

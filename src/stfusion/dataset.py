@@ -1,0 +1,155 @@
+"""Training patches from fusion cases loaded once into memory.
+
+Each case's four images are read once (float32 reflectance), the coarse images degraded once on the
+whole scene (the same :func:`~stfusion.transforms.degrade_coarse` step that validation and prediction
+apply), and invalid pixels (NaN / nodata in any image) recorded in a validity mask and zero-filled.
+Patches are then views into those arrays: a grid with the given stride that also reaches the bottom and
+right edges (or seeded random crops); nothing is re-read from disk per patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from stfusion import raster
+from stfusion.errors import InputError
+from stfusion.scenes import FusionCase, check_case
+from stfusion.tiling import tile_starts
+from stfusion.transforms import REFLECTANCE_SCALE, degrade_coarse
+
+ROLES: tuple[str, ...] = ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+
+
+@dataclass
+class CaseArrays:
+    """One case in memory: float32 reflectance (C, H, W) per role, coarse already degraded.
+
+    ``valid`` (H, W) bool marks pixels valid in every image; invalid pixels are 0 in the arrays.
+    """
+
+    name: str
+    coarse_t1: np.ndarray
+    fine_t1: np.ndarray
+    coarse_t2: np.ndarray
+    fine_t2: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.fine_t1.shape
+        return c, h, w
+
+
+def degrade_array(image: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`degrade_coarse` for one (C, H, W) NumPy image."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
+    return degrade_coarse(tensor, factor)[0].numpy()
+
+
+def load_case(case: FusionCase, *, coarse_factor: int, scale: float = REFLECTANCE_SCALE) -> CaseArrays:
+    """Read, validate, mask and degrade one case with known truth."""
+    check_case(case, require_truth=True)
+    images = {role: raster.read(path, scale=scale).data for role, path in case.paths().items()}
+    valid = np.ones(images["fine_t1"].shape[1:], dtype=bool)
+    for image in images.values():
+        valid &= np.isfinite(image).all(axis=0)
+    if not valid.any():
+        raise InputError(f"{case.name}: no pixel is valid in all four images (all nodata?)")
+    for role in ROLES:
+        images[role] = np.where(valid[None], images[role], 0.0).astype(np.float32)
+    for role in ("coarse_t1", "coarse_t2"):
+        images[role] = degrade_array(images[role], coarse_factor)
+    return CaseArrays(name=case.name, valid=valid, **{role: images[role] for role in ROLES})
+
+
+def load_cases(
+    cases: Sequence[FusionCase], *, coarse_factor: int, scale: float = REFLECTANCE_SCALE
+) -> list[CaseArrays]:
+    """:func:`load_case` for each case; they must share a band count."""
+    loaded = [load_case(case, coarse_factor=coarse_factor, scale=scale) for case in cases]
+    bands = {c.shape[0] for c in loaded}
+    if len(bands) > 1:
+        raise InputError(f"cases have different band counts {sorted(bands)}; train on one sensor pair")
+    return loaded
+
+
+@dataclass(frozen=True)
+class PatchIndex:
+    case: int
+    row: int
+    col: int
+
+
+class PatchDataset(Dataset[dict[str, torch.Tensor]]):
+    """Patches of ``patch_size`` from in-memory cases.
+
+    Items are dicts of float32 tensors ``coarse_t1, fine_t1, coarse_t2, fine_t2`` (C, P, P) and
+    ``valid`` (1, P, P). With ``random_crops`` = N > 0, each case contributes N crops at positions drawn
+    from ``seed`` (fixed for the dataset's life); otherwise a grid with ``stride`` covering the edges.
+    Images smaller than the patch give one patch of the image size.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CaseArrays],
+        *,
+        patch_size: int,
+        stride: int,
+        random_crops: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if patch_size < 1 or stride < 1:
+            raise ValueError(f"patch_size and stride must be positive, got {patch_size}, {stride}")
+        self.cases = list(cases)
+        self.patch_size = patch_size
+        self.index: list[PatchIndex] = []
+        rng = np.random.default_rng(seed)
+        for number, case in enumerate(self.cases):
+            _, height, width = case.shape
+            ph, pw = min(patch_size, height), min(patch_size, width)
+            if random_crops > 0:
+                rows = rng.integers(0, height - ph + 1, size=random_crops)
+                cols = rng.integers(0, width - pw + 1, size=random_crops)
+                self.index.extend(PatchIndex(number, int(r), int(c)) for r, c in zip(rows, cols, strict=True))
+            else:
+                overlap_h, overlap_w = max(ph - stride, 0), max(pw - stride, 0)
+                for row in tile_starts(height, ph, min(overlap_h, ph - 1)):
+                    for col in tile_starts(width, pw, min(overlap_w, pw - 1)):
+                        self.index.append(PatchIndex(number, row, col))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        where = self.index[item]
+        case = self.cases[where.case]
+        _, height, width = case.shape
+        rows = slice(where.row, where.row + min(self.patch_size, height))
+        cols = slice(where.col, where.col + min(self.patch_size, width))
+        patch = {role: torch.from_numpy(getattr(case, role)[:, rows, cols].copy()) for role in ROLES}
+        patch["valid"] = torch.from_numpy(case.valid[None, rows, cols].copy())
+        return patch
+
+
+def swap_dates(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The date-swap augmentation: [C1, F1, C2, F2] -> [C2, F2, C1, F1] (learn backward prediction)."""
+    swapped = dict(batch)
+    swapped["coarse_t1"], swapped["coarse_t2"] = batch["coarse_t2"], batch["coarse_t1"]
+    swapped["fine_t1"], swapped["fine_t2"] = batch["fine_t2"], batch["fine_t1"]
+    return swapped
+
+
+def flip_rotate(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Optional augmentation: one random flip / 90-degree rotation applied to every tensor of a batch."""
+    k = int(torch.randint(0, 4, (1,), generator=generator))
+    flip = bool(torch.randint(0, 2, (1,), generator=generator))
+    out = {}
+    for key, tensor in batch.items():
+        moved = torch.rot90(tensor, k, dims=(-2, -1))
+        out[key] = torch.flip(moved, dims=(-1,)) if flip else moved
+    return out

@@ -1,0 +1,329 @@
+"""The MLFF-GAN training loop, readable top to bottom.
+
+Per batch: (optional date swap) -> one discriminator step on the detached fake -> one generator step
+with L1 + MS-SSIM + spectral cosine + weighted LSGAN terms (spec section 4). After each epoch the
+generator predicts every validation scene (tiled, exactly as `stfusion predict` does) and its MSE on
+valid pixels selects ``best.ckpt``; ``last.ckpt`` (models, optimisers, history) is written atomically
+every epoch and ``--resume`` continues from it. All randomness of an epoch derives from (seed, epoch),
+so an interrupted and resumed run reaches the same weights as an uninterrupted one.
+
+The run folder gets: ``config.json``, ``last.ckpt``, ``best.ckpt``, ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from stfusion.atomic import atomic_path
+from stfusion.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, swap_dates
+from stfusion.errors import StfusionError
+from stfusion.losses import (
+    GeneratorLossWeights,
+    generator_loss,
+    lsgan_discriminator_loss,
+    ms_ssim_min_size,
+    ms_ssim_scales_for,
+)
+from stfusion.models import PatchDiscriminator
+from stfusion.predict import TileOptions, generator_batch_predictor, predict_tiled
+from stfusion.scenes import FusionCase
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(StfusionError):
+    """Training cannot go on (non-finite loss, incompatible resume); the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``config.json`` in the run folder.
+
+    Defaults are the paper's (spec section 4), except ``coarse_factor`` which depends on the data
+    (16 for full-resolution CIA/LGC, 8 for the 50 m built-in sample).
+    """
+
+    save_dir: str
+    epochs: int = 200
+    batch_size: int = 4
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    patch_size: int = 256
+    patch_stride: int = 200
+    random_crops: int = 0  # > 0: this many seeded random crops per case instead of the grid
+    coarse_factor: int = 16
+    seed: int = 2020
+    adain: bool = True
+    attention: bool = True
+    two_input: bool = False
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    dropout: float = 0.5
+    date_swap: bool = True
+    flips: bool = False
+    residual: bool = False  # ours, not the paper's: learn F2 - (F1 + C2 - C1), see models/residual.py
+    weights: GeneratorLossWeights = field(default_factory=GeneratorLossWeights)
+    ms_ssim_reference_bug: bool = False
+    ms_ssim_scales: int | None = None  # None: 5 (the paper's) when patches allow, else as many as fit
+    val_tile: tuple[int, int] = (1024, 768)
+    val_overlap: tuple[int, int] = (64, 64)
+    device: str = "cpu"
+    amp: bool = False  # bf16 autocast, CUDA only
+    num_workers: int = 0
+    scale: float = 1e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        values = dict(values)
+        if isinstance(values.get("weights"), dict):
+            values["weights"] = GeneratorLossWeights(**values["weights"])
+        for key in ("betas", "channels", "val_tile", "val_overlap"):
+            if key in values:
+                values[key] = tuple(values[key])
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def model_spec(self, bands: int) -> ModelSpec:
+        kwargs = {
+            "adain": self.adain,
+            "attention": self.attention,
+            "two_input": self.two_input,
+            "channels": list(self.channels),
+            "dropout": self.dropout,
+        }
+        return ModelSpec(name="mlffgan-residual" if self.residual else "mlffgan", bands=bands, kwargs=kwargs)
+
+
+@dataclass
+class TrainResult:
+    """Paths of the run's outputs and its per-epoch history."""
+
+    save_dir: Path
+    best: Path
+    last: Path
+    history: list[dict[str, float]]
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+def gan_step(
+    generator: torch.nn.Module,
+    discriminator: torch.nn.Module,
+    optimizer_g: torch.optim.Optimizer,
+    optimizer_d: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    config: TrainConfig,
+) -> dict[str, float]:
+    """One D step then one G step on a batch of (B, C, P, P) tensors; returns the named losses."""
+    device = torch.device(config.device)
+    coarse_t1, fine_t1, coarse_t2, fine_t2 = (
+        batch[k].to(device) for k in ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+    )
+    valid = batch["valid"].to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    with autocast:
+        fake = generator(
+            coarse_t1=None if config.two_input else coarse_t1, fine_t1=fine_t1, coarse_t2=coarse_t2
+        )
+
+    optimizer_d.zero_grad(set_to_none=True)
+    with autocast:
+        d_loss = lsgan_discriminator_loss(
+            discriminator(fine_t2, coarse_t2), discriminator(fake.detach(), coarse_t2)
+        )
+    d_loss.backward()
+    optimizer_d.step()
+
+    optimizer_g.zero_grad(set_to_none=True)
+    with autocast:
+        d_fake = discriminator(fake, coarse_t2)
+    total, parts = generator_loss(
+        fake.float(),
+        fine_t2,
+        d_fake.float(),
+        config.weights,
+        valid=valid,
+        reference_bug=config.ms_ssim_reference_bug,
+        ms_ssim_scales=config.ms_ssim_scales or ms_ssim_scales_for(min(fine_t2.shape[-2:])),
+    )
+    total.backward()
+    optimizer_g.step()
+    losses = {"d_loss": float(d_loss.detach()), "g_loss": float(total.detach())}
+    losses.update({f"g_{name}": float(value) for name, value in parts.items()})
+    return losses
+
+
+def validation_mse(generator: torch.nn.Module, cases: Sequence[CaseArrays], config: TrainConfig) -> float:
+    """Mean over validation cases of the MSE on valid pixels of the whole-scene prediction."""
+    predictor = generator_batch_predictor(generator, device=config.device, amp=config.amp)
+    options = TileOptions(tile=config.val_tile, overlap=config.val_overlap, batch_size=1)
+    errors = []
+    for case in cases:
+        invalid = ~case.valid[None]
+        inputs = [np.where(invalid, np.nan, x) for x in (case.coarse_t1, case.fine_t1, case.coarse_t2)]
+        prediction = predict_tiled(predictor, *inputs, options=options)
+        diff = (prediction - case.fine_t2)[:, case.valid]
+        errors.append(float(np.mean(diff.astype(np.float64) ** 2)))
+    return float(np.mean(errors))
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
+
+
+def train(
+    config: TrainConfig,
+    train_cases: Sequence[FusionCase],
+    val_cases: Sequence[FusionCase],
+    *,
+    resume: bool = False,
+    band_names: Sequence[str] | None = None,
+    on_step: StepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train MLFF-GAN on ``train_cases``, select on ``val_cases``; outputs under ``config.save_dir``."""
+    save_dir = Path(config.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
+    if not train_cases:
+        raise TrainingError("no training cases")
+    if not val_cases:
+        raise TrainingError("no validation cases (a split apart from test is needed to select `best`)")
+
+    train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, scale=config.scale)
+    val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, scale=config.scale)
+    bands = train_arrays[0].shape[0]
+    names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
+    spec = config.model_spec(bands)
+    device = torch.device(config.device)
+
+    torch.manual_seed(config.seed)
+    generator = spec.build().to(device)
+    discriminator = PatchDiscriminator(bands).to(device)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=config.betas)
+
+    start_epoch, best_val, history = 0, math.inf, []
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, map_location=device)
+        if state.get("config", {}).get("seed") != config.seed or state["model"] != spec.to_dict():
+            raise TrainingError(f"{last_path}: saved with another model or seed; use a new --save_dir")
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        optimizer_g.load_state_dict(state["optimizer_g"])
+        optimizer_d.load_state_dict(state["optimizer_d"])
+        start_epoch, best_val, history = state["epoch"], state["best_val"], state["history"]
+        log.info("resuming from %s after epoch %d", last_path, start_epoch)
+    elif resume:
+        log.warning("--resume: no %s yet, starting from scratch", last_path)
+    _write_json(save_dir / "config.json", config.to_dict())
+
+    if config.weights.ms_ssim and config.ms_ssim_scales is None and config.patch_size < ms_ssim_min_size(5):
+        log.warning(
+            "patch size %d < %d: MS-SSIM uses %d scales instead of 5",
+            config.patch_size,
+            ms_ssim_min_size(5),
+            ms_ssim_scales_for(config.patch_size),
+        )
+    dataset = PatchDataset(
+        train_arrays,
+        patch_size=config.patch_size,
+        stride=config.patch_stride,
+        random_crops=config.random_crops,
+        seed=config.seed,
+    )
+    common = {
+        "model": spec.to_dict(),
+        "band_names": names,
+        "scale": config.scale,
+        "coarse_factor": config.coarse_factor,
+        "config": config.to_dict(),
+    }
+    for epoch in range(start_epoch, config.epochs):
+        # Everything random in this epoch (order, swaps, dropout) derives from (seed, epoch).
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        order = torch.Generator().manual_seed(config.seed + epoch)
+        augment = torch.Generator().manual_seed(config.seed * 31 + epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=order,
+            num_workers=config.num_workers,
+        )
+        generator.train()
+        discriminator.train()
+        sums: dict[str, float] = {}
+        for step, batch in enumerate(loader):
+            if config.date_swap and float(torch.rand(1, generator=augment)) < 0.5:
+                batch = swap_dates(batch)
+            if config.flips:
+                batch = flip_rotate(batch, augment)
+            losses = gan_step(generator, discriminator, optimizer_g, optimizer_d, batch, config)
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise TrainingError(
+                    f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({losses}); "
+                    f"the last good checkpoint is {last_path}; lower --lr or check the inputs"
+                )
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if on_step is not None:
+                on_step(step, losses)
+        val_mse = validation_mse(generator, val_arrays, config)
+        record = {
+            "epoch": epoch + 1,
+            **{k: v / max(len(loader), 1) for k, v in sums.items()},
+            "val_mse": val_mse,
+        }
+        history.append(record)
+        if val_mse < best_val:
+            best_val = val_mse
+            save_checkpoint(
+                best_path,
+                {**common, "generator": generator.state_dict(), "epoch": epoch + 1, "best_val": best_val},
+            )
+        save_checkpoint(
+            last_path,
+            {
+                **common,
+                "generator": generator.state_dict(),
+                "discriminator": discriminator.state_dict(),
+                "optimizer_g": optimizer_g.state_dict(),
+                "optimizer_d": optimizer_d.state_dict(),
+                "epoch": epoch + 1,
+                "best_val": best_val,
+                "history": history,
+            },
+        )
+        _write_history(save_dir / "history.csv", history)
+        if on_epoch is not None:
+            on_epoch(record)
+    return TrainResult(save_dir=save_dir, best=best_path, last=last_path, history=history)

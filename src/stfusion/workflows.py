@@ -1,0 +1,275 @@
+"""End-to-end jobs shared by the CLI, ``run.py`` and the demo: predict cases, score them, compare.
+
+Each function works on :class:`~stfusion.scenes.FusionCase` records and writes its outputs through
+:mod:`stfusion.raster` and :mod:`stfusion.report` (atomic writes, georeferenced GeoTIFFs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from stfusion import raster, report
+from stfusion.atomic import atomic_path
+from stfusion.checkpoint import load_generator
+from stfusion.errors import InputError
+from stfusion.methods import get_method
+from stfusion.metrics import MetricReport, compute_metrics
+from stfusion.predict import TileOptions, predict_with_generator
+from stfusion.scenes import FusionCase, check_case
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseInputs:
+    """The pixels of one case (float32 reflectance (C, H, W), NaN = invalid) and its fine t1 grid."""
+
+    case: FusionCase
+    coarse_t1: np.ndarray
+    fine_t1: np.ndarray
+    coarse_t2: np.ndarray
+    fine_t2: np.ndarray | None
+    reference: raster.RasterInfo
+    band_names: list[str]
+
+
+def read_case(case: FusionCase, *, scale: float = 1e-4, require_truth: bool = False) -> CaseInputs:
+    """Validate a case and read its images."""
+    infos = check_case(case, require_truth=require_truth)
+    images = {role: raster.read(path, scale=scale).data for role, path in case.paths().items()}
+    reference = infos["fine_t1"]
+    names = [n or f"band{i + 1}" for i, n in enumerate(reference.band_names)]
+    return CaseInputs(
+        case=case,
+        coarse_t1=images["coarse_t1"],
+        fine_t1=images["fine_t1"],
+        coarse_t2=images["coarse_t2"],
+        fine_t2=images.get("fine_t2"),
+        reference=reference,
+        band_names=names,
+    )
+
+
+#: A predictor takes a case's inputs and returns the (C, H, W) prediction.
+Predictor = Callable[[CaseInputs], np.ndarray]
+
+
+@dataclass
+class CheckpointPredictor:
+    """Predict with a trained MLFF-GAN checkpoint (its degradation factor and model travel with it)."""
+
+    path: Path
+    tiles: TileOptions = field(default_factory=TileOptions)
+    device: str = "cpu"
+    amp: bool = False
+    _generator: nn.Module | None = None
+    _checkpoint: dict[str, Any] | None = None
+
+    def __call__(self, inputs: CaseInputs) -> np.ndarray:
+        bands = inputs.fine_t1.shape[0]
+        if self._generator is None:
+            self._generator, self._checkpoint = load_generator(self.path, bands=bands)
+        assert self._checkpoint is not None
+        if self._checkpoint["model"]["bands"] != bands:
+            raise InputError(
+                f"{self.path}: checkpoint is for {self._checkpoint['model']['bands']} bands, "
+                f"but {inputs.case.fine_t1} has {bands}"
+            )
+        return predict_with_generator(
+            self._generator,
+            inputs.coarse_t1,
+            inputs.fine_t1,
+            inputs.coarse_t2,
+            coarse_factor=int(self._checkpoint["coarse_factor"]),
+            options=self.tiles,
+            device=self.device,
+            amp=self.amp,
+        )
+
+
+def method_predictor(name: str, **options: Any) -> Predictor:
+    """A Predictor for a named fusion method (persistence, coarse-delta, starfm, fsdaf)."""
+    fusion = get_method(name)
+
+    def predict(inputs: CaseInputs) -> np.ndarray:
+        try:
+            return fusion(inputs.coarse_t1, inputs.fine_t1, inputs.coarse_t2, **options)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"method {name}: {exc}") from exc
+
+    return predict
+
+
+@dataclass
+class MethodResult:
+    """One method on one case: its prediction, metrics and wall time (seconds)."""
+
+    prediction: np.ndarray
+    metrics: MetricReport | None
+    seconds: float
+    output: Path | None = None
+
+
+def run_methods(
+    cases: Sequence[FusionCase],
+    predictors: Mapping[str, Predictor],
+    *,
+    out_dir: Path | None = None,
+    scale: float = 1e-4,
+    ratio: float | None = None,
+    overwrite: bool = False,
+    write_predictions: bool = True,
+) -> dict[str, dict[str, MethodResult]]:
+    """Predict every case with every method; score against the truth when it is known.
+
+    Predictions go to ``out_dir/<case>/<method>.tif`` (georeferenced like fine t1) when
+    ``write_predictions``. Returns case name -> method name -> result.
+    """
+    results: dict[str, dict[str, MethodResult]] = {}
+    for case in cases:
+        inputs = read_case(case, scale=scale)
+        results[case.name] = {}
+        for name, predictor in predictors.items():
+            output = None
+            if out_dir is not None and write_predictions:
+                output = out_dir / case.name / f"{name}.tif"
+                output.parent.mkdir(parents=True, exist_ok=True)
+                raster.check_writable(output, overwrite=overwrite)
+            start = time.perf_counter()
+            prediction = predictor(inputs)
+            seconds = time.perf_counter() - start
+            metrics = None
+            if inputs.fine_t2 is not None:
+                metrics = compute_metrics(
+                    prediction, inputs.fine_t2, ratio=ratio, band_names=inputs.band_names
+                )
+            if output is not None:
+                raster.write_like(output, prediction, inputs.reference, scale=scale, overwrite=overwrite)
+            log.info("%s %s: %.2f s", case.name, name, seconds)
+            results[case.name][name] = MethodResult(prediction, metrics, seconds, output)
+    return results
+
+
+def write_tables(
+    results: Mapping[str, Mapping[str, MethodResult]],
+    out_dir: Path,
+    *,
+    protocol: Mapping[str, Any] | None = None,
+    stem: str = "metrics",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write the metric tables (CSV + conventions sidecar, JSON, Markdown) of scored results.
+
+    Rows are keyed ``<case>/<method>`` when there are several cases, else ``<method>``; each method's
+    wall time is recorded as an extra column.
+    """
+    reports: dict[str, MetricReport] = {}
+    extra: dict[str, dict[str, object]] = {}
+    several = len(results) > 1
+    for case_name, methods in results.items():
+        for method, result in methods.items():
+            if result.metrics is None:
+                continue
+            key = f"{case_name}/{method}" if several else method
+            reports[key] = result.metrics
+            extra[key] = {"case": case_name, "seconds": round(result.seconds, 3)}
+    if not reports:
+        return {}
+    paths = {
+        "csv": out_dir / f"{stem}.csv",
+        "json": out_dir / f"{stem}.json",
+        "markdown": out_dir / f"{stem}.md",
+    }
+    for path in (*paths.values(), report.sidecar_path(paths["csv"])):
+        raster.check_writable(path, overwrite=overwrite)
+    protocol_dict = dict(protocol or {})
+    report.write_metrics_csv(paths["csv"], reports, extra=extra, protocol=protocol_dict)
+    report.write_metrics_json(paths["json"], reports, extra=extra, protocol=protocol_dict)
+    markdown = report.metrics_markdown(reports, per_band=False, extra=extra)
+    with_protocol = "".join(f"- {k}: {v}\n" for k, v in protocol_dict.items())
+    text = f"{markdown}\n\nProtocol:\n{with_protocol}" if with_protocol else markdown
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(text + "\n")
+    return paths
+
+
+@dataclass
+class ExperimentResult:
+    """Outputs of :func:`run_experiment`."""
+
+    train: Any  # stfusion.train.TrainResult
+    test_results: dict[str, dict[str, MethodResult]]
+    tables: dict[str, Path]
+    test_split: str
+
+
+def run_experiment(
+    data_dir: Path,
+    config: Any,  # stfusion.train.TrainConfig
+    *,
+    resume: bool = False,
+    tiles: TileOptions | None = None,
+    baselines: Sequence[str] = ("coarse-delta", "persistence"),
+    ratio: float | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    say: Callable[[str], None] = log.info,
+) -> ExperimentResult:
+    """Train on ``data_dir/train``, select on ``data_dir/val``, then test the best model.
+
+    The test split is ``data_dir/test``, or ``val`` when there is no test folder (said through ``say``).
+    Predictions and metric tables of MLFF-GAN and ``baselines`` go to ``<save_dir>/test``.
+    """
+    from stfusion.scenes import discover_paper_layout
+    from stfusion.train import train
+
+    data_dir = Path(data_dir)
+    found = discover_paper_layout(data_dir)
+    train_cases, val_cases, test_cases = (found.split(s) for s in ("train", "val", "test"))
+    if not train_cases:
+        raise InputError(f"{data_dir}: no training cases (expected {data_dir / 'train'}/<pair folders>)")
+    if not val_cases:
+        raise InputError(f"{data_dir}: no validation cases (expected {data_dir / 'val'}/<pair folders>)")
+    test_split = "test"
+    if not test_cases:
+        say(f"{data_dir}: no test folder; testing on the validation cases (val)")
+        test_cases, test_split = val_cases, "val"
+    band_names = read_case(train_cases[0], scale=config.scale).band_names
+    trained = train(
+        config,
+        train_cases,
+        val_cases,
+        resume=resume,
+        band_names=band_names,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    out_dir = Path(config.save_dir) / "test"
+    tile_options = tiles or TileOptions(tile=config.val_tile, overlap=config.val_overlap)
+    predictors: dict[str, Predictor] = {
+        "mlffgan": CheckpointPredictor(trained.best, tiles=tile_options, device=config.device)
+    }
+    predictors.update({name: method_predictor(name) for name in baselines})
+    results = run_methods(
+        test_cases, predictors, out_dir=out_dir, scale=config.scale, ratio=ratio, overwrite=True
+    )
+    protocol = {
+        "data": str(data_dir),
+        "train": ", ".join(c.name for c in train_cases),
+        "val (model selection)": ", ".join(c.name for c in val_cases),
+        f"{test_split} (scored)": ", ".join(c.name for c in test_cases),
+        "epochs": config.epochs,
+        "coarse_factor": config.coarse_factor,
+        "tile": f"{tile_options.tile}, overlap {tile_options.overlap}",
+        "metrics": "whole scene, METRICS.md conventions (SSIM data_range 2)",
+    }
+    tables = write_tables(results, out_dir, protocol=protocol, overwrite=True)
+    return ExperimentResult(train=trained, test_results=results, tables=tables, test_split=test_split)
