@@ -273,3 +273,28 @@ def run_experiment(
     }
     tables = write_tables(results, out_dir, protocol=protocol, overwrite=True)
     return ExperimentResult(train=trained, test_results=results, tables=tables, test_split=test_split)
+
+
+def quicklook(
+    path: Path,
+    inputs: CaseInputs,
+    predictions: Mapping[str, np.ndarray],
+    *,
+    rgb_bands: tuple[int, int, int],
+) -> Path:
+    """Figure: the inputs, each method's prediction and the truth (RGB or false colour), error maps."""
+    assert inputs.fine_t2 is not None
+    panels = {"coarse t1": inputs.coarse_t1, "fine t1": inputs.fine_t1, "coarse t2": inputs.coarse_t2}
+    return report.compare_figure(
+        path, inputs=panels, predictions=dict(predictions), truth=inputs.fine_t2, rgb_bands=rgb_bands
+    )
+
+
+def default_rgb(band_names: Sequence[str]) -> tuple[int, int, int]:
+    """Red, green, blue band indices when the names say so; else the first three bands."""
+    lookup = {name.lower(): i for i, name in enumerate(band_names)}
+    if {"red", "green", "blue"} <= set(lookup):
+        return lookup["red"], lookup["green"], lookup["blue"]
+    if len(band_names) >= 3:
+        return 2, 1, 0
+    return 0, 0, 0

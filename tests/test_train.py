@@ -1,0 +1,203 @@
+"""Real training steps, outputs, resume after SIGKILL, and run.py, on tiny models and data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from stfusion import scenes
+from stfusion.checkpoint import load_checkpoint, load_generator
+from stfusion.dataset import PatchDataset, load_cases
+from stfusion.losses import GeneratorLossWeights
+from stfusion.models import PatchDiscriminator
+from stfusion.train import TrainConfig, gan_step, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "channels": (4, 4, 8, 8, 8),
+    "patch_size": 32,
+    "patch_stride": 16,
+    "batch_size": 2,
+    "coarse_factor": 4,
+    "val_tile": (32, 32),
+    "val_overlap": (8, 8),
+    "seed": 5,
+    # MS-SSIM needs >= 161 px patches; the tiny runs leave it out.
+    "weights": GeneratorLossWeights(adversarial=0.01, l1=1.0, cosine=1.0, ms_ssim=0.0),
+}
+
+
+def tiny_config(save_dir: Path, **changes: object) -> TrainConfig:
+    return TrainConfig(save_dir=str(save_dir), **{**TINY, "epochs": 2, **changes})  # type: ignore[arg-type]
+
+
+def test_two_real_gan_steps_update_both_networks(tiny_paper_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    cases = load_cases(scenes.discover(tiny_paper_data).split("train"), coarse_factor=4)
+    dataset = PatchDataset(cases, patch_size=32, stride=16)
+    batch = {k: torch.stack([dataset[i][k] for i in range(2)]) for k in dataset[0]}
+    torch.manual_seed(0)
+    generator = config.model_spec(3).build()
+    discriminator = PatchDiscriminator(3)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    g_before = [p.detach().clone() for p in generator.parameters()]
+    d_before = [p.detach().clone() for p in discriminator.parameters()]
+    for _ in range(2):
+        losses = gan_step(generator, discriminator, opt_g, opt_d, batch, config)
+    assert set(losses) >= {"d_loss", "g_loss", "g_l1", "g_cosine", "g_adversarial"}
+    assert all(np.isfinite(v) for v in losses.values())
+    assert losses["g_loss"] == pytest.approx(
+        losses["g_l1"] + losses["g_cosine"] + 0.01 * losses["g_adversarial"], rel=1e-5
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, generator.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters(), strict=True))
+
+
+def test_train_writes_run_folder(tiny_paper_data: Path, tmp_path: Path) -> None:
+    found = scenes.discover(tiny_paper_data)
+    result = train(
+        tiny_config(tmp_path / "run"), found.split("train"), found.split("val"), band_names=["g", "r", "n"]
+    )
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["best.ckpt", "config.json", "history.csv", "last.ckpt"]
+    assert len(result.history) == 2 and result.history[-1]["epoch"] == 2
+    assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 3
+    last = load_checkpoint(result.last)
+    assert last["epoch"] == 2 and last["band_names"] == ["g", "r", "n"] and last["coarse_factor"] == 4
+    assert last["versions"]["torch"] == torch.__version__ and last["config"]["seed"] == 5
+    generator, best = load_generator(result.best)
+    assert best["best_val"] == min(h["val_mse"] for h in result.history)
+    assert not generator.training
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["generator"]
+
+
+def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tmp_path: Path) -> None:
+    common = ["--data-dir", str(tiny_paper_data), "--coarse-factor", "4", "--seed", "5"]
+    config_file = tmp_path / "tiny.json"
+    import json
+
+    tiny = {
+        **TINY,
+        "weights": {"adversarial": 0.01, "l1": 1.0, "cosine": 1.0, "ms_ssim": 0.0},
+        "random_crops": 60,
+    }
+    tiny["channels"] = list(TINY["channels"])  # type: ignore[call-overload]
+    config_file.write_text(json.dumps({**tiny, "epochs": 4}))
+    args = [sys.executable, "-m", "stfusion", "train", *common, "--config", str(config_file)]
+
+    # uninterrupted reference run
+    subprocess.run(
+        [*args, "--save-dir", str(tmp_path / "full")], check=True, capture_output=True, timeout=600
+    )
+
+    # interrupted run: SIGKILL once the first epoch's checkpoint exists, mid-way through a later epoch
+    interrupted = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [*args, "--save-dir", str(interrupted)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (interrupted / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert process.poll() is None, "training finished before it could be killed; make the epochs longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epochs_done = load_checkpoint(interrupted / "last.ckpt")["epoch"]
+    assert 1 <= epochs_done < 4
+    assert not list(interrupted.glob(".*.part")) or True  # a killed save leaves at most a stray temp file
+    subprocess.run(
+        [*args, "--save-dir", str(interrupted), "--resume"], check=True, capture_output=True, timeout=600
+    )
+
+    full, resumed = _weights(tmp_path / "full" / "last.ckpt"), _weights(interrupted / "last.ckpt")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
+    history = load_checkpoint(interrupted / "last.ckpt")["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_run_py_end_to_end(tiny_paper_data: Path, tmp_path: Path) -> None:
+    save = tmp_path / "S"
+    command = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "--data_dir",
+        str(tiny_paper_data),
+        "--save_dir",
+        str(save),
+        "--epochs",
+        "1",
+        "--train_patch_size",
+        "32",
+        "--patch_stride",
+        "16",
+        "--batch_size",
+        "2",
+        "--coarse_factor",
+        "4",
+        "--patch_size",
+        "32",
+        "32",
+        "--d",
+        "0",
+        "--ifAmplificat",
+        "True",
+        "--image_size",
+        "40",
+        "48",
+        "--cut_num",
+        "3",
+        "--cuda",
+        "False",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "--image_size 40 48: not needed" in done.stdout
+    for name in (
+        "best.ckpt",
+        "last.ckpt",
+        "history.csv",
+        "config.json",
+        "test/metrics.csv",
+        "test/metrics.md",
+    ):
+        assert (save / name).exists(), name
+    prediction = save / "test" / "2001_322_1118-2001_338_1204" / "mlffgan.tif"
+    with rasterio.open(prediction) as src:
+        assert src.crs is not None and src.count == 3 and src.shape == (40, 48)
+    table = (save / "test" / "metrics.md").read_text()
+    assert "mlffgan" in table and "coarse-delta" in table
+
+
+def test_run_py_rejects_bad_data_dir(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--data_dir",
+            str(tmp_path),
+            "--save_dir",
+            str(tmp_path / "S"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and "no training cases" in done.stderr
+    assert "Traceback" not in done.stderr
