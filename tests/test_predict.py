@@ -137,7 +137,9 @@ def test_predict_cli_checkpoint_errors(checkpoint: Path, tmp_path: Path, rng: np
         str(tmp_path / "p.tif"),
     ]
     result = CliRunner().invoke(cli, [*base, "--checkpoint", str(checkpoint)])
-    assert result.exit_code == 2 and "checkpoint is for 4 bands" in result.output and "have 3" in result.output
+    assert (
+        result.exit_code == 2 and "checkpoint is for 4 bands" in result.output and "have 3" in result.output
+    )
     truncated = tmp_path / "cut.ckpt"
     truncated.write_bytes(checkpoint.read_bytes()[:1000])
     result = CliRunner().invoke(cli, [*base, "--checkpoint", str(truncated)])
