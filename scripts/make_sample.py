@@ -45,7 +45,10 @@ def main() -> int:
             folder.mkdir(parents=True)
             for stamp in (t1, t2):
                 doy = label(stamp).split("_")[1]
-                copy(SOURCE / f"fine_{stamp}.tif", folder / f"L71093084_084{stamp}_HRF_modtran_surf_ref_agd66.tif")
+                copy(
+                    SOURCE / f"fine_{stamp}.tif",
+                    folder / f"L71093084_084{stamp}_HRF_modtran_surf_ref_agd66.tif",
+                )
                 copy(SOURCE / f"coarse_{stamp}.tif", folder / f"MOD09GA_A{stamp[:4]}{doy}.sur_refl.tif")
     return 0
 
