@@ -516,8 +516,13 @@ def compare_command(
         for name in methods.split(",")
         if name
     }
+    bands = raster.inspect(cases[0].fine_t1).count
     for number, path in enumerate(checkpoints, start=1):
-        load_checkpoint(path)
+        model_bands = load_checkpoint(path)["model"]["bands"]
+        if model_bands != bands:
+            raise InputError(
+                f"{path}: checkpoint is for {model_bands} bands, but {cases[0].fine_t1} has {bands}"
+            )
         tiles = TileOptions(tile=tile, overlap=(64, 64))
         predictors["mlffgan" if number == 1 else f"mlffgan{number}"] = workflows.CheckpointPredictor(
             path, tiles=tiles

@@ -234,11 +234,14 @@ def write_like(
         stored[np.isnan(reflectance)] = nodata
     profile = output_profile(reference, count=reflectance.shape[0], dtype=dtype, nodata=nodata)
     names = band_names if band_names is not None else reference.band_names
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(stored)
-        for index, name in enumerate(names[: reflectance.shape[0]], start=1):
-            if name:
-                dst.set_band_description(index, name)
-        if tags:
-            dst.update_tags(**tags)
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        # a reference without georeferencing (e.g. the ESTARFM test data) gives an output without it
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(stored)
+            for index, name in enumerate(names[: reflectance.shape[0]], start=1):
+                if name:
+                    dst.set_band_description(index, name)
+            if tags:
+                dst.update_tags(**tags)
     return path
