@@ -291,6 +291,25 @@ class _Progress:
         self.bar.close()
 
 
+def _run_with_progress(
+    data_dir: Path, config: TrainConfig, *, resume: bool, ratio: float | None
+) -> workflows.ExperimentResult:
+    """Train, select and test (workflows.run_experiment) with a progress bar."""
+    progress = _Progress(config.epochs)
+    try:
+        return workflows.run_experiment(
+            data_dir,
+            config,
+            resume=resume,
+            ratio=ratio,
+            on_step=progress.step,
+            on_epoch=progress.epoch,
+            say=click.echo,
+        )
+    finally:
+        progress.close()
+
+
 _TRAIN_FLAGS = {
     "epochs": "epochs",
     "batch_size": "batch_size",
@@ -351,19 +370,7 @@ def train_command(
         if config_file is None or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
     }
     config = _train_config(config_file, save_dir, explicit)
-    progress = _Progress(config.epochs)
-    try:
-        result = workflows.run_experiment(
-            data_dir,
-            config,
-            resume=resume,
-            ratio=ratio,
-            on_step=progress.step,
-            on_epoch=progress.epoch,
-            say=click.echo,
-        )
-    finally:
-        progress.close()
+    result = _run_with_progress(data_dir, config, resume=resume, ratio=ratio)
     click.echo(f"best checkpoint: {result.train.best}")
     for name, path in result.tables.items():
         click.echo(f"{name}: {path}")
@@ -589,19 +596,7 @@ def demo_command(out: Path, epochs: int, residual: bool, overwrite: bool) -> Non
     click.echo(
         f"training MLFF-GAN on {SAMPLE_ROOT / 'train'} for {epochs} epochs (CPU); test date 2001-11-02"
     )
-    progress = _Progress(config.epochs)
-    try:
-        result = workflows.run_experiment(
-            SAMPLE_ROOT,
-            config,
-            resume=False,
-            ratio=SAMPLE_ERGAS_RATIO,
-            on_step=progress.step,
-            on_epoch=progress.epoch,
-            say=click.echo,
-        )
-    finally:
-        progress.close()
+    result = _run_with_progress(SAMPLE_ROOT, config, resume=False, ratio=SAMPLE_ERGAS_RATIO)
     case_name, methods = next(iter(result.test_results.items()))
     prediction = out / "prediction_mlffgan.tif"
     raster.check_writable(prediction, overwrite=True)
