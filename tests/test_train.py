@@ -118,7 +118,6 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tm
     process.wait()
     epochs_done = load_checkpoint(interrupted / "last.ckpt")["epoch"]
     assert 1 <= epochs_done < 4
-    assert not list(interrupted.glob(".*.part")) or True  # a killed save leaves at most a stray temp file
     subprocess.run(
         [*args, "--save-dir", str(interrupted), "--resume"], check=True, capture_output=True, timeout=600
     )
