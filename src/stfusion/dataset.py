@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stfusion import raster
 from stfusion.errors import InputError
-from stfusion.scenes import FusionCase, check_case
+from stfusion.inputs import CaseReader
+from stfusion.scenes import FusionCase
 from stfusion.tiling import tile_starts
 from stfusion.transforms import REFLECTANCE_SCALE, degrade_coarse
 
@@ -53,8 +53,8 @@ def degrade_array(image: np.ndarray, factor: int) -> np.ndarray:
 
 def load_case(case: FusionCase, *, coarse_factor: int, scale: float = REFLECTANCE_SCALE) -> CaseArrays:
     """Read, validate, mask and degrade one case with known truth."""
-    check_case(case, require_truth=True)
-    images = {role: raster.read(path, scale=scale).data for role, path in case.paths().items()}
+    reader = CaseReader(case, scale=scale, require_truth=True)
+    images = {role: reader.read(role) for role in reader.roles}
     valid = np.ones(images["fine_t1"].shape[1:], dtype=bool)
     for image in images.values():
         valid &= np.isfinite(image).all(axis=0)

@@ -143,6 +143,11 @@ def read(
     return Raster(data=data, info=info)
 
 
+def make_window(row: int, col: int, height: int, width: int) -> Window:
+    """A rasterio Window from pixel offsets and sizes (so callers need not import rasterio)."""
+    return Window(col, row, width, height)
+
+
 def _outside_mask(window: Window, height: int, width: int) -> np.ndarray | None:
     rows = np.arange(window.row_off, window.row_off + window.height)
     cols = np.arange(window.col_off, window.col_off + window.width)

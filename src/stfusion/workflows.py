@@ -20,10 +20,11 @@ from stfusion import raster, report
 from stfusion.atomic import atomic_path
 from stfusion.checkpoint import load_generator
 from stfusion.errors import InputError
+from stfusion.inputs import CaseReader
 from stfusion.methods import get_method
 from stfusion.metrics import MetricReport, compute_metrics
 from stfusion.predict import TileOptions, predict_with_generator
-from stfusion.scenes import FusionCase, check_case
+from stfusion.scenes import FusionCase
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,9 @@ class CaseInputs:
 
 def read_case(case: FusionCase, *, scale: float = 1e-4, require_truth: bool = False) -> CaseInputs:
     """Validate a case and read its images."""
-    infos = check_case(case, require_truth=require_truth)
-    images = {role: raster.read(path, scale=scale).data for role, path in case.paths().items()}
-    reference = infos["fine_t1"]
-    names = [n or f"band{i + 1}" for i, n in enumerate(reference.band_names)]
+    reader = CaseReader(case, scale=scale, require_truth=require_truth)
+    images = {role: reader.read(role) for role in reader.roles}
+    reference, names = reader.reference, reader.band_names
     return CaseInputs(
         case=case,
         coarse_t1=images["coarse_t1"],
