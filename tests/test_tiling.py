@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from stfusion.tiling import Mosaic, blend_weights, ramp, tile_grid, tile_starts
+from stfusion.tiling import Mosaic, blend_weights, ramp, tile_grid, tile_rows, tile_starts
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,27 @@ def test_nan_contributions_are_ignored() -> None:
     mosaic.add(tiles[0], values)
     result = mosaic.result()
     assert np.isnan(result[0, 0, 0]) and np.nansum(result) == 99
+
+
+def test_strip_mosaic_pop_rows_equals_whole_mosaic() -> None:
+    rng = np.random.default_rng(1)
+    tiles = tile_grid(50, 40, (16, 16), (4, 4))
+    values = {t: rng.random((2, t.height, t.width)).astype(np.float32) for t in tiles}
+    whole = Mosaic(2, 50, 40, overlap=(4, 4))
+    for tile in tiles:
+        whole.add(tile, values[tile])
+    strip = Mosaic(2, 16, 40, overlap=(4, 4), top=0)
+    rows = tile_rows(tiles)
+    blocks = []
+    for index, group in enumerate(rows):
+        for tile in group:
+            strip.add(tile, values[tile])
+        stop = rows[index + 1][0].row if index + 1 < len(rows) else 50
+        blocks.append(strip.pop_rows(stop))
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), whole.result())
+
+
+def test_strip_mosaic_refuses_tiles_outside_the_strip() -> None:
+    strip = Mosaic(1, 10, 10, overlap=(0, 0), top=20)
+    with pytest.raises(ValueError, match="outside"):
+        strip.add(tile_grid(40, 10, (10, 10), (0, 0))[0], np.ones((1, 10, 10)))

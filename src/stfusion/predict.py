@@ -20,7 +20,7 @@ from torch import nn
 
 from stfusion.dataset import degrade_array
 from stfusion.fusion import check_fusion_inputs
-from stfusion.tiling import Mosaic, Tile, tile_grid
+from stfusion.tiling import Mosaic, Tile, tile_grid, tile_rows
 
 #: Batch predictor: three (N, C, h, w) arrays (coarse t1, fine t1, coarse t2) -> (N, C, h, w).
 BatchPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -35,9 +35,79 @@ class TileOptions:
     batch_size: int = 1
 
 
+#: Tile reader: a tile of the scene -> its (coarse t1, fine t1, coarse t2), each (C, h, w) float32
+#: reflectance with NaN = invalid, exactly as the model must see them (coarse already degraded).
+TileReader = Callable[[Tile], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def _batches(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:
     for start in range(0, len(tiles), size):
         yield tiles[start : start + size]
+
+
+def _predict_tiles(
+    read_tile: TileReader, predict_batch: BatchPredictor, tiles: Sequence[Tile]
+) -> list[np.ndarray]:
+    """Predict a batch of tiles; pixels invalid in any input are NaN in each tile's prediction."""
+    inputs = [read_tile(tile) for tile in tiles]
+    invalid: list[np.ndarray] = [
+        np.asarray(~(np.isfinite(c1) & np.isfinite(f1) & np.isfinite(c2)).all(axis=0))
+        for c1, f1, c2 in inputs
+    ]
+    stacks = [
+        np.stack(
+            [
+                np.where(bad[None], 0.0, images[role]).astype(np.float32)
+                for images, bad in zip(inputs, invalid, strict=True)
+            ]
+        )
+        for role in range(3)
+    ]
+    predicted = predict_batch(stacks[0], stacks[1], stacks[2])
+    outputs = []
+    for values, bad in zip(predicted, invalid, strict=True):
+        values = np.array(values, dtype=np.float32)
+        values[:, bad] = np.nan
+        outputs.append(values)
+    return outputs
+
+
+def iter_blended_rows(
+    read_tile: TileReader,
+    predict_batch: BatchPredictor,
+    *,
+    bands: int,
+    height: int,
+    width: int,
+    options: TileOptions = TileOptions(),
+    rows: tuple[int, int] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Predict a scene one row of tiles at a time, yielding blended rows as soon as they are final.
+
+    Yields ``(first_row, block)`` with ``block`` (C, n, W) float32 (NaN = no valid input), top to
+    bottom, covering rows [rows[0], rows[1]) (the whole scene by default). Only the tiles touching
+    those rows are predicted, and each yielded row has every contribution it gets in a whole-scene
+    mosaic, so splitting a scene into row ranges (e.g. across processes) gives the same pixels.
+    Memory: one strip of tile height x scene width, plus a batch of tiles.
+    """
+    first, stop = rows if rows is not None else (0, height)
+    if not 0 <= first < stop <= height:
+        raise ValueError(f"row range {first}..{stop} is not inside a scene of {height} rows")
+    tiles = tile_grid(height, width, options.tile, options.overlap)
+    tile_height = tiles[0].height
+    overlap = (min(options.overlap[0], tile_height - 1), min(options.overlap[1], tiles[0].width - 1))
+    groups = [g for g in tile_rows(tiles) if g[0].row < stop and g[0].row + tile_height > first]
+    mosaic = Mosaic(bands, tile_height, width, overlap, top=groups[0][0].row)
+    for index, group in enumerate(groups):
+        for batch in _batches(group, max(1, options.batch_size)):
+            for tile, values in zip(batch, _predict_tiles(read_tile, predict_batch, batch), strict=True):
+                mosaic.add(tile, values)
+        final = groups[index + 1][0].row if index + 1 < len(groups) else group[0].row + tile_height
+        block_top = mosaic.top
+        block = mosaic.pop_rows(min(final, stop))
+        keep = max(first - block_top, 0)
+        if keep < block.shape[1]:
+            yield block_top + keep, block[:, keep:]
 
 
 def predict_tiled(
@@ -48,28 +118,23 @@ def predict_tiled(
     *,
     options: TileOptions = TileOptions(),
 ) -> np.ndarray:
-    """Predict a whole (C, H, W) scene tile by tile and blend the tiles.
+    """Predict a whole in-memory (C, H, W) scene tile by tile and blend the tiles.
 
     Inputs are float32 reflectance with NaN = invalid; NaN is replaced by 0 before ``predict_batch``
     sees a tile, and every pixel invalid in any input is NaN in the returned (C, H, W) float32 image.
     """
     check_fusion_inputs(coarse_t1, fine_t1, coarse_t2)
     bands, height, width = fine_t1.shape
-    invalid = ~(np.isfinite(coarse_t1) & np.isfinite(fine_t1) & np.isfinite(coarse_t2)).all(axis=0)
-    images = [np.where(invalid[None], 0.0, x).astype(np.float32) for x in (coarse_t1, fine_t1, coarse_t2)]
-    tiles = tile_grid(height, width, options.tile, options.overlap)
-    overlap = (
-        min(options.overlap[0], tiles[0].height - 1),
-        min(options.overlap[1], tiles[0].width - 1),
-    )
-    mosaic = Mosaic(bands, height, width, overlap)
-    for batch in _batches(tiles, max(1, options.batch_size)):
-        stacks = [np.stack([image[(slice(None), *t.slices)] for t in batch]) for image in images]
-        predicted = predict_batch(stacks[0], stacks[1], stacks[2])
-        for tile, values in zip(batch, predicted, strict=True):
-            mosaic.add(tile, values)
-    result = mosaic.result()
-    result[:, invalid] = np.nan
+
+    def read_tile(tile: Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        window = (slice(None), *tile.slices)
+        return coarse_t1[window], fine_t1[window], coarse_t2[window]
+
+    result = np.empty((bands, height, width), dtype=np.float32)
+    for row, block in iter_blended_rows(
+        read_tile, predict_batch, bands=bands, height=height, width=width, options=options
+    ):
+        result[:, row : row + block.shape[1]] = block
     return result
 
 
@@ -92,6 +157,26 @@ def generator_batch_predictor(
     return predict_batch
 
 
+def degrade_inputs(
+    coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray, coarse_factor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The degraded coarse images (C, H, W) of a scene or window, NaN where any input is invalid.
+
+    Invalid pixels are zero-filled before the degradation, exactly as :func:`stfusion.dataset.load_case`
+    does for training data.
+    """
+    invalid = ~(np.isfinite(coarse_t1) & np.isfinite(fine_t1) & np.isfinite(coarse_t2)).all(axis=0)
+    degraded = [
+        np.where(
+            invalid[None],
+            np.nan,
+            degrade_array(np.where(invalid[None], 0.0, c).astype(np.float32), coarse_factor),
+        )
+        for c in (coarse_t1, coarse_t2)
+    ]
+    return degraded[0], degraded[1]
+
+
 def predict_with_generator(
     generator: nn.Module,
     coarse_t1: np.ndarray,
@@ -112,12 +197,7 @@ def predict_with_generator(
     Returns:
         (C, H, W) float32 prediction of fine t2; NaN where an input is invalid.
     """
-    invalid = ~(np.isfinite(coarse_t1) & np.isfinite(fine_t1) & np.isfinite(coarse_t2)).all(axis=0)
-    coarse = [
-        degrade_array(np.where(invalid[None], 0.0, c).astype(np.float32), coarse_factor)
-        for c in (coarse_t1, coarse_t2)
-    ]
-    coarse = [np.where(invalid[None], np.nan, c) for c in coarse]
+    coarse = degrade_inputs(coarse_t1, fine_t1, coarse_t2, coarse_factor)
     predictor = generator_batch_predictor(generator, device=device, amp=amp)
     return predict_tiled(predictor, coarse[0], fine_t1, coarse[1], options=options)
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from stfusion.atomic import atomic_path
@@ -250,3 +253,134 @@ def write_like(
             if tags:
                 dst.update_tags(**tags)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# streaming output: rows written as they are finished
+
+
+def _default_nodata(reference: RasterInfo, dtype: str) -> float:
+    if reference.nodata is not None:
+        return reference.nodata
+    return float("nan") if np.dtype(dtype).kind == "f" else DEFAULT_INT16_NODATA
+
+
+def _stored(block: np.ndarray, *, dtype: str, scale: float, nodata: float) -> np.ndarray:
+    stored = from_reflectance(block, scale=scale, dtype=dtype)
+    if np.dtype(dtype).kind != "f":
+        stored[np.isnan(block)] = nodata
+    return stored
+
+
+@contextmanager
+def row_writer(
+    path: str | os.PathLike[str],
+    reference: RasterInfo,
+    *,
+    count: int,
+    dtype: str = "int16",
+    scale: float = REFLECTANCE_SCALE,
+    rows: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    band_names: Sequence[str | None] | None = None,
+    tags: dict[str, str] | None = None,
+    cog: bool = False,
+) -> Iterator[Callable[[int, np.ndarray], None]]:
+    """Open a GeoTIFF on the reference's grid and yield ``write(first_row, block)`` for row blocks.
+
+    ``block`` is (C, n, W) float32 reflectance (NaN = nodata) for scene rows [first_row, first_row + n).
+    ``rows`` restricts the file to scene rows [rows[0], rows[1]) (its transform is shifted to match),
+    for one process's part of a scene. Stored like :func:`write_like` (rounded, clipped, tiled,
+    DEFLATE); nodata is the reference's, else -32768 for integers / NaN for floats. The file appears
+    under ``path`` only when the ``with`` block ends without an exception; ``cog`` converts it to a
+    Cloud Optimized GeoTIFF (GDAL's COG driver, with overviews) before that.
+    """
+    path = check_writable(path, overwrite=overwrite)
+    first, stop = rows if rows is not None else (0, reference.height)
+    nodata = _default_nodata(reference, dtype)
+    profile = output_profile(reference, count=count, dtype=dtype, nodata=nodata)
+    a, b, c, d, e, f = reference.transform
+    profile.update(height=stop - first, transform=Affine(a, b, c + b * first, d, e, f + e * first))
+    if stop - first < 256:
+        profile.update(tiled=False)
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+    names = band_names if band_names is not None else reference.band_names
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        target = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
+        try:
+            with rasterio.open(target, "w", **profile) as dst:
+
+                def write(row: int, block: np.ndarray) -> None:
+                    if block.shape[0] != count or block.shape[2] != reference.width:
+                        raise ValueError(
+                            f"block shape {block.shape} does not fit ({count}, n, {reference.width})"
+                        )
+                    if row < first or row + block.shape[1] > stop:
+                        raise ValueError(f"rows {row}..{row + block.shape[1]} outside {first}..{stop}")
+                    stored = _stored(block, dtype=dtype, scale=scale, nodata=nodata)
+                    dst.write(stored, window=Window(0, row - first, reference.width, block.shape[1]))
+
+                yield write
+                for index, name in enumerate(names[:count], start=1):
+                    if name:
+                        dst.set_band_description(index, name)
+                if tags:
+                    dst.update_tags(**tags)
+            if cog:
+                rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
+        finally:
+            if cog:
+                target.unlink(missing_ok=True)
+
+
+def join_row_parts(
+    parts: Sequence[tuple[Path, tuple[int, int]]],
+    path: str | os.PathLike[str],
+    reference: RasterInfo,
+    *,
+    overwrite: bool = False,
+    cog: bool = False,
+    rows_per_block: int = 512,
+) -> Path:
+    """Join row parts written by :func:`row_writer` (path, (first_row, stop)) into one GeoTIFF.
+
+    Parts must tile the scene's rows exactly; pixels are copied unchanged, block by block.
+    """
+    spans = sorted(rows for _, rows in parts)
+    expected = 0
+    for first, stop in spans:
+        if first != expected:
+            raise ValueError(f"row parts {spans} do not tile rows 0..{reference.height}")
+        expected = stop
+    if expected != reference.height:
+        raise ValueError(f"row parts {spans} do not tile rows 0..{reference.height}")
+    with _open(parts[0][0]) as src:
+        count, dtype, nodata = src.count, src.dtypes[0], src.nodata
+        names = src.descriptions
+        tags = src.tags()
+    profile = output_profile(reference, count=count, dtype=dtype, nodata=nodata)
+    path = check_writable(path, overwrite=overwrite)
+    with warnings.catch_warnings(), atomic_path(Path(path)) as tmp:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        target = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
+        try:
+            with rasterio.open(target, "w", **profile) as dst:
+                for part, (first, stop) in parts:
+                    with _open(part) as src:
+                        for top in range(0, stop - first, rows_per_block):
+                            n = min(rows_per_block, stop - first - top)
+                            block = src.read(window=Window(0, top, reference.width, n))
+                            dst.write(block, window=Window(0, first + top, reference.width, n))
+                for index, name in enumerate(names, start=1):
+                    if name:
+                        dst.set_band_description(index, name)
+                if tags:
+                    dst.update_tags(**tags)
+            if cog:
+                rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
+        finally:
+            if cog:
+                target.unlink(missing_ok=True)
+    return Path(path)

@@ -70,31 +70,64 @@ def blend_weights(height: int, width: int, overlap: tuple[int, int]) -> np.ndarr
     return np.outer(ramp(height, overlap[0]), ramp(width, overlap[1]))
 
 
-class Mosaic:
-    """Accumulates weighted tile predictions into a (C, H, W) scene.
+def tile_rows(tiles: list[Tile]) -> list[list[Tile]]:
+    """Group a row-major tile grid into rows of tiles (same start row), top to bottom."""
+    rows: dict[int, list[Tile]] = {}
+    for tile in tiles:
+        rows.setdefault(tile.row, []).append(tile)
+    return [rows[start] for start in sorted(rows)]
 
-    NaN values in a tile contribute nothing; a pixel whose every contribution is NaN stays NaN.
+
+class Mosaic:
+    """Accumulates weighted tile predictions into rows [top, top + height) of a (C, H, W) scene.
+
+    A whole-scene mosaic has ``top=0, height=H``. For streaming, a strip as tall as one tile slides
+    down the scene: :meth:`pop_rows` returns finished rows and makes room below. Accumulators are
+    float32 (at most four tiles meet at a pixel). NaN values in a tile contribute nothing; a pixel
+    whose every contribution is NaN stays NaN.
     """
 
-    def __init__(self, bands: int, height: int, width: int, overlap: tuple[int, int]) -> None:
+    def __init__(
+        self, bands: int, height: int, width: int, overlap: tuple[int, int], *, top: int = 0
+    ) -> None:
         self.overlap = overlap
-        self.total = np.zeros((bands, height, width), dtype=np.float64)
-        self.weight = np.zeros((bands, height, width), dtype=np.float64)
+        self.top = top
+        self.total = np.zeros((bands, height, width), dtype=np.float32)
+        self.weight = np.zeros((bands, height, width), dtype=np.float32)
         self._weights: dict[tuple[int, int], np.ndarray] = {}
 
     def add(self, tile: Tile, values: np.ndarray) -> None:
-        """Add a (C, tile.height, tile.width) prediction."""
+        """Add a (C, tile.height, tile.width) prediction; the tile must lie inside the strip."""
         key = (tile.height, tile.width)
         if key not in self._weights:
-            self._weights[key] = blend_weights(tile.height, tile.width, self.overlap)
-        weights = np.where(np.isnan(values), 0.0, self._weights[key][None])
-        rows, cols = tile.slices
-        self.total[:, rows, cols] += np.nan_to_num(values, nan=0.0) * weights
+            self._weights[key] = blend_weights(tile.height, tile.width, self.overlap).astype(np.float32)
+        if tile.row < self.top or tile.row + tile.height > self.top + self.total.shape[1]:
+            raise ValueError(f"tile rows {tile.row}..{tile.row + tile.height} outside the mosaic strip")
+        nan = np.isnan(values)
+        weights = np.where(nan, np.float32(0), self._weights[key][None])
+        rows = slice(tile.row - self.top, tile.row - self.top + tile.height)
+        cols = slice(tile.col, tile.col + tile.width)
+        self.total[:, rows, cols] += np.where(nan, np.float32(0), values).astype(np.float32) * weights
         self.weight[:, rows, cols] += weights
 
-    def result(self) -> np.ndarray:
-        """The blended (C, H, W) float32 scene; NaN where no tile gave a value."""
+    def _blend(self, stop: int) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
-            blended = self.total / self.weight
-        blended[self.weight == 0] = np.nan
-        return blended.astype(np.float32)
+            blended = self.total[:, :stop] / self.weight[:, :stop]
+        blended[self.weight[:, :stop] == 0] = np.nan
+        return blended
+
+    def result(self) -> np.ndarray:
+        """The blended (C, height, W) float32 strip; NaN where no tile gave a value."""
+        return self._blend(self.total.shape[1])
+
+    def pop_rows(self, stop: int) -> np.ndarray:
+        """Blended rows [top, stop) (no tile added later may touch them); the strip moves down to stop."""
+        count = stop - self.top
+        if not 0 <= count <= self.total.shape[1]:
+            raise ValueError(f"cannot pop rows {self.top}..{stop} of a strip starting at {self.top}")
+        finished = self._blend(count)
+        for buffer in (self.total, self.weight):
+            buffer[:, : buffer.shape[1] - count] = buffer[:, count:].copy()
+            buffer[:, buffer.shape[1] - count :] = 0
+        self.top = stop
+        return finished

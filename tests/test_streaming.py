@@ -1,0 +1,182 @@
+"""Streaming prediction: window reads + row-by-row writing equal the in-memory path, row splits, COG."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from stfusion import raster, scenes
+from stfusion.baselines import coarse_delta
+from stfusion.checkpoint import ModelSpec
+from stfusion.inputs import CaseReader
+from stfusion.predict import (
+    TileOptions,
+    generator_batch_predictor,
+    iter_blended_rows,
+    method_batch_predictor,
+    predict_tiled,
+    predict_with_generator,
+)
+from stfusion.streaming import RankSplit, join_parts, part_path, predict_to_file, split_rows
+from tests.conftest import random_scene, write_tif
+
+HEIGHT, WIDTH, BANDS = 83, 101, 3
+
+
+@pytest.fixture
+def case(tmp_path: Path, rng: np.random.Generator) -> scenes.FusionCase:
+    """A 3-band 83 x 101 case with a nodata block in fine t1 (nodata -32768)."""
+    fine_t1 = random_scene(rng, bands=BANDS, height=HEIGHT, width=WIDTH)
+    fine_t1[:, 30:37, 40:52] = -32768
+    paths = {
+        "coarse_t1": write_tif(tmp_path / "in" / "c1.tif", random_scene(rng, BANDS, HEIGHT, WIDTH)),
+        "fine_t1": write_tif(tmp_path / "in" / "f1.tif", fine_t1, nodata=-32768),
+        "coarse_t2": write_tif(tmp_path / "in" / "c2.tif", random_scene(rng, BANDS, HEIGHT, WIDTH)),
+    }
+    return scenes.explicit_case(**paths)
+
+
+def tiny_generator() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return ModelSpec("mlffgan", BANDS, {"channels": [4, 4, 8, 8, 8]}).build().eval()
+
+
+def read_float(path: Path) -> np.ndarray:
+    return raster.read(path, scale=1.0).data
+
+
+def test_streamed_generator_prediction_equals_in_memory(case: scenes.FusionCase, tmp_path: Path) -> None:
+    """Window reads with a degradation halo give the whole-scene pixels (float32 output, 1e-5)."""
+    reader = CaseReader(case)
+    generator = tiny_generator()
+    options = TileOptions(tile=(32, 48), overlap=(8, 8), batch_size=2)
+    in_memory = predict_with_generator(
+        generator,
+        *(reader.read(role) for role in ("coarse_t1", "fine_t1", "coarse_t2")),
+        coarse_factor=4,
+        options=options,
+    )
+    out = predict_to_file(
+        reader,
+        generator_batch_predictor(generator),
+        tmp_path / "pred.tif",
+        options=options,
+        coarse_factor=4,
+        dtype="float32",
+        scale=1.0,
+    )
+    assert out == tmp_path / "pred.tif"
+    streamed = read_float(out)
+    assert np.isnan(streamed[:, 30:37, 40:52]).all()
+    assert np.isnan(in_memory[:, 30:37, 40:52]).all()
+    np.testing.assert_allclose(streamed, in_memory, rtol=0, atol=1e-5, equal_nan=True)
+    with rasterio.open(out) as src, rasterio.open(case.fine_t1) as ref:
+        assert src.crs == ref.crs and src.transform == ref.transform
+
+
+def test_streamed_int16_output_equals_write_like(case: scenes.FusionCase, tmp_path: Path) -> None:
+    """A pixel-wise method streamed with small tiles writes exactly the in-memory GeoTIFF's values."""
+    reader = CaseReader(case)
+    images = [reader.read(role) for role in ("coarse_t1", "fine_t1", "coarse_t2")]
+    whole = coarse_delta(*images)
+    raster.write_like(tmp_path / "whole.tif", whole, reader.reference)
+    streamed = predict_to_file(
+        reader,
+        method_batch_predictor(coarse_delta),
+        tmp_path / "stream.tif",
+        options=TileOptions(tile=(16, 24), overlap=(4, 4), batch_size=3),
+    )
+    assert streamed is not None
+    with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(streamed) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert b.nodata == -32768
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 7])
+def test_row_split_across_ranks_equals_single_process(
+    case: scenes.FusionCase, tmp_path: Path, world_size: int
+) -> None:
+    """Each rank's part (run here one after another) joined = the single-process file, bit for bit."""
+    reader = CaseReader(case)
+    generator = tiny_generator()
+    options = TileOptions(tile=(24, 40), overlap=(6, 6), batch_size=2)
+    predictor = generator_batch_predictor(generator)
+    single = predict_to_file(reader, predictor, tmp_path / "single.tif", options=options, coarse_factor=2)
+    assert single is not None
+    out = tmp_path / "split.tif"
+    written = [
+        predict_to_file(
+            reader, predictor, out, options=options, coarse_factor=2, split=RankSplit(rank, world_size)
+        )
+        for rank in range(world_size)
+    ]
+    spans = split_rows(HEIGHT, WIDTH, options, world_size)
+    assert [p for p in written if p is not None] == [part_path(out, i, len(spans)) for i in range(len(spans))]
+    assert not out.exists()
+    join_parts(reader, out, options=options, world_size=world_size)
+    assert not any(p.exists() for p in written if p is not None)
+    with rasterio.open(single) as a, rasterio.open(out) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.transform == b.transform and a.crs == b.crs and a.nodata == b.nodata
+
+
+def test_split_rows_tiles_the_scene() -> None:
+    options = TileOptions(tile=(100, 100), overlap=(10, 10))
+    for world_size in (1, 2, 5, 40):
+        spans = split_rows(1000, 300, options, world_size)
+        assert spans[0][0] == 0 and spans[-1][1] == 1000
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        assert len(spans) == min(world_size, 11)
+
+
+def test_row_ranges_of_iter_blended_rows_match_the_whole(rng: np.random.Generator) -> None:
+    images = [(random_scene(rng, 2, 61, 45) * 1e-4).astype(np.float32) for _ in range(3)]
+    predictor = method_batch_predictor(coarse_delta)
+    options = TileOptions(tile=(20, 20), overlap=(5, 5))
+    whole = predict_tiled(predictor, *images, options=options)
+
+    def read_tile(tile):  # type: ignore[no-untyped-def]
+        return tuple(image[(slice(None), *tile.slices)] for image in images)
+
+    for rows in [(0, 61), (7, 33), (44, 61), (15, 16)]:
+        blocks = list(
+            iter_blended_rows(read_tile, predictor, bands=2, height=61, width=45, options=options, rows=rows)
+        )
+        assert blocks[0][0] == rows[0]
+        joined = np.concatenate([block for _, block in blocks], axis=1)
+        np.testing.assert_array_equal(joined, whole[:, rows[0] : rows[1]])
+
+
+def test_cog_output_is_a_valid_cloud_optimized_geotiff(tmp_path: Path, rng: np.random.Generator) -> None:
+    size = 600
+    paths = {
+        role: write_tif(tmp_path / f"{role}.tif", random_scene(rng, 2, size, size))
+        for role in ("coarse_t1", "fine_t1", "coarse_t2")
+    }
+    reader = CaseReader(scenes.explicit_case(**paths))
+    options = TileOptions(tile=(256, 256), overlap=(16, 16))
+    predictor = method_batch_predictor(coarse_delta)
+    plain = predict_to_file(reader, predictor, tmp_path / "plain.tif", options=options)
+    cog = predict_to_file(reader, predictor, tmp_path / "cog.tif", options=options, cog=True)
+    assert plain is not None and cog is not None
+    with rasterio.open(plain) as a, rasterio.open(cog) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert b.profile["tiled"] and b.overviews(1), "a COG is tiled and has overviews"
+        assert b.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_failed_prediction_leaves_no_output(case: scenes.FusionCase, tmp_path: Path) -> None:
+    reader = CaseReader(case)
+
+    def broken(c1: np.ndarray, f1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model exploded")
+
+    with pytest.raises(RuntimeError, match="exploded"):
+        predict_to_file(reader, broken, tmp_path / "out.tif", options=TileOptions((16, 16), (4, 4)))
+    assert list(tmp_path.glob("*out.tif*")) == []
