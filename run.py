@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --cuda given but no CUDA device is available", file=sys.stderr)
             return 2
     if args.ngpu > 1:
-        print(f"--ngpu {args.ngpu}: this script uses one device; launch `torchrun` for several")
+        print(
+            f"--ngpu {args.ngpu}: one process drives one device; for {args.ngpu} GPUs launch "
+            f"`torchrun --nproc_per_node {args.ngpu} run.py ...` (data-parallel, same global --batch_size)"
+        )
     config = config_from_args(args)
     tiles = TileOptions(tile=config.val_tile, overlap=config.val_overlap)
     try:
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except StfusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if result.test_split is None:
+        return 0  # a rank > 0 of a torchrun job: rank 0 reports
     print(f"best checkpoint: {result.train.best}")
     if "markdown" in result.tables:
         print(result.tables["markdown"].read_text())

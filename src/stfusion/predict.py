@@ -139,20 +139,44 @@ def predict_tiled(
 
 
 def generator_batch_predictor(
-    generator: nn.Module, *, device: str | torch.device = "cpu", amp: bool = False
+    generator: nn.Module,
+    *,
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    channels_last: bool = True,
+    compile: bool = False,
 ) -> BatchPredictor:
-    """Wrap a generator (eval mode, inference_mode, optional autocast on CUDA) as a BatchPredictor."""
+    """Wrap a generator as a BatchPredictor: eval mode, inference_mode, batched tiles.
+
+    Args:
+        generator: an MLFFGenerator (any module with the same forward keywords).
+        device: where the model runs; tiles are copied there (pinned host memory on CUDA).
+        amp: bf16 autocast, CUDA only (opt-in: it changes the numbers by ~1e-3).
+        channels_last: NHWC memory layout for the convolutions: the same mathematics (differences
+            ~1e-7, float rounding), measurably faster on CPU (oneDNN) and on recent GPUs. Converts
+            ``generator``'s parameters in place.
+        compile: ``torch.compile`` the generator (slow first batch; for long predictions).
+    """
     device = torch.device(device)
     generator = generator.to(device).eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    generator = generator.to(memory_format=layout)  # type: ignore[call-overload]  # (in place)
+    model: Callable[..., torch.Tensor] = torch.compile(generator) if compile else generator
+
+    def to_device(array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True).contiguous(memory_format=layout)
 
     def predict_batch(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> np.ndarray:
-        tensors = [torch.from_numpy(x).to(device) for x in (coarse_t1, fine_t1, coarse_t2)]
+        tensors = [to_device(x) for x in (coarse_t1, fine_t1, coarse_t2)]
         with (
             torch.inference_mode(),
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"),
         ):
-            out = generator(coarse_t1=tensors[0], fine_t1=tensors[1], coarse_t2=tensors[2])
-        return out.float().cpu().numpy()
+            out = model(coarse_t1=tensors[0], fine_t1=tensors[1], coarse_t2=tensors[2])
+        return out.float().contiguous().cpu().numpy()
 
     return predict_batch
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from stfusion import distributed
 from stfusion.atomic import atomic_path
 from stfusion.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, swap_dates
@@ -131,13 +132,23 @@ def gan_step(
     optimizer_d: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     config: TrainConfig,
+    *,
+    context: distributed.Context | None = None,
+    loss_scale: float = 1.0,
 ) -> dict[str, float]:
-    """One D step then one G step on a batch of (B, C, P, P) tensors; returns the named losses."""
-    device = torch.device(config.device)
+    """One D step then one G step on a batch of (B, C, P, P) tensors; returns the named losses.
+
+    Data-parallel (``context`` with several ranks): ``batch`` is this rank's share of the global
+    batch, each loss is multiplied by ``loss_scale`` (world size x share / global batch) before
+    backward, and gradients are averaged over ranks before each optimiser step, so the update equals
+    one process's update on the global batch. The returned losses are this rank's, unscaled.
+    """
+    context = context or distributed.Context(device=config.device)
+    device = torch.device(context.device)
     coarse_t1, fine_t1, coarse_t2, fine_t2 = (
-        batch[k].to(device) for k in ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+        batch[k].to(device, non_blocking=True) for k in ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
     )
-    valid = batch["valid"].to(device)
+    valid = batch["valid"].to(device, non_blocking=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
     with autocast:
         fake = generator(
@@ -149,7 +160,8 @@ def gan_step(
         d_loss = lsgan_discriminator_loss(
             discriminator(fine_t2, coarse_t2), discriminator(fake.detach(), coarse_t2)
         )
-    d_loss.backward()
+    (d_loss * loss_scale).backward()
+    distributed.average_gradients(discriminator, context)
     optimizer_d.step()
 
     optimizer_g.zero_grad(set_to_none=True)
@@ -164,16 +176,25 @@ def gan_step(
         reference_bug=config.ms_ssim_reference_bug,
         ms_ssim_scales=config.ms_ssim_scales or ms_ssim_scales_for(min(fine_t2.shape[-2:])),
     )
-    total.backward()
+    (total * loss_scale).backward()
+    distributed.average_gradients(generator, context)
     optimizer_g.step()
     losses = {"d_loss": float(d_loss.detach()), "g_loss": float(total.detach())}
     losses.update({f"g_{name}": float(value) for name, value in parts.items()})
     return losses
 
 
-def validation_mse(generator: torch.nn.Module, cases: Sequence[CaseArrays], config: TrainConfig) -> float:
+def validation_mse(
+    generator: torch.nn.Module,
+    cases: Sequence[CaseArrays],
+    config: TrainConfig,
+    *,
+    device: str | torch.device | None = None,
+) -> float:
     """Mean over validation cases of the MSE on valid pixels of the whole-scene prediction."""
-    predictor = generator_batch_predictor(generator, device=config.device, amp=config.amp)
+    device = device if device is not None else config.device
+    # channels_last off: it would convert the training model's parameters in place
+    predictor = generator_batch_predictor(generator, device=device, amp=config.amp, channels_last=False)
     options = TileOptions(tile=config.val_tile, overlap=config.val_overlap, batch_size=1)
     errors = []
     for case in cases:
@@ -199,6 +220,27 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(content, indent=2, default=str) + "\n")
 
 
+def rank_batches(
+    order: torch.Tensor, batch_size: int, context: distributed.Context
+) -> list[tuple[list[int], float]]:
+    """This rank's share of each global batch of ``order``, with its loss scale.
+
+    Global batches are consecutive slices of ``order`` (a permutation of patch indices, the same on
+    every rank); each is split as evenly as possible over the ranks. A global batch with fewer
+    patches than ranks is skipped on every rank. The loss scale world_size * share / batch makes the
+    ranks' averaged gradient the global batch's gradient.
+    """
+    shares = []
+    indices = order.tolist()
+    for start in range(0, len(indices), batch_size):
+        batch = indices[start : start + batch_size]
+        if len(batch) < context.world_size:
+            continue
+        mine = [list(part) for part in np.array_split(np.array(batch), context.world_size)][context.rank]
+        shares.append(([int(i) for i in mine], context.world_size * len(mine) / len(batch)))
+    return shares
+
+
 def train(
     config: TrainConfig,
     train_cases: Sequence[FusionCase],
@@ -209,29 +251,41 @@ def train(
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train MLFF-GAN on ``train_cases``, select on ``val_cases``; outputs under ``config.save_dir``."""
+    """Train MLFF-GAN on ``train_cases``, select on ``val_cases``; outputs under ``config.save_dir``.
+
+    Launched by ``torchrun`` with several processes, training is data-parallel: every rank loads the
+    patches, takes its share of each global batch of ``config.batch_size`` (see :func:`rank_batches`),
+    BatchNorm statistics are those of the global batch, gradients are averaged; rank 0 validates and
+    writes the config, checkpoints and history, and every rank resumes from the same ``last.ckpt``.
+    """
+    context = distributed.setup(config.device)
     save_dir = Path(config.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
     if not train_cases:
         raise TrainingError("no training cases")
     if not val_cases:
         raise TrainingError("no validation cases (a split apart from test is needed to select `best`)")
+    if context.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
 
     train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, scale=config.scale)
     val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, scale=config.scale)
     bands = train_arrays[0].shape[0]
     names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
     spec = config.model_spec(bands)
-    device = torch.device(config.device)
+    device = torch.device(context.device)
 
     torch.manual_seed(config.seed)
     generator = spec.build().to(device)
     discriminator = PatchDiscriminator(bands).to(device)
+    if context.distributed:
+        distributed.convert_batchnorm(generator)  # global-batch BatchNorm statistics, in place
+        distributed.convert_batchnorm(discriminator)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=config.betas)
 
     start_epoch, best_val, history = 0, math.inf, []
+    distributed.barrier(context)  # the run folder exists before anyone looks for last.ckpt
     if resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
         if state.get("config", {}).get("seed") != config.seed or state["model"] != spec.to_dict():
@@ -244,7 +298,10 @@ def train(
         log.info("resuming from %s after epoch %d", last_path, start_epoch)
     elif resume:
         log.warning("--resume: no %s yet, starting from scratch", last_path)
-    _write_json(save_dir / "config.json", config.to_dict())
+    distributed.broadcast_module(generator, context)
+    distributed.broadcast_module(discriminator, context)
+    if context.is_main:
+        _write_json(save_dir / "config.json", {**config.to_dict(), "world_size": context.world_size})
 
     if config.weights.ms_ssim and config.ms_ssim_scales is None and config.patch_size < ms_ssim_min_size(5):
         log.warning(
@@ -268,26 +325,39 @@ def train(
         "config": config.to_dict(),
     }
     for epoch in range(start_epoch, config.epochs):
-        # Everything random in this epoch (order, swaps, dropout) derives from (seed, epoch).
+        # Everything random in this epoch (order, swaps, dropout) derives from (seed, epoch), the
+        # same on every rank.
         torch.manual_seed(config.seed * 100_003 + epoch)
-        order = torch.Generator().manual_seed(config.seed + epoch)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed + epoch))
         augment = torch.Generator().manual_seed(config.seed * 31 + epoch)
+        shares = rank_batches(order, config.batch_size, context)
         loader = DataLoader(
             dataset,
-            batch_size=config.batch_size,
-            shuffle=True,
-            generator=order,
+            batch_sampler=[indices for indices, _ in shares],
             num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU asynchronously
         )
         generator.train()
         discriminator.train()
         sums: dict[str, float] = {}
-        for step, batch in enumerate(loader):
+        for step, (batch, (_, loss_scale)) in enumerate(zip(loader, shares, strict=True)):
             if config.date_swap and float(torch.rand(1, generator=augment)) < 0.5:
                 batch = swap_dates(batch)
             if config.flips:
                 batch = flip_rotate(batch, augment)
-            losses = gan_step(generator, discriminator, optimizer_g, optimizer_d, batch, config)
+            local = gan_step(
+                generator,
+                discriminator,
+                optimizer_g,
+                optimizer_d,
+                batch,
+                config,
+                context=context,
+                loss_scale=loss_scale,
+            )
+            # global batch means: sum over ranks of (share / batch) x rank mean
+            weight = loss_scale / context.world_size
+            losses = distributed.sum_over_ranks({k: v * weight for k, v in local.items()}, context)
             if not all(math.isfinite(v) for v in losses.values()):
                 raise TrainingError(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({losses}); "
@@ -295,35 +365,37 @@ def train(
                 )
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value
-            if on_step is not None:
+            if on_step is not None and context.is_main:
                 on_step(step, losses)
-        val_mse = validation_mse(generator, val_arrays, config)
-        record = {
-            "epoch": epoch + 1,
-            **{k: v / max(len(loader), 1) for k, v in sums.items()},
-            "val_mse": val_mse,
-        }
-        history.append(record)
-        if val_mse < best_val:
-            best_val = val_mse
-            save_checkpoint(
-                best_path,
-                {**common, "generator": generator.state_dict(), "epoch": epoch + 1, "best_val": best_val},
-            )
-        save_checkpoint(
-            last_path,
-            {
-                **common,
-                "generator": generator.state_dict(),
-                "discriminator": discriminator.state_dict(),
-                "optimizer_g": optimizer_g.state_dict(),
-                "optimizer_d": optimizer_d.state_dict(),
+        if context.is_main:
+            val_mse = validation_mse(generator, val_arrays, config, device=device)
+            record = {
                 "epoch": epoch + 1,
-                "best_val": best_val,
-                "history": history,
-            },
-        )
-        _write_history(save_dir / "history.csv", history)
-        if on_epoch is not None:
-            on_epoch(record)
+                **{k: v / max(len(shares), 1) for k, v in sums.items()},
+                "val_mse": val_mse,
+            }
+            history.append(record)
+            if val_mse < best_val:
+                best_val = val_mse
+                save_checkpoint(
+                    best_path,
+                    {**common, "generator": generator.state_dict(), "epoch": epoch + 1, "best_val": best_val},
+                )
+            save_checkpoint(
+                last_path,
+                {
+                    **common,
+                    "generator": generator.state_dict(),
+                    "discriminator": discriminator.state_dict(),
+                    "optimizer_g": optimizer_g.state_dict(),
+                    "optimizer_d": optimizer_d.state_dict(),
+                    "epoch": epoch + 1,
+                    "best_val": best_val,
+                    "history": history,
+                },
+            )
+            _write_history(save_dir / "history.csv", history)
+            if on_epoch is not None:
+                on_epoch(record)
+        distributed.barrier(context)
     return TrainResult(save_dir=save_dir, best=best_path, last=last_path, history=history)

@@ -1,0 +1,151 @@
+"""Real multi-process runs: torchrun (gloo, CPU) training and prediction against single-process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from stfusion.checkpoint import load_checkpoint
+from stfusion.distributed import Context
+from stfusion.train import rank_batches
+from tests.conftest import random_scene, write_tif
+
+#: A tiny configuration: 3-band 40 x 48 cases (tiny_paper_data), 8 patches of 32 px, global batch 4,
+#: 2 epochs = 4 G+D steps. Dropout off: its random masks are drawn per process, so with dropout the
+#: runs agree only statistically.
+TINY = {
+    "epochs": 2,
+    "batch_size": 4,
+    "patch_size": 32,
+    "patch_stride": 16,
+    "coarse_factor": 2,
+    "channels": [4, 4, 8, 8, 8],
+    "dropout": 0.0,
+    "val_tile": [48, 48],
+    "val_overlap": [8, 8],
+    "seed": 11,
+}
+
+
+def run(args: list[str], *, nproc: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command = [*launcher, "-m", "stfusion", *args] if nproc > 1 else [sys.executable, "-m", "stfusion", *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_one_process_with_the_same_global_batch(
+    tiny_paper_data: Path, tmp_path: Path
+) -> None:
+    """Stated tolerance: after 4 G+D steps, weights within 1e-4, losses and validation MSE within 1e-5.
+
+    Differences come only from float rounding (the ranks' BatchNorm statistics are combined as
+    sums, gradients averaged in another order). One exception, by construction: a convolution bias
+    followed by BatchNorm has a zero gradient in exact arithmetic (the normalisation removes it), so
+    its gradient is rounding noise, which Adam scales up to steps of ~lr; those biases (and the running
+    means that track them) may differ by up to 2 x lr x steps = 1.6e-3, and change no output.
+    """
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    runs = {}
+    for nproc in (1, 2):
+        save_dir = tmp_path / f"run{nproc}"
+        out = run(
+            [
+                "train",
+                "--data-dir",
+                str(tiny_paper_data),
+                "--save-dir",
+                str(save_dir),
+                "--config",
+                str(config),
+            ],
+            nproc=nproc,
+            cwd=tmp_path,
+        )
+        assert out.stdout.count("best checkpoint:") == 1, out.stdout  # rank 0 reports, once
+        runs[nproc] = load_checkpoint(save_dir / "last.ckpt")
+    single, double = runs[1], runs[2]
+    assert single["epoch"] == double["epoch"] == 2
+    noise_only = 0
+    for part in ("generator", "discriminator"):
+        state = single[part]
+        assert state.keys() == double[part].keys()
+        for key, value in state.items():
+            other = double[part][key]
+            if not value.dtype.is_floating_point:
+                assert torch.equal(other, value), key
+                continue
+            module, _, name = key.rpartition(".")
+            parent = module.rpartition(".")[0]
+            before_norm = (
+                name == "bias" and f"{parent}.norm.weight" in state and module.endswith("conv")
+            ) or (name == "running_mean" and f"{parent}.conv.bias" in state)
+            difference = float((other - value).abs().max())
+            if before_norm:
+                noise_only += difference > 1e-4
+                assert difference <= 2 * 2e-4 * 4, f"{part}.{key}: {difference}"
+            else:
+                assert difference <= 1e-4, f"{part}.{key}: {difference}"
+    assert noise_only < 20
+    for a, b in zip(single["history"], double["history"], strict=True):
+        for key in ("g_loss", "d_loss", "g_l1", "g_ms_ssim", "val_mse"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_streaming_prediction_equals_one_process(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    paths = {
+        role: write_tif(tmp_path / f"{role}.tif", random_scene(rng, 3, 150, 90))
+        for role in ("coarse_t1", "fine_t1", "coarse_t2")
+    }
+    common = [
+        "predict",
+        "--method",
+        "coarse-delta",
+        "--fine-t1",
+        str(paths["fine_t1"]),
+        "--coarse-t1",
+        str(paths["coarse_t1"]),
+        "--coarse-t2",
+        str(paths["coarse_t2"]),
+        "--tile",
+        "40",
+        "40",
+        "--overlap",
+        "8",
+    ]
+    run([*common, "--out", str(tmp_path / "one.tif")], nproc=1, cwd=tmp_path)
+    out = run([*common, "--out", str(tmp_path / "two.tif")], nproc=2, cwd=tmp_path)
+    assert out.stdout.count("wrote") == 1
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "two.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.transform == b.transform
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_rank_batches_split_each_global_batch() -> None:
+    order = torch.arange(10)
+    one = rank_batches(order, 4, Context())
+    assert [indices for indices, _ in one] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert all(scale == 1.0 for _, scale in one)
+    ranks = [rank_batches(order, 4, Context(rank=r, world_size=3)) for r in range(3)]
+    # batch [8, 9] has fewer patches than ranks: skipped everywhere
+    assert [len(r) for r in ranks] == [2, 2, 2]
+    assert [r[0][0] for r in ranks] == [[0, 1], [2], [3]]
+    # scale = world * share / batch: rank 0 holds half the batch -> 1.5, the others 0.75
+    assert [r[0][1] for r in ranks] == [1.5, 0.75, 0.75]
+    assert sum(scale for r in ranks for _, scale in r[:1]) / 3 == pytest.approx(1.0)
