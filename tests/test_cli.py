@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from rasterio.transform import from_origin
 
 from stfusion import raster
 from stfusion.cli import cli
@@ -105,9 +106,13 @@ BAD_PREDICT_INPUTS = [
         ["coarse_20010201.tif", "3 bands"],
     ),
     (
-        "size mismatch",
-        lambda p, t: write_tif(p["coarse_t1"], random_scene(np.random.default_rng(1), height=30)),
-        ["coarse_20010101.tif", "size 30x24"],
+        "coarse elsewhere",
+        lambda p, t: write_tif(
+            p["coarse_t1"],
+            random_scene(np.random.default_rng(1)),
+            transform=from_origin(1000.0, 1000.0, 50.0, 50.0),
+        ),
+        ["coarse_20010101.tif", "covers 0%"],
     ),
     (
         "CRS mismatch",

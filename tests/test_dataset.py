@@ -33,7 +33,7 @@ def test_load_case_with_nodata_masks_and_zero_fills(tiny_paper_data: Path) -> No
     assert not loaded.valid[:5, :5].any() and loaded.valid.sum() == 40 * 48 - 25
     assert (loaded.fine_t2[:, :5, :5] == 0).all()
     write_tif(case.fine_t1, np.full((3, 40, 48), -9999, np.int16), nodata=-9999)
-    with pytest.raises(InputError, match="no pixel is valid"):
+    with pytest.raises(InputError, match="no valid pixel"):
         load_case(case, coarse_factor=1)
 
 

@@ -267,3 +267,25 @@ def test_ms_ssim_fewer_scales_for_small_patches() -> None:
         ms_ssim(a, b)
     with pytest.raises(ValueError, match="scales"):
         ms_ssim(a, b, scales=6)
+
+
+def test_generator_loss_ignores_invalid_pixels_in_every_term() -> None:
+    """Masked (invalid) pixels change no term of the generator loss and get no gradient (issue 7)."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 40, 40)
+    valid = torch.ones(2, 1, 40, 40, dtype=torch.bool)
+    valid[:, :, 10:20, 5:30] = False
+    pred = torch.rand(2, 3, 40, 40, requires_grad=True)
+    other = pred.detach().clone()
+    other[:, :, 10:20, 5:30] = 7.0  # wild values where invalid
+    other.requires_grad_(True)
+    weights = GeneratorLossWeights(adversarial=0.0)
+    _, parts = generator_loss(pred, target, None, weights, valid=valid, ms_ssim_scales=2)
+    total_other, parts_other = generator_loss(other, target, None, weights, valid=valid, ms_ssim_scales=2)
+    assert {k: float(v) for k, v in parts.items()} == {k: float(v) for k, v in parts_other.items()}
+    total_other.backward()
+    assert other.grad is not None
+    assert (other.grad[:, :, 10:20, 5:30] == 0).all() and other.grad.abs().sum() > 0
+    # without the mask the wild values do change MS-SSIM (the check above can fail)
+    _, unmasked = generator_loss(other.detach(), target, None, weights, ms_ssim_scales=2)
+    assert float(unmasked["ms_ssim"]) != float(parts["ms_ssim"])

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from stfusion import raster
@@ -111,3 +112,76 @@ def test_truncated_raster_is_an_input_error(tmp_path: Path, rng: np.random.Gener
 def test_check_writable(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         raster.check_writable(tmp_path / "nope" / "x.tif", overwrite=False)
+
+
+def test_same_grid_and_crs(tmp_path: Path, rng: np.random.Generator) -> None:
+    a = raster.inspect(write_tif(tmp_path / "a.tif", random_scene(rng)))
+    b = raster.inspect(write_tif(tmp_path / "b.tif", random_scene(rng, bands=2)))
+    assert raster.same_grid(b, a)  # band counts do not matter
+    assert raster.same_crs("EPSG:32755", a.crs) and not raster.same_crs("EPSG:4326", a.crs)
+    assert raster.same_crs(None, None) and not raster.same_crs(None, a.crs)
+    wkt = rasterio.crs.CRS.from_epsg(32755).to_wkt()
+    assert raster.same_crs(wkt, "EPSG:32755")
+    off = from_origin(TEST_TRANSFORM.c + 1e-9, TEST_TRANSFORM.f, 50.0, 50.0)
+    assert raster.same_grid(
+        raster.inspect(write_tif(tmp_path / "c.tif", random_scene(rng), transform=off)), a
+    )
+    off = from_origin(TEST_TRANSFORM.c + 1.0, TEST_TRANSFORM.f, 50.0, 50.0)
+    assert not raster.same_grid(
+        raster.inspect(write_tif(tmp_path / "d.tif", random_scene(rng), transform=off)), a
+    )
+    assert not raster.same_grid(raster.inspect(write_tif(tmp_path / "e.tif", random_scene(rng, width=25))), a)
+
+
+def test_footprint_fraction(tmp_path: Path, rng: np.random.Generator) -> None:
+    grid = raster.inspect(write_tif(tmp_path / "grid.tif", random_scene(rng)))  # 20 x 24 px of 50 m
+    half = from_origin(TEST_TRANSFORM.c + 600.0, TEST_TRANSFORM.f, 100.0, 100.0)
+    source = raster.inspect(
+        write_tif(tmp_path / "half.tif", random_scene(rng, height=10, width=6), transform=half)
+    )
+    assert raster.footprint_fraction(source, grid) == pytest.approx(0.5)
+    nowhere = raster.inspect(write_tif(tmp_path / "far.tif", random_scene(rng), crs="EPSG:4326"))
+    assert raster.footprint_fraction(nowhere, grid) == 0.0
+
+
+def test_read_on_grid_same_grid_is_read_and_other_grid_is_warped(tmp_path: Path) -> None:
+    # a 2 x 3 coarse image of 100 m pixels covering the 4 x 6 fine grid of 50 m pixels
+    fine = raster.inspect(write_tif(tmp_path / "fine.tif", np.zeros((1, 4, 6), np.int16)))
+    coarse_transform = from_origin(TEST_TRANSFORM.c, TEST_TRANSFORM.f, 100.0, 100.0)
+    stored = np.array([[[1000, 2000, 3000], [4000, -1, 6000]]], np.int16)
+    path = write_tif(tmp_path / "coarse.tif", stored, transform=coarse_transform, nodata=-1)
+    near = raster.read_on_grid(path, fine, resampling="nearest")
+    expected = np.repeat(np.repeat(stored[0] * 1e-4, 2, axis=0), 2, axis=1).astype(np.float32)
+    expected[expected < 0] = np.nan
+    np.testing.assert_allclose(near[0], expected, rtol=1e-6)
+    window = raster.make_window(-1, 4, 3, 4)
+    part = raster.read_on_grid(path, fine, resampling="nearest", window=window)
+    assert part.shape == (1, 3, 4) and np.isnan(part[:, 0]).all() and np.isnan(part[:, :, 2:]).all()
+    np.testing.assert_allclose(part[0, 1:, :2], expected[:2, 4:], rtol=1e-6)
+    same = raster.read_on_grid(tmp_path / "fine.tif", fine)
+    np.testing.assert_array_equal(same, raster.read(tmp_path / "fine.tif").data)
+
+
+def test_read_mask_ignores_declared_nodata(tmp_path: Path) -> None:
+    grid = raster.inspect(write_tif(tmp_path / "grid.tif", np.zeros((1, 4, 6), np.int16)))
+    mask = np.zeros((2, 4, 6), np.uint8)
+    mask[0, 1, 2] = 1
+    mask[1, 3, 5] = 255
+    path = write_tif(tmp_path / "mask.tif", mask, nodata=0)
+    invalid = raster.read_mask_on_grid(path, grid)
+    assert invalid.dtype == bool and invalid.sum() == 2 and invalid[1, 2] and invalid[3, 5]
+    window = raster.read_mask_on_grid(path, grid, window=raster.make_window(1, 2, 2, 2))
+    np.testing.assert_array_equal(window, [[True, False], [False, False]])
+
+
+def test_write_quality(tmp_path: Path, rng: np.random.Generator) -> None:
+    reference = raster.inspect(write_tif(tmp_path / "ref.tif", random_scene(rng), nodata=-9999))
+    flags = np.zeros((20, 24), np.uint8)
+    flags[3, 4] = 5
+    out = raster.write_quality(tmp_path / "q.tif", flags, reference, description="0 = valid")
+    with rasterio.open(out) as src:
+        assert src.dtypes[0] == "uint8" and src.nodata is None and src.crs.to_string() == TEST_CRS
+        assert src.tags()["QUALITY"] == "0 = valid"
+        np.testing.assert_array_equal(src.read(1), flags)
+    with pytest.raises(OutputExistsError):
+        raster.write_quality(out, flags, reference)

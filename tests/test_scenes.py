@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+from rasterio.transform import from_origin
 
 from stfusion import scenes
 from stfusion.errors import InputError
-from tests.conftest import make_pair_folder, random_scene, write_tif
+from tests.conftest import TEST_TRANSFORM, make_pair_folder, random_scene, write_tif
 
 
 def test_parse_pair_folder_name() -> None:
@@ -109,12 +111,106 @@ def test_check_case_mismatches(tmp_path: Path, rng: np.random.Generator) -> None
     write_tif(tmp_path / "c2.tif", random_scene(rng, bands=3))
     with pytest.raises(InputError, match=r"c2.tif: 3 bands, but fine t1 f1.tif has 4"):
         scenes.check_case(case)
+    # a coarse image of another size / CRS is fine when its footprint covers the fine grid ...
     write_tif(tmp_path / "c2.tif", random_scene(rng, height=21))
-    with pytest.raises(InputError, match=r"c2.tif: size 21x24"):
-        scenes.check_case(case)
+    scenes.check_case(case)
+    # ... but not when it lies elsewhere (these coordinates are not even valid degrees)
     write_tif(tmp_path / "c2.tif", random_scene(rng), crs="EPSG:4326")
-    with pytest.raises(InputError, match=r"c2.tif: CRS EPSG:4326 differs"):
+    with pytest.raises(
+        InputError, match=r"c2.tif: footprint \(CRS EPSG:4326\) covers 0% of the grid of f1.tif"
+    ):
         scenes.check_case(case)
+    shifted = from_origin(TEST_TRANSFORM.c + 24 * 50 * 0.6, TEST_TRANSFORM.f, 50.0, 50.0)
+    write_tif(tmp_path / "c2.tif", random_scene(rng), transform=shifted)
+    with pytest.raises(InputError, match=r"covers 40% of the grid of f1.tif, less than the 50%"):
+        scenes.check_case(case)
+    scenes.check_case(case, min_overlap=0.4)
+    # without a CRS a coarse image off the grid cannot be placed
+    write_tif(tmp_path / "c2.tif", random_scene(rng, height=21), crs=None)
+    with pytest.raises(InputError, match=r"c2.tif: coarse image is not on the grid of f1.tif .* has no CRS"):
+        scenes.check_case(case)
+
+
+def test_fine_images_must_share_the_grid(tmp_path: Path, rng: np.random.Generator) -> None:
+    paths = {
+        "coarse_t1": write_tif(tmp_path / "c1.tif", random_scene(rng)),
+        "fine_t1": write_tif(tmp_path / "f1.tif", random_scene(rng)),
+        "coarse_t2": write_tif(tmp_path / "c2.tif", random_scene(rng)),
+        "fine_t2": write_tif(tmp_path / "f2.tif", random_scene(rng, height=21)),
+    }
+    case = scenes.explicit_case(**paths)
+    with pytest.raises(InputError, match=r"f2.tif: size 21x24 .* fine images of a case must share one grid"):
+        scenes.check_case(case)
+    write_tif(tmp_path / "f2.tif", random_scene(rng), crs="EPSG:32756")
+    with pytest.raises(InputError, match=r"f2.tif: CRS EPSG:32756 differs"):
+        scenes.check_case(case)
+    shifted = from_origin(TEST_TRANSFORM.c + 25.0, TEST_TRANSFORM.f, 50.0, 50.0)
+    write_tif(tmp_path / "f2.tif", random_scene(rng), transform=shifted)
+    with pytest.raises(InputError, match=r"f2.tif: transform \(origin 401025, .* must share one grid"):
+        scenes.check_case(case)
+
+
+def test_mask_sidecars_are_attached(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = make_pair_folder(tmp_path / "train", "2001_281_1008-2001_290_1017", rng)
+    fine_t1 = next(folder.glob("*20011008*"))
+    mask = write_tif(folder / f"{fine_t1.stem}_mask.tif", np.zeros((1, 20, 24), np.uint8))
+    orphan = write_tif(folder / "MOD09GA_A2001290_other_mask.tif", np.zeros((1, 20, 24), np.uint8))
+    case, skipped = scenes.read_pair_folder(folder)
+    assert dict(case.masks) == {"fine_t1": mask}
+    assert [s.path for s in skipped] == [orphan]
+    scenes.check_case(case)
+    flat = tmp_path / "flat"
+    for stamp in ("20010101", "20010201"):
+        write_tif(flat / f"fine_{stamp}.tif", random_scene(rng))
+        write_tif(flat / f"coarse_{stamp}.tif", random_scene(rng))
+    coarse_mask = write_tif(flat / "coarse_20010201_mask.tif", np.zeros((1, 20, 24), np.uint8))
+    found = scenes.discover(flat)
+    assert dict(found.cases[0].masks) == {"coarse_t2": coarse_mask}
+    assert not found.skipped
+
+
+def test_explicit_masks_and_their_checks(tmp_path: Path, rng: np.random.Generator) -> None:
+    paths = {
+        "coarse_t1": write_tif(tmp_path / "c1.tif", random_scene(rng)),
+        "fine_t1": write_tif(tmp_path / "f1.tif", random_scene(rng)),
+        "coarse_t2": write_tif(tmp_path / "c2.tif", random_scene(rng)),
+    }
+    with pytest.raises(InputError, match="masks for unknown roles"):
+        scenes.explicit_case(**paths, masks={"cloud": tmp_path / "m.tif"})
+    mask = write_tif(tmp_path / "m.tif", np.zeros((1, 20, 24), np.uint8))
+    with pytest.raises(InputError, match=r"m.tif: mask for fine_t2, but the case .* has no fine_t2"):
+        scenes.check_case(scenes.explicit_case(**paths, masks={"fine_t2": mask}))
+    write_tif(mask, np.zeros((1, 7, 7), np.uint8), crs=None)
+    with pytest.raises(InputError, match=r"m.tif: mask is not on the grid of f1.tif"):
+        scenes.check_case(scenes.explicit_case(**paths, masks={"fine_t1": mask}))
+
+
+def test_dates_that_contradict(tmp_path: Path, rng: np.random.Generator) -> None:
+    # day of year 200 is 2001-07-19, not 10-08
+    with pytest.raises(InputError, match=r"day of year 200 \(2001-07-19\) contradicts the date 2001-10-08"):
+        scenes.parse_pair_folder_name("2001_200_1008-2001_290_1017")
+    scenes.parse_pair_folder_name("2001_281_1007-2001_290_1016")  # CIA: one day apart is fine
+    folder = make_pair_folder(tmp_path, "2001_281_1008-2001_290_1017", rng)
+    write_tif(folder / "L7_20011008_to_20011017.tif", random_scene(rng))
+    with pytest.raises(InputError, match=r"name contains both dates 20011008 and 20011017"):
+        scenes.read_pair_folder(folder)
+    (folder / "L7_20011008_to_20011017.tif").unlink()
+    case, _ = scenes.read_pair_folder(folder)
+    scenes.check_case(case)
+    with rasterio.open(case.coarse_t2, "r+") as dst:
+        dst.update_tags(RANGEBEGINNINGDATE="2001-06-01")
+    with pytest.raises(
+        InputError, match=r"acquired 2001-06-01 \(metadata\), but it is coarse_t2 .* 2001-10-17"
+    ):
+        scenes.check_case(case)
+    with rasterio.open(case.coarse_t2, "r+") as dst:
+        dst.update_tags(RANGEBEGINNINGDATE="2001-10-17T00:00:00")
+    scenes.check_case(case)
+    # backward prediction (t2 before t1) is legitimate
+    backward = make_pair_folder(tmp_path, "2001_290_1017-2001_281_1008", rng)
+    case, _ = scenes.read_pair_folder(backward)
+    assert case.date_t2 < case.date_t1
+    scenes.check_case(case)
 
 
 def test_sample_is_in_paper_layout(sample_root: Path) -> None:

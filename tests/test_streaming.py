@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from click.testing import CliRunner
 
 from stfusion import raster, scenes
 from stfusion.baselines import coarse_delta
 from stfusion.checkpoint import ModelSpec
+from stfusion.cli import cli
 from stfusion.inputs import CaseReader
 from stfusion.predict import (
     TileOptions,
@@ -180,3 +182,67 @@ def test_failed_prediction_leaves_no_output(case: scenes.FusionCase, tmp_path: P
     with pytest.raises(RuntimeError, match="exploded"):
         predict_to_file(reader, broken, tmp_path / "out.tif", options=TileOptions((16, 16), (4, 4)))
     assert list(tmp_path.glob("*out.tif*")) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# the predict command on the streaming path
+
+
+def predict_args(case: scenes.FusionCase, *extra: str) -> list[str]:
+    return [
+        "predict",
+        "--fine-t1",
+        str(case.fine_t1),
+        "--coarse-t1",
+        str(case.coarse_t1),
+        "--tile",
+        "32",
+        "32",
+        "--overlap",
+        "8",
+        *extra,
+    ]
+
+
+def test_predict_skip_existing_resumes_a_multi_date_job(case: scenes.FusionCase, tmp_path: Path) -> None:
+    second = tmp_path / "in" / "c2b.tif"
+    second.write_bytes(case.coarse_t2.read_bytes())
+    out = tmp_path / "preds"
+    targets = ["--coarse-t2", str(case.coarse_t2), "--coarse-t2", str(second)]
+    args = predict_args(case, *targets, "--out", str(out))
+    runner = CliRunner()
+    assert runner.invoke(cli, args).exit_code == 0
+    first_output = out / "pred_c2.tif"
+    stamp = first_output.stat().st_mtime_ns
+    (out / "pred_c2b.tif").unlink()  # as if the job had been killed before the second date
+    refused = runner.invoke(cli, args)
+    assert refused.exit_code == 2 and "exists" in refused.output
+    resumed = runner.invoke(cli, [*args, "--skip-existing"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"skipped {first_output}" in resumed.output
+    assert first_output.stat().st_mtime_ns == stamp
+    with rasterio.open(first_output) as a, rasterio.open(out / "pred_c2b.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_predict_mask_file_quality_band_and_cog(case: scenes.FusionCase, tmp_path: Path) -> None:
+    cloud = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    cloud[60:70, 10:30] = 1
+    mask = write_tif(tmp_path / "cloud.tif", cloud)
+    out = tmp_path / "pred.tif"
+    extra = ["--mask-fine-t1", str(mask), "--quality", "--cog"]
+    args = predict_args(case, "--coarse-t2", str(case.coarse_t2), "--out", str(out), *extra)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as src:
+        predicted = src.read()
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        nodata = src.nodata
+    with rasterio.open(tmp_path / "pred_quality.tif") as src:
+        quality = src.read(1)
+    assert (predicted[:, 60:70, 10:30] == nodata).all()  # the cloud
+    assert (predicted[:, 30:37, 40:52] == nodata).all()  # fine t1's own nodata
+    assert (quality[60:70, 10:30] == 1).all() and (quality[30:37, 40:52] == 1).all()
+    valid = quality == 0
+    assert valid.sum() == HEIGHT * WIDTH - 200 - 84
+    assert (predicted[:, valid] != nodata).all()

@@ -17,15 +17,21 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
-from stfusion import __version__, raster, scenes, workflows
-from stfusion.checkpoint import load_checkpoint
+from stfusion import __version__, distributed, raster, scenes, workflows
+from stfusion.checkpoint import load_checkpoint, load_generator
 from stfusion.errors import InputError, StfusionError
+from stfusion.inputs import CaseReader, ReadOptions, check_values, row_windows
 from stfusion.methods import METHOD_NAMES
-from stfusion.predict import TileOptions
+from stfusion.predict import BatchPredictor, TileOptions, generator_batch_predictor, method_batch_predictor
+from stfusion.scenes import MIN_COARSE_OVERLAP
+from stfusion.streaming import RankSplit, join_parts, predict_to_file
 from stfusion.train import TrainConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_INPUT_ERROR = 2
+
+#: Methods predicted tile by tile with streaming I/O (the others read whole scenes).
+STREAMING_METHODS: frozenset[str] = frozenset({"mlffgan", "persistence", "coarse-delta"})
 
 
 def one_line_errors(command: F) -> F:
@@ -56,14 +62,108 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+def reading_options(command: F) -> F:
+    """Click options on how input files become pixels: ``--resampling`` and ``--min-overlap``.
+
+    The command receives ``resampling: str`` and ``min_overlap: float``; :func:`read_options` turns
+    them into the :class:`~stfusion.inputs.ReadOptions` for CaseReader / workflows.
+    """
+    command = click.option(
+        "--min-overlap",
+        type=click.FloatRange(0.0, 1.0),
+        default=MIN_COARSE_OVERLAP,
+        show_default=True,
+        help="Fraction of the fine grid a coarse image's footprint must cover.",
+    )(command)
+    return click.option(
+        "--resampling",
+        type=click.Choice(raster.RESAMPLING_METHODS),
+        default="bilinear",
+        show_default=True,
+        help="Resampling of coarse images (and masks) not on the fine grid, e.g. MODIS at 500 m.",
+    )(command)
+
+
+def read_options(resampling: str, min_overlap: float) -> ReadOptions:
+    """The ReadOptions of the values of :func:`reading_options`."""
+    return ReadOptions(resampling=resampling, min_overlap=min_overlap)
+
+
+def mask_options(command: F) -> F:
+    """Click options for explicit mask files (nonzero = invalid pixel, e.g. cloud or QA rasters).
+
+    The command receives ``mask``, ``mask_fine_t1``, ``mask_coarse_t1``, ``mask_coarse_t2`` (Path or
+    None); :func:`explicit_masks` turns them into the ``masks`` of ``scenes.explicit_case``.
+    """
+    for role in ("coarse_t2", "coarse_t1", "fine_t1"):
+        flag = "--mask-" + role.replace("_", "-")
+        text = role.replace("_", " ")
+        command = click.option(
+            flag, type=click.Path(path_type=Path), default=None, help=f"Mask of the {text} image."
+        )(command)
+    return click.option(
+        "--mask",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Mask for every input image (nonzero = invalid); on the fine grid or georeferenced.",
+    )(command)
+
+
+def output_state_options(command: F) -> F:
+    """``--skip-existing`` (resume an interrupted run) and ``--quality`` (write quality bands)."""
+    command = click.option(
+        "--quality",
+        is_flag=True,
+        help="Also write <case>/quality.tif: 0 = all inputs valid, else the sum of 1 (fine t1 invalid), "
+        "2 (coarse t1), 4 (coarse t2).",
+    )(command)
+    return click.option(
+        "--skip-existing",
+        is_flag=True,
+        help="Keep predictions that exist (resume an interrupted run); they are read back and scored.",
+    )(command)
+
+
+def _make_output_folder(out: Path) -> Path:
+    """Create an output folder (and parents); InputError if impossible."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; --out needs a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
+    raster.check_writable(out / "probe", overwrite=True)
+    return out
+
+
+def explicit_masks(
+    mask: Path | None, mask_fine_t1: Path | None, mask_coarse_t1: Path | None, mask_coarse_t2: Path | None
+) -> dict[str, Path]:
+    """Role -> mask file from the values of :func:`mask_options` (a role's own mask wins over --mask)."""
+    masks = {role: mask for role in ("coarse_t1", "fine_t1", "coarse_t2")} if mask is not None else {}
+    own = {"fine_t1": mask_fine_t1, "coarse_t1": mask_coarse_t1, "coarse_t2": mask_coarse_t2}
+    masks.update({role: path for role, path in own.items() if path is not None})
+    return masks
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="stfusion")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def cli(verbose: bool) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads per process for PyTorch (default: PyTorch's; torchrun sets 1 per process).",
+)
+def cli(verbose: bool, threads: int | None) -> None:
     """Spatiotemporal fusion of satellite images: predict a fine image at a target date."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,6 +183,8 @@ def cases_command(folder: Path) -> None:
         click.echo(f"  {split}{case.name}: {case.date_t1} -> {case.date_t2}")
         click.echo(f"      coarse_t1 {case.coarse_t1.name}  fine_t1 {case.fine_t1.name}")
         click.echo(f"      coarse_t2 {case.coarse_t2.name}  fine_t2 {truth}")
+        for role, mask in case.masks.items():
+            click.echo(f"      mask of {role}: {mask.name}")
     for skipped in discovery.skipped:
         click.echo(f"  skipped {skipped.path}: {skipped.reason}")
 
@@ -122,6 +224,20 @@ def cases_command(folder: Path) -> None:
 @click.option("--dtype", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
 @click.option("--scale", type=float, default=1e-4, show_default=True, help="Reflectance per stored unit.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option(
+    "--skip-existing", is_flag=True, help="Skip targets whose output exists (rerun an interrupted job)."
+)
+@click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs (with overviews).")
+@click.option("--amp", is_flag=True, help="MLFF-GAN: bf16 autocast (CUDA only).")
+@click.option("--compile", "compile_model", is_flag=True, help="MLFF-GAN: torch.compile the generator.")
+@click.option(
+    "--quality",
+    is_flag=True,
+    help="Also write <out stem>_quality.tif: 0 = all inputs valid, else the sum of 1 (fine t1 invalid), "
+    "2 (coarse t1), 4 (coarse t2).",
+)
+@mask_options
+@reading_options
 @one_line_errors
 def predict_command(
     method: str | None,
@@ -138,30 +254,123 @@ def predict_command(
     dtype: str,
     scale: float,
     overwrite: bool,
+    skip_existing: bool,
+    cog: bool,
+    amp: bool,
+    compile_model: bool,
+    quality: bool,
+    mask: Path | None,
+    mask_fine_t1: Path | None,
+    mask_coarse_t1: Path | None,
+    mask_coarse_t2: Path | None,
+    resampling: str,
+    min_overlap: float,
 ) -> None:
-    """Predict the fine image at each target date from a reference pair and the coarse image(s)."""
+    """Predict the fine image at each target date from a reference pair and the coarse image(s).
+
+    MLFF-GAN, persistence and coarse-delta stream: tiles are read as windows and rows written as they
+    are finished, so any scene size fits in memory; under `torchrun --nproc_per_node N -m stfusion
+    predict ...` the rows of each scene are split across the N processes and joined into one file.
+    STARFM and FSDAF read the whole scene (they process it in row blocks themselves).
+    """
     method = method or ("mlffgan" if checkpoint else "coarse-delta")
     method_options = parse_options(options)
-    predictor: workflows.Predictor
-    if method == "mlffgan":
-        if checkpoint is None:
-            raise InputError("--method mlffgan needs --checkpoint MODEL.ckpt (see `stfusion train`)")
-        load_checkpoint(checkpoint)  # fail early on a missing or damaged file
-        tiles = TileOptions(tile=tile, overlap=(overlap, overlap), batch_size=batch_size)
-        predictor = workflows.CheckpointPredictor(checkpoint, tiles=tiles, device=device)
-    elif checkpoint is not None:
+    if method == "mlffgan" and checkpoint is None:
+        raise InputError("--method mlffgan needs --checkpoint MODEL.ckpt (see `stfusion train`)")
+    if method != "mlffgan" and checkpoint is not None:
         raise InputError(f"--checkpoint is for --method mlffgan, not {method}")
-    else:
-        predictor = workflows.method_predictor(method, **method_options)
-    targets = _output_paths(out, coarse_t2, overwrite=overwrite)
-    for target_coarse, target_path in targets:
-        case = scenes.explicit_case(coarse_t1=coarse_t1, fine_t1=fine_t1, coarse_t2=target_coarse)
-        inputs = workflows.read_case(case, scale=scale)
-        prediction = predictor(inputs)
-        raster.write_like(
-            target_path, prediction, inputs.reference, dtype=dtype, scale=scale, overwrite=overwrite
+    if method == "mlffgan" and method_options:
+        raise InputError(
+            "--option is for the baseline methods; MLFF-GAN takes its settings from the checkpoint"
         )
-        click.echo(f"wrote {target_path}")
+    if checkpoint is not None:
+        load_checkpoint(checkpoint)  # fail early on a missing or damaged file
+    tiles = TileOptions(tile=tile, overlap=(overlap, overlap), batch_size=batch_size)
+    reading = read_options(resampling, min_overlap)
+    targets = _output_paths(out, coarse_t2, overwrite=overwrite or skip_existing)
+    context = distributed.setup(device)
+    # MLFF-GAN predictor and degradation factor, built once (fine t1, hence the band count, is shared)
+    model: tuple[BatchPredictor, int] | None = None
+    for target_coarse, target_path in targets:
+        if skip_existing and target_path.exists():
+            click.echo(f"skipped {target_path} (exists)")
+            continue
+        case = scenes.explicit_case(
+            coarse_t1=coarse_t1,
+            fine_t1=fine_t1,
+            coarse_t2=target_coarse,
+            masks=explicit_masks(mask, mask_fine_t1, mask_coarse_t1, mask_coarse_t2),
+        )
+        reader = CaseReader(case, scale=scale, options=reading)
+        quality_path = target_path.with_name(f"{target_path.stem}_quality.tif")
+        if quality and context.is_main:
+            raster.check_writable(quality_path, overwrite=overwrite)
+        if method in STREAMING_METHODS:
+            if checkpoint is not None:
+                if model is None:
+                    generator, state = load_generator(checkpoint, bands=reader.bands)
+                    model = (
+                        generator_batch_predictor(
+                            generator, device=context.device, amp=amp, compile=compile_model
+                        ),
+                        int(state["coarse_factor"]),
+                    )
+                batch_predictor, coarse_factor = model
+            else:
+                fusion = workflows.fusion_function(method, **method_options)
+                batch_predictor, coarse_factor = method_batch_predictor(fusion), 1
+            predict_to_file(
+                reader,
+                batch_predictor,
+                target_path,
+                options=tiles,
+                coarse_factor=coarse_factor,
+                dtype=dtype,
+                scale=scale,
+                overwrite=overwrite,
+                cog=cog,
+                split=RankSplit(context.rank, context.world_size),
+            )
+            distributed.barrier(context)
+            if context.distributed and context.is_main:
+                join_parts(
+                    reader,
+                    target_path,
+                    options=tiles,
+                    world_size=context.world_size,
+                    overwrite=overwrite,
+                    cog=cog,
+                )
+            distributed.barrier(context)
+        elif context.is_main:
+            inputs = workflows.read_case(case, scale=scale, options=reading)
+            prediction = workflows.method_predictor(method, **method_options)(inputs)
+            with raster.row_writer(
+                target_path,
+                inputs.reference,
+                count=prediction.shape[0],
+                dtype=dtype,
+                scale=scale,
+                overwrite=overwrite,
+                band_names=inputs.band_names,
+                cog=cog,
+            ) as write:
+                write(0, prediction)
+        if context.is_main:
+            click.echo(f"wrote {target_path}")
+            if quality:
+                flags = np.concatenate(
+                    [reader.quality(window) for window in row_windows(reader.height, reader.width)]
+                )
+                raster.write_quality(
+                    quality_path,
+                    flags,
+                    reader.reference,
+                    overwrite=overwrite,
+                    description=workflows.QUALITY_DESCRIPTION,
+                )
+                click.echo(f"wrote {quality_path}")
+    distributed.teardown(context)
 
 
 def _output_paths(out: Path, coarse_t2: tuple[Path, ...], *, overwrite: bool) -> list[tuple[Path, Path]]:
@@ -187,7 +396,12 @@ def _output_paths(out: Path, coarse_t2: tuple[Path, ...], *, overwrite: bool) ->
     default=None,
     help="Fine/coarse pixel-size ratio h/l for ERGAS, e.g. 0.05 for 25 m / 500 m (ERGAS skipped if unset).",
 )
-@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Raster: nonzero = invalid.")
+@click.option(
+    "--mask",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Raster: nonzero = invalid (on the truth's grid, or georeferenced: nearest resampling).",
+)
 @click.option("--data-range", type=float, default=1.0, show_default=True, help="PSNR data range R.")
 @click.option("--ssim-range", type=float, default=2.0, show_default=True, help="SSIM data_range.")
 @click.option("--scale", type=float, default=1e-4, show_default=True, help="Reflectance per stored unit.")
@@ -214,21 +428,22 @@ def evaluate_command(
     for path in outputs:
         if path is not None:
             raster.check_writable(path, overwrite=overwrite)
+    pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
+    if pred_info.shape != truth_info.shape:
+        raise InputError(
+            f"{pred}: shape {pred_info.shape} (bands, rows, cols) differs from truth {truth} "
+            f"{truth_info.shape}"
+        )
+    mask_info = raster.inspect(mask) if mask is not None else None
+    if mask_info is not None:
+        scenes.check_mask_grid(mask_info, truth_info)
+    for path in (pred, truth):
+        check_values(path, scale=scale)
     predicted = raster.read(pred, scale=scale)
     true = raster.read(truth, scale=scale)
-    if predicted.data.shape != true.data.shape:
-        raise InputError(
-            f"{pred}: shape {predicted.data.shape} (bands, rows, cols) differs from truth {truth} "
-            f"{true.data.shape}"
-        )
     valid = None
     if mask is not None:
-        mask_raster = raster.read(mask, scale=1.0)
-        if mask_raster.data.shape[1:] != true.data.shape[1:]:
-            raise InputError(
-                f"{mask}: size {mask_raster.data.shape[1:]} differs from truth {true.data.shape[1:]}"
-            )
-        valid = ~(np.nan_to_num(mask_raster.data, nan=1.0) != 0).any(axis=0)
+        valid = ~raster.read_mask_on_grid(mask, truth_info, resampling="nearest")
     band_names = [n or f"band{i + 1}" for i, n in enumerate(true.info.band_names)]
     result = metrics.compute_metrics(
         predicted.data,
@@ -294,20 +509,23 @@ class _Progress:
 def _run_with_progress(
     data_dir: Path, config: TrainConfig, *, resume: bool, ratio: float | None
 ) -> workflows.ExperimentResult:
-    """Train, select and test (workflows.run_experiment) with a progress bar."""
-    progress = _Progress(config.epochs)
+    """Train, select and test (workflows.run_experiment) with a progress bar (on rank 0 only)."""
+    context = distributed.setup(config.device)
+    progress = _Progress(config.epochs) if context.is_main else None
     try:
         return workflows.run_experiment(
             data_dir,
             config,
             resume=resume,
             ratio=ratio,
-            on_step=progress.step,
-            on_epoch=progress.epoch,
-            say=click.echo,
+            on_step=progress.step if progress else None,
+            on_epoch=progress.epoch if progress else None,
+            say=click.echo if context.is_main else lambda _: None,
         )
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+        distributed.teardown(context)
 
 
 _TRAIN_FLAGS = {
@@ -363,7 +581,12 @@ def train_command(
     ratio: float | None,
     **flags: Any,
 ) -> None:
-    """Train MLFF-GAN on DATA_DIR/train, select on val, test the best model on test."""
+    """Train MLFF-GAN on DATA_DIR/train, select on val, test the best model on test.
+
+    Data-parallel on several processes with torchrun, e.g. `torchrun --nproc_per_node 4 -m stfusion
+    train ...` (--batch-size is the global batch, split over the processes; see the README for
+    multi-node and SLURM lines).
+    """
     explicit = {
         field: flags[name]
         for name, field in _TRAIN_FLAGS.items()
@@ -371,6 +594,8 @@ def train_command(
     }
     config = _train_config(config_file, save_dir, explicit)
     result = _run_with_progress(data_dir, config, resume=resume, ratio=ratio)
+    if result.test_split is None:
+        return  # not rank 0 of a torchrun job: rank 0 reports
     click.echo(f"best checkpoint: {result.train.best}")
     for name, path in result.tables.items():
         click.echo(f"{name}: {path}")
@@ -387,6 +612,8 @@ def train_command(
 @click.option("--baselines", default="coarse-delta,persistence", show_default=True, help="Comma list or ''.")
 @click.option("--ratio", type=float, default=None, help="ERGAS pixel-size ratio.")
 @click.option("--overwrite", is_flag=True)
+@output_state_options
+@reading_options
 @one_line_errors
 def test_command(
     data_dir: Path,
@@ -399,21 +626,39 @@ def test_command(
     baselines: str,
     ratio: float | None,
     overwrite: bool,
+    skip_existing: bool,
+    quality: bool,
+    resampling: str,
+    min_overlap: float,
 ) -> None:
     """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
-    load_checkpoint(checkpoint)
+    model_bands = load_checkpoint(checkpoint)["model"]["bands"]
     cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
     if not cases:
         raise InputError(f"{data_dir}: no cases in split {split!r}")
+    bands = raster.inspect(cases[0].fine_t1).count
+    if model_bands != bands:
+        raise InputError(
+            f"{checkpoint}: checkpoint is for {model_bands} bands, but {cases[0].fine_t1} has {bands}"
+        )
     tiles = TileOptions(tile=tile, overlap=(overlap, overlap))
     predictors: dict[str, workflows.Predictor] = {
         "mlffgan": workflows.CheckpointPredictor(checkpoint, tiles=tiles, device=device)
     }
     predictors.update({name: workflows.method_predictor(name) for name in baselines.split(",") if name})
-    out.mkdir(parents=True, exist_ok=True)
-    results = workflows.run_methods(cases, predictors, out_dir=out, ratio=ratio, overwrite=overwrite)
+    _make_output_folder(out)
+    results = workflows.run_methods(
+        cases,
+        predictors,
+        out_dir=out,
+        ratio=ratio,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        quality=quality,
+        options=read_options(resampling, min_overlap),
+    )
     tables = workflows.write_tables(
-        results, out, protocol={"data": str(data_dir), "split": split}, overwrite=overwrite
+        results, out, protocol={"data": str(data_dir), "split": split}, overwrite=overwrite or skip_existing
     )
     if "markdown" in tables:
         click.echo(tables["markdown"].read_text())
@@ -495,6 +740,8 @@ def import_reference_command(
 @click.option("--ratio", type=float, default=None, help="ERGAS fine/coarse pixel-size ratio.")
 @click.option("--tile", type=(int, int), default=(1024, 768), show_default=True, help="MLFF-GAN tiles.")
 @click.option("--overwrite", is_flag=True)
+@output_state_options
+@reading_options
 @one_line_errors
 def compare_command(
     data: Path,
@@ -506,6 +753,10 @@ def compare_command(
     ratio: float | None,
     tile: tuple[int, int],
     overwrite: bool,
+    skip_existing: bool,
+    quality: bool,
+    resampling: str,
+    min_overlap: float,
 ) -> None:
     """Run several methods on every case of DATA with known truth; one table and one figure per case."""
     found = scenes.discover(data)
@@ -534,19 +785,34 @@ def compare_command(
         predictors["mlffgan" if number == 1 else f"mlffgan{number}"] = workflows.CheckpointPredictor(
             path, tiles=tiles
         )
-    out.mkdir(parents=True, exist_ok=True)
-    results = workflows.run_methods(cases, predictors, out_dir=out, ratio=ratio, overwrite=overwrite)
+    _make_output_folder(out)
+    # derived files (figures, tables) are rewritten when resuming with --skip-existing
+    rewrite = overwrite or skip_existing
+    for case in cases:
+        raster.check_writable(out / f"{case.name}.png", overwrite=rewrite)
+    reading = read_options(resampling, min_overlap)
+    results = workflows.run_methods(
+        cases,
+        predictors,
+        out_dir=out,
+        ratio=ratio,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        quality=quality,
+        options=reading,
+    )
     protocol = {
         "data": str(data),
         "cases": ", ".join(c.name for c in cases),
         "ergas ratio": ratio,
         "options": dict(per_method),
+        "resampling": resampling,
     }
-    tables = workflows.write_tables(results, out, protocol=protocol, stem="comparison", overwrite=overwrite)
+    tables = workflows.write_tables(results, out, protocol=protocol, stem="comparison", overwrite=rewrite)
     for case in cases:
-        inputs = workflows.read_case(case)
+        inputs = workflows.read_case(case, options=reading)
         figure = out / f"{case.name}.png"
-        raster.check_writable(figure, overwrite=overwrite)
+        raster.check_writable(figure, overwrite=rewrite)
         workflows.quicklook(
             figure,
             inputs,

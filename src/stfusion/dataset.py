@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader
+from stfusion.inputs import CaseReader, ReadOptions
 from stfusion.scenes import FusionCase
 from stfusion.tiling import tile_starts
 from stfusion.transforms import REFLECTANCE_SCALE, degrade_coarse
@@ -51,9 +51,20 @@ def degrade_array(image: np.ndarray, factor: int) -> np.ndarray:
     return degrade_coarse(tensor, factor)[0].numpy()
 
 
-def load_case(case: FusionCase, *, coarse_factor: int, scale: float = REFLECTANCE_SCALE) -> CaseArrays:
-    """Read, validate, mask and degrade one case with known truth."""
-    reader = CaseReader(case, scale=scale, require_truth=True)
+def load_case(
+    case: FusionCase,
+    *,
+    coarse_factor: int,
+    scale: float = REFLECTANCE_SCALE,
+    options: ReadOptions | None = None,
+) -> CaseArrays:
+    """Read, validate, mask and degrade one case with known truth.
+
+    Pixels invalid in any of the four images (nodata, non-finite, masked by ``case.masks``, outside a
+    reprojected coarse image's footprint) are False in ``valid``, which the training losses and the
+    validation MSE exclude.
+    """
+    reader = CaseReader(case, scale=scale, require_truth=True, options=options)
     images = {role: reader.read(role) for role in reader.roles}
     valid = np.ones(images["fine_t1"].shape[1:], dtype=bool)
     for image in images.values():
@@ -68,10 +79,14 @@ def load_case(case: FusionCase, *, coarse_factor: int, scale: float = REFLECTANC
 
 
 def load_cases(
-    cases: Sequence[FusionCase], *, coarse_factor: int, scale: float = REFLECTANCE_SCALE
+    cases: Sequence[FusionCase],
+    *,
+    coarse_factor: int,
+    scale: float = REFLECTANCE_SCALE,
+    options: ReadOptions | None = None,
 ) -> list[CaseArrays]:
     """:func:`load_case` for each case; they must share a band count."""
-    loaded = [load_case(case, coarse_factor=coarse_factor, scale=scale) for case in cases]
+    loaded = [load_case(case, coarse_factor=coarse_factor, scale=scale, options=options) for case in cases]
     bands = {c.shape[0] for c in loaded}
     if len(bands) > 1:
         raise InputError(f"cases have different band counts {sorted(bands)}; train on one sensor pair")

@@ -277,7 +277,9 @@ def generator_loss(
         d_fake: (B, 1, h, w) discriminator scores of ``pred`` (not detached), or None to train without
             the adversarial term.
         weights: term weights; the reference defaults when None.
-        valid: optional (B, 1, H, W) bool mask for the L1 and cosine terms (MS-SSIM ignores it).
+        valid: optional (B, 1, H, W) bool mask. L1 and cosine average over valid pixels only; MS-SSIM
+            (a windowed statistic) is computed with ``pred`` replaced by ``target`` at invalid pixels,
+            so they add no error and no gradient (their values still enter the window statistics).
         data_range: dynamic range for MS-SSIM.
         reference_bug: MS-SSIM combination of the reference (see :func:`ms_ssim`).
         ms_ssim_scales: MS-SSIM scales (5, the paper's; fewer for patches below 161 px).
@@ -291,8 +293,9 @@ def generator_loss(
     if weights.l1:
         terms["l1"] = l1_loss(pred, target, valid=valid)
     if weights.ms_ssim:
+        ms_pred = pred if valid is None else torch.where(valid, pred, target)
         terms["ms_ssim"] = ms_ssim_loss(
-            pred, target, data_range=data_range, reference_bug=reference_bug, scales=ms_ssim_scales
+            ms_pred, target, data_range=data_range, reference_bug=reference_bug, scales=ms_ssim_scales
         )
     if weights.cosine:
         terms["cosine"] = spectral_cosine_loss(pred, target, valid=valid)

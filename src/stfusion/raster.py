@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -48,6 +49,7 @@ class RasterInfo:
     nodata: float | None
     band_names: tuple[str | None, ...]
     profile: dict[str, Any] = field(repr=False, compare=False)
+    tags: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -90,7 +92,15 @@ def _info(path: Path, src: rasterio.DatasetReader) -> RasterInfo:
         nodata=src.nodata,
         band_names=tuple(src.descriptions),
         profile=dict(src.profile),
+        tags=dict(src.tags()),
     )
+
+
+def _read_error(path: Path, exc: Exception) -> InputError:
+    """A one-line InputError for pixels that cannot be read, with GDAL's reason when it gave one."""
+    cause = exc.__cause__ or exc
+    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return InputError(f"{path}: corrupt or truncated raster ({reason}); re-download or re-export it")
 
 
 def inspect(path: str | os.PathLike[str]) -> RasterInfo:
@@ -139,7 +149,7 @@ def read(
                 stored = src.read(indexes, window=window, boundless=True, fill_value=fill)
                 outside = _outside_mask(window, src.height, src.width)
         except RasterioIOError as exc:
-            raise InputError(f"{path}: corrupt or truncated raster ({exc})") from exc
+            raise _read_error(path, exc) from exc
     data = _to_reflectance(stored, info.nodata, scale)
     if window is not None and outside is not None:
         data[:, outside] = np.nan
@@ -159,6 +169,325 @@ def _outside_mask(window: Window, height: int, width: int) -> np.ndarray | None:
     if not row_out.any() and not col_out.any():
         return None
     return row_out[:, None] | col_out[None, :]
+
+
+# --------------------------------------------------------------------------------------------------
+# grids: same-grid test, footprint overlap, reading onto another raster's grid (reprojection)
+
+#: Resampling methods for placing a raster that is not on the fine grid onto it (rasterio names).
+RESAMPLING_METHODS: tuple[str, ...] = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average")
+
+# Error threshold of GDAL's approximate transformer, in pixels. Tiny, so every output pixel's source
+# position is computed exactly: a window of a warped read then equals the same crop of a whole read
+# (with the default 0.125 px the interpolation nodes depend on the window and the values differ).
+_EXACT_TOLERANCE = 1e-9
+# A resampled mask marks a pixel invalid where the mask's interpolated value exceeds this: any masked
+# source pixel that contributes with weight > 1e-3 (masks hold integers >= 1 where invalid).
+_MASK_EPSILON = 1e-3
+
+
+def same_crs(a: str | None, b: str | None) -> bool:
+    """Whether two CRS strings (EPSG code, WKT, PROJ) describe the same CRS; None equals only None."""
+    if a is None or b is None:
+        return a is b
+    if a == b:
+        return True
+    try:
+        return bool(CRS.from_user_input(a) == CRS.from_user_input(b))
+    except CRSError:
+        return False
+
+
+def same_grid(info: RasterInfo, grid: RasterInfo, *, tolerance: float = 1e-6) -> bool:
+    """Whether ``info`` lies exactly on ``grid``: same size, CRS and transform.
+
+    Transform coefficients may differ by ``tolerance`` x the grid's pixel size (rounding in headers).
+    """
+    if (info.height, info.width) != (grid.height, grid.width) or not same_crs(info.crs, grid.crs):
+        return False
+    pixel = max(abs(grid.transform[0]), abs(grid.transform[4]), abs(grid.transform[1]), 1e-12)
+    return all(abs(a - b) <= tolerance * pixel for a, b in zip(info.transform, grid.transform, strict=True))
+
+
+def _bounds(info: RasterInfo) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a raster's pixel corners in its own CRS."""
+    transform = Affine(*info.transform)
+    xs, ys = zip(
+        *(transform @ (c, r) for r in (0, info.height) for c in (0, info.width)),
+        strict=True,
+    )
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def footprint_fraction(source: RasterInfo, grid: RasterInfo) -> float:
+    """Fraction (0..1) of ``grid``'s area covered by ``source``'s footprint (both need a CRS).
+
+    The source's bounds are transformed into the grid's CRS (densified edges, so curved edges count) and
+    intersected with the grid's bounds. Footprints that cannot be transformed (coordinates outside the
+    CRS's domain) cover 0.
+    """
+    if source.crs is None or grid.crs is None:
+        raise ValueError("footprint_fraction needs two georeferenced rasters")
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = _bounds(grid)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s_left, s_bottom, s_right, s_top = transform_bounds(
+                source.crs, grid.crs, *_bounds(source), densify_pts=21
+            )
+    except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
+        return 0.0
+    values = np.array([s_left, s_bottom, s_right, s_top], dtype=np.float64)
+    if not np.isfinite(values).all():
+        return 0.0
+    width = min(right, s_right) - max(left, s_left)
+    height = min(top, s_top) - max(bottom, s_bottom)
+    area = (right - left) * (top - bottom)
+    if width <= 0 or height <= 0 or area <= 0:
+        return 0.0
+    return float(min(1.0, width * height / area))
+
+
+def _clip_window(window: Window | None, grid: RasterInfo) -> tuple[Window | None, tuple[slice, slice]]:
+    """The part of ``window`` inside the grid, and where it goes in the window's (h, w) array."""
+    if window is None:
+        return Window(0, 0, grid.width, grid.height), (slice(None), slice(None))
+    row0, col0 = int(window.row_off), int(window.col_off)
+    row1, col1 = row0 + int(window.height), col0 + int(window.width)
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row1, grid.height), min(col1, grid.width)
+    if r1 <= r0 or c1 <= c0:
+        return None, (slice(0, 0), slice(0, 0))
+    return Window(c0, r0, c1 - c0, r1 - r0), (slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
+
+
+def _window_shape(window: Window | None, grid: RasterInfo) -> tuple[int, int]:
+    if window is None:
+        return grid.height, grid.width
+    return int(window.height), int(window.width)
+
+
+def _warped(
+    src: rasterio.DatasetReader, grid: RasterInfo, resampling: str, *, src_nodata: float | None
+) -> Any:
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    if resampling not in RESAMPLING_METHODS:
+        raise InputError(f"resampling {resampling!r}: choose one of {', '.join(RESAMPLING_METHODS)}")
+    options: dict[str, Any] = {}
+    if src_nodata is not None:
+        options["src_nodata"] = src_nodata
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=Affine(*grid.transform),
+        width=grid.width,
+        height=grid.height,
+        resampling=Resampling[resampling],
+        dtype="float32",
+        nodata=np.nan,
+        tolerance=_EXACT_TOLERANCE,
+        **options,
+    )
+
+
+def read_on_grid(
+    path: str | os.PathLike[str],
+    grid: RasterInfo,
+    *,
+    scale: float = REFLECTANCE_SCALE,
+    window: Window | None = None,
+    resampling: str = "bilinear",
+) -> np.ndarray:
+    """Read a raster onto another raster's grid (reprojected if needed) as float32 reflectance.
+
+    A raster already on ``grid`` (:func:`same_grid`) is read as :func:`read` does. Any other raster is
+    warped onto the grid with GDAL (``resampling``, computed in float32; the source's nodata is
+    honoured), with exact per-pixel coordinate transforms so that a window equals the same crop of a
+    whole read.
+
+    Args:
+        path: source raster (any size, resolution, CRS).
+        grid: the target grid (e.g. fine t1's :class:`RasterInfo`).
+        scale: reflectance per stored unit.
+        window: rows/columns of the grid (may extend outside it: NaN there); the whole grid when None.
+        resampling: one of :data:`RESAMPLING_METHODS`.
+    Returns:
+        (C, h, w) float32 reflectance on the grid (window), NaN where nodata, non-finite or outside the
+        source's footprint.
+    """
+    path = Path(path)
+    with _open(path) as src:
+        info = _info(path, src)
+        if same_grid(info, grid):
+            return read(path, scale=scale, window=window).data
+        height, width = _window_shape(window, grid)
+        data = np.full((info.count, height, width), np.nan, dtype=np.float32)
+        inner, place = _clip_window(window, grid)
+        if inner is None:
+            return data
+        try:
+            with _warped(src, grid, resampling, src_nodata=None) as vrt:
+                stored = vrt.read(window=inner)
+        except RasterioIOError as exc:
+            raise _read_error(path, exc) from exc
+    stored *= np.float32(scale)
+    stored[~np.isfinite(stored)] = np.nan
+    data[(slice(None), *place)] = stored
+    return data
+
+
+def read_mask_on_grid(
+    path: str | os.PathLike[str],
+    grid: RasterInfo,
+    *,
+    window: Window | None = None,
+    resampling: str = "nearest",
+) -> np.ndarray:
+    """Read a mask raster (any nonzero or non-finite value in any band = invalid) onto a grid.
+
+    The mask's declared nodata is ignored: masks often declare 0 (clear) as nodata. A mask on ``grid``
+    is read as is. A mask on another grid is warped with ``resampling`` and a pixel is invalid when the
+    warped value exceeds 1e-3 in magnitude, i.e. when a masked source pixel contributes to it (with
+    ``nearest``: when its nearest mask pixel is masked); pixels outside the mask's footprint are invalid.
+
+    Returns:
+        (h, w) bool, True = invalid (the window's shape; the whole grid when ``window`` is None).
+    """
+    path = Path(path)
+    height, width = _window_shape(window, grid)
+    with _open(path) as src:
+        info = _info(path, src)
+        try:
+            if same_grid(info, grid):
+                if window is None:
+                    stored = src.read()
+                else:
+                    stored = src.read(window=window, boundless=True, fill_value=0)
+                invalid = ((stored != 0) | ~np.isfinite(stored)).any(axis=0)
+                return np.asarray(invalid, dtype=bool)
+            invalid = np.ones((height, width), dtype=bool)
+            inner, place = _clip_window(window, grid)
+            if inner is None:
+                return invalid
+            # a non-integer source nodata never matches an integer mask: no value is skipped as nodata
+            src_nodata = float("nan") if np.dtype(info.dtype).kind == "f" else 0.5
+            with _warped(src, grid, resampling, src_nodata=src_nodata) as vrt:
+                warped = vrt.read(window=inner)
+        except RasterioIOError as exc:
+            raise _read_error(path, exc) from exc
+    invalid[place] = ((np.abs(warped) > _MASK_EPSILON) | ~np.isfinite(warped)).any(axis=0)
+    return invalid
+
+
+# --------------------------------------------------------------------------------------------------
+# value checks on a sample of the pixels
+
+
+@dataclass(frozen=True)
+class ValueSample:
+    """Stored values of a raster, sampled on a regular decimated grid (nearest), for sanity checks.
+
+    ``values`` holds the valid stored values (finite, not nodata) of all bands, 1-D float64;
+    ``n_pixels`` the sampled values in all (valid or not), ``n_nodata`` those equal to the nodata value,
+    ``n_nonfinite`` the NaN/inf values that are not the declared nodata. ``complete`` is True when every
+    pixel was read (small rasters).
+    """
+
+    path: Path
+    dtype: str
+    nodata: float | None
+    values: np.ndarray
+    n_pixels: int
+    n_nodata: int
+    n_nonfinite: int
+    complete: bool
+
+
+def _count_invalid(stored: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int, int]:
+    if nodata is not None and np.isnan(nodata):
+        is_nodata = np.isnan(stored)
+    elif nodata is not None:
+        is_nodata = stored == nodata
+    else:
+        is_nodata = np.zeros(stored.shape, dtype=bool)
+    nonfinite = ~np.isfinite(stored) & ~is_nodata if stored.dtype.kind == "f" else np.zeros_like(is_nodata)
+    valid = ~is_nodata & ~nonfinite
+    return valid, int(is_nodata.sum()), int(nonfinite.sum())
+
+
+def sample_values(path: str | os.PathLike[str], *, max_pixels: int = 512 * 512) -> ValueSample:
+    """Sample a raster's stored values cheaply: all pixels when it has at most ``max_pixels`` per band,
+    else a decimated (nearest) read of about ``max_pixels`` per band (GDAL uses overviews if present).
+    """
+    path = Path(path)
+    with _open(path) as src:
+        complete = src.height * src.width <= max_pixels
+        try:
+            if complete:
+                stored = src.read()
+            else:
+                step = float(np.sqrt(src.height * src.width / max_pixels))
+                shape = (src.count, max(1, int(src.height / step)), max(1, int(src.width / step)))
+                stored = src.read(out_shape=shape)
+        except RasterioIOError as exc:
+            raise _read_error(path, exc) from exc
+        dtype, nodata = src.dtypes[0], src.nodata
+    valid, n_nodata, n_nonfinite = _count_invalid(stored, nodata)
+    return ValueSample(
+        path=path,
+        dtype=dtype,
+        nodata=nodata,
+        values=stored[valid].astype(np.float64),
+        n_pixels=int(stored.size),
+        n_nodata=n_nodata,
+        n_nonfinite=n_nonfinite,
+        complete=complete,
+    )
+
+
+def has_valid_pixel(path: str | os.PathLike[str]) -> bool:
+    """Whether any pixel of any band is finite and not nodata (block by block; stops at the first)."""
+    path = Path(path)
+    with _open(path) as src:
+        try:
+            for _, block in src.block_windows(1):
+                valid, _, _ = _count_invalid(src.read(window=block), src.nodata)
+                if valid.any():
+                    return True
+        except RasterioIOError as exc:
+            raise _read_error(path, exc) from exc
+    return False
+
+
+def write_quality(
+    path: str | os.PathLike[str],
+    flags: np.ndarray,
+    reference: RasterInfo,
+    *,
+    overwrite: bool = False,
+    description: str = "",
+) -> Path:
+    """Write a (H, W) uint8 quality/validity band on the reference's grid, atomically (no nodata).
+
+    ``description`` (what the values mean) is stored as the band description and a ``QUALITY`` tag.
+    """
+    path = check_writable(path, overwrite=overwrite)
+    if flags.shape != (reference.height, reference.width):
+        raise ValueError(f"{path}: quality band shape {flags.shape} differs from the reference grid")
+    profile = output_profile(reference, count=1, dtype="uint8")
+    profile["nodata"] = None
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(flags.astype(np.uint8)[None])
+            dst.set_band_description(1, "quality")
+            if description:
+                dst.update_tags(QUALITY=description)
+    return path
 
 
 def output_profile(

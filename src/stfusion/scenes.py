@@ -10,16 +10,21 @@ Three ways to describe cases, all producing :class:`FusionCase` records (paths a
   date with the nearest earlier date that has both images, or explicit date pairs);
 - explicit file arguments (:func:`explicit_case`).
 
-Problems (missing, duplicated or ambiguous files, unparseable names, mismatched sizes, band counts or
-CRS) raise :class:`~stfusion.errors.InputError` naming the folder or file and what was expected.
+A file named ``<image stem>_mask.tif`` beside an image is that image's mask (any nonzero value =
+invalid pixel, e.g. a cloud or QA raster); it is attached to the case (:attr:`FusionCase.masks`).
+
+Problems (missing, duplicated or ambiguous files, unparseable names, dates that contradict each other,
+fine images off fine t1's grid, coarse images that cannot be placed on it) raise
+:class:`~stfusion.errors.InputError` naming the folder or file and what was expected.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +35,35 @@ RASTER_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _PAIR_FOLDER = re.compile(r"^(\d{4})_(\d{3})_(\d{4})-(\d{4})_(\d{3})_(\d{4})$")
 _FLAT_FILE = re.compile(r"^(fine|coarse)_(\d{8})$", re.IGNORECASE)
+#: Suffix of a mask file's stem: ``X_mask.tif`` is the mask of ``X.tif``.
+MASK_SUFFIX = "_mask"
+#: Dates of one acquisition may differ by this many days (MODIS 8-day composites; CIA's Landsat date is
+#: one day before the MODIS day of year); more is a contradiction.
+DATE_TOLERANCE_DAYS = 8
+#: Coarse images must cover at least this fraction of the fine grid.
+MIN_COARSE_OVERLAP = 0.5
+#: GeoTIFF metadata tags holding an acquisition date (Landsat MTL, MODIS, generic), compared with the
+#: case's dates when present.
+DATE_TAGS: tuple[str, ...] = (
+    "ACQUISITION_DATE",
+    "DATE_ACQUIRED",
+    "ACQUISITIONDATE",
+    "RANGEBEGINNINGDATE",
+    "SENSING_DATE",
+)
+FINE_ROLES: tuple[str, ...] = ("fine_t1", "fine_t2")
+COARSE_ROLES: tuple[str, ...] = ("coarse_t1", "coarse_t2")
+ROLES: tuple[str, ...] = ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FusionCase:
     """One fusion problem: predict the fine image at ``date_t2`` from a t1 pair and coarse t2.
 
-    ``fine_t2`` is the truth when known (training, validation, evaluation), else None.
+    ``fine_t2`` is the truth when known (training, validation, evaluation), else None. ``masks`` maps
+    roles to mask rasters (nonzero = invalid pixel), on the fine grid or on their image's own grid.
     """
 
     name: str
@@ -47,6 +74,7 @@ class FusionCase:
     date_t1: dt.date
     date_t2: dt.date
     split: str | None = None
+    masks: Mapping[str, Path] = field(default_factory=dict, hash=False)
 
     def paths(self) -> dict[str, Path]:
         """Role name -> path for the files the case has."""
@@ -139,6 +167,14 @@ def parse_pair_folder_name(name: str, *, where: Path | None = None) -> tuple[Pai
         dates.append(PairDate(year, doy, month, day))
     if dates[0].fine_key == dates[1].fine_key:
         raise InputError(f"{where_text}: both dates of the pair folder are the same")
+    for date in dates:
+        doy_date = dt.date(date.year, 1, 1) + dt.timedelta(days=date.doy - 1)
+        if abs((doy_date - date.date).days) > DATE_TOLERANCE_DAYS:
+            raise InputError(
+                f"{where_text}: day of year {date.doy:03d} ({doy_date}) contradicts the date "
+                f"{date.date} in {date.label()} by {abs((doy_date - date.date).days)} days; "
+                "fix the folder name (YYYY_DOY_MMDD of one acquisition)"
+            )
     return dates[0], dates[1]
 
 
@@ -148,6 +184,29 @@ def _is_raster_name(path: Path) -> bool:
 
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _is_mask_name(path: Path) -> bool:
+    return _is_raster_name(path) and path.stem.lower().endswith(MASK_SUFFIX)
+
+
+def _split_masks(paths: list[Path]) -> tuple[list[Path], dict[str, Path]]:
+    """Image-like files, and mask files keyed by the stem of the image they belong to."""
+    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in paths if _is_mask_name(p)}
+    return [p for p in paths if not _is_mask_name(p)], masks
+
+
+def _attach_masks(
+    chosen: Mapping[str, Path | None], masks: dict[str, Path], skipped: list[SkippedFile]
+) -> dict[str, Path]:
+    """Role -> mask for the chosen images that have a ``<stem>_mask`` file; other masks are skipped."""
+    attached = {}
+    for role, path in chosen.items():
+        if path is not None and path.stem in masks:
+            attached[role] = masks.pop(path.stem)
+    for stem, mask in masks.items():
+        skipped.append(SkippedFile(mask, f"mask of {stem}.tif, which is not an image of this case"))
+    return attached
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,11 +219,12 @@ def read_pair_folder(folder: Path, *, split: str | None = None) -> tuple[FusionC
     t1, t2 = parse_pair_folder_name(folder.name, where=folder)
     found: dict[str, list[Path]] = {"coarse_t1": [], "fine_t1": [], "coarse_t2": [], "fine_t2": []}
     skipped: list[SkippedFile] = []
-    for path in _files(folder):
+    files, masks = _split_masks(_files(folder))
+    for path in files:
         if not _is_raster_name(path):
             skipped.append(SkippedFile(path, "not a GeoTIFF name (.tif/.tiff)"))
             continue
-        role = _role_in_pair_folder(path.name, t1, t2)
+        role = _role_in_pair_folder(path, t1, t2)
         if role is None:
             keys = ", ".join([t1.fine_key, t1.coarse_key, t2.fine_key, t2.coarse_key])
             skipped.append(SkippedFile(path, f"name contains none of the dates {keys}"))
@@ -195,6 +255,7 @@ def read_pair_folder(folder: Path, *, split: str | None = None) -> tuple[FusionC
         date_t1=t1.date,
         date_t2=t2.date,
         split=split,
+        masks=_attach_masks(chosen, masks, skipped),
     )
     return case, skipped
 
@@ -204,7 +265,19 @@ def _required(path: Path | None) -> Path:
     return path
 
 
-def _role_in_pair_folder(name: str, t1: PairDate, t2: PairDate) -> str | None:
+def _role_in_pair_folder(path: Path, t1: PairDate, t2: PairDate) -> str | None:
+    name = path.name
+    # A name carrying both dates of the case contradicts itself (which date is it?). Coarse keys are
+    # compared only in names without a fine key: a 7-digit key can be part of an 8-digit one.
+    pairs = [(t1.fine_key, t2.fine_key)]
+    if t1.fine_key not in name and t2.fine_key not in name:
+        pairs.append((t1.coarse_key, t2.coarse_key))
+    for first, second in pairs:
+        if first in name and second in name:
+            raise InputError(
+                f"{path}: name contains both dates {first} and {second} of the pair folder; "
+                "rename it so that it carries only its own acquisition date"
+            )
     # The 8-digit fine key is checked first: it is more specific than the 7-digit coarse key.
     if t1.fine_key in name:
         return "fine_t1"
@@ -245,10 +318,13 @@ def _add_pair_folders(discovery: Discovery, folder: Path, split: str | None) -> 
 # flat folder
 
 
-def _flat_files(folder: Path) -> tuple[dict[str, dict[dt.date, Path]], list[SkippedFile]]:
+def _flat_files(
+    folder: Path,
+) -> tuple[dict[str, dict[dt.date, Path]], dict[str, Path], list[SkippedFile]]:
     by_role: dict[str, dict[dt.date, Path]] = {"fine": {}, "coarse": {}}
     skipped: list[SkippedFile] = []
-    for path in _files(folder):
+    files, masks = _split_masks(_files(folder))
+    for path in files:
         match = _FLAT_FILE.match(path.stem)
         if not _is_raster_name(path) or not match:
             skipped.append(SkippedFile(path, "not named fine_YYYYMMDD.tif or coarse_YYYYMMDD.tif"))
@@ -263,7 +339,7 @@ def _flat_files(folder: Path) -> tuple[dict[str, dict[dt.date, Path]], list[Skip
             other = by_role[role][date]
             raise InputError(f"{folder}: two {role} images for {date}: {other.name} and {path.name}")
         by_role[role][date] = path
-    return by_role, skipped
+    return by_role, masks, skipped
 
 
 def discover_flat_folder(
@@ -276,7 +352,7 @@ def discover_flat_folder(
     ``date_pairs`` exactly those (t1, t2) cases are formed (t2 may precede t1: backward prediction).
     """
     folder = Path(folder)
-    by_role, skipped = _flat_files(folder)
+    by_role, masks, skipped = _flat_files(folder)
     fine, coarse = by_role["fine"], by_role["coarse"]
     complete = sorted(set(fine) & set(coarse))
     discovery = Discovery(layout="flat", skipped=skipped)
@@ -292,6 +368,12 @@ def discover_flat_folder(
         for role, date, table in (("fine", t1, fine), ("coarse", t1, coarse), ("coarse", t2, coarse)):
             if date not in table:
                 raise InputError(f"{folder}: no {role}_{date:%Y%m%d}.tif for the case {t1} -> {t2}")
+        images = {
+            "coarse_t1": coarse[t1],
+            "fine_t1": fine[t1],
+            "coarse_t2": coarse[t2],
+            "fine_t2": fine.get(t2),
+        }
         discovery.cases.append(
             FusionCase(
                 name=f"{t1:%Y%m%d}-{t2:%Y%m%d}",
@@ -301,8 +383,13 @@ def discover_flat_folder(
                 fine_t2=fine.get(t2),
                 date_t1=t1,
                 date_t2=t2,
+                masks={r: masks[p.stem] for r, p in images.items() if p is not None and p.stem in masks},
             )
         )
+    used = {m for case in discovery.cases for m in case.masks.values()}
+    for stem, mask in masks.items():
+        if mask not in used:
+            discovery.skipped.append(SkippedFile(mask, f"mask of {stem}.tif, which is in no case"))
     return discovery
 
 
@@ -348,8 +435,14 @@ def explicit_case(
     name: str | None = None,
     date_t1: dt.date | None = None,
     date_t2: dt.date | None = None,
+    masks: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> FusionCase:
-    """A case from explicit file paths; dates default to those found in the file names, else today."""
+    """A case from explicit file paths; dates default to those found in the file names, else unknown
+    (``date.min``). ``masks`` maps roles (``fine_t1`` ...) to mask rasters (nonzero = invalid).
+    """
+    unknown = set(masks or {}) - set(ROLES)
+    if unknown:
+        raise InputError(f"masks for unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
     paths = [Path(p) for p in (coarse_t1, fine_t1, coarse_t2)]
     t1 = date_t1 or _date_in_name(paths[1]) or dt.date.min
     t2 = date_t2 or _date_in_name(paths[2]) or dt.date.min
@@ -361,6 +454,7 @@ def explicit_case(
         fine_t2=Path(fine_t2) if fine_t2 is not None else None,
         date_t1=t1,
         date_t2=t2,
+        masks={role: Path(p) for role, p in (masks or {}).items()},
     )
 
 
@@ -377,28 +471,133 @@ def _date_in_name(path: Path) -> dt.date | None:
 # validation
 
 
-def check_case(case: FusionCase, *, require_truth: bool = False) -> dict[str, raster.RasterInfo]:
+def check_case(
+    case: FusionCase, *, require_truth: bool = False, min_overlap: float = MIN_COARSE_OVERLAP
+) -> dict[str, raster.RasterInfo]:
     """Open every file of a case (metadata only) and check that they fit together.
 
-    All images must be readable rasters with the same size, band count and CRS. Returns role -> info.
-    Raises InputError naming the file and the problem.
+    - every image and mask is a readable raster; every image has fine t1's band count;
+    - fine t2 lies exactly on fine t1's grid (size, CRS, transform): :func:`check_fine_grid`;
+    - each coarse image is on the fine grid, or georeferenced and covering at least ``min_overlap`` of
+      it (it is then reprojected when read): :func:`check_coarse_footprint`;
+    - acquisition dates in the files' metadata (:data:`DATE_TAGS`) agree with the case's dates.
+
+    Returns role -> info. Raises InputError naming the file, the problem and the fix.
     """
     if require_truth and case.fine_t2 is None:
         raise InputError(f"{case.name}: no fine t2 image (truth) for this case, but one is required")
     infos = {role: raster.inspect(path) for role, path in case.paths().items()}
     reference = infos["fine_t1"]
-    for role, info in infos.items():
+    for info in infos.values():
         if info.count != reference.count:
             raise InputError(
-                f"{info.path}: {info.count} bands, but fine t1 {reference.path.name} has {reference.count}"
+                f"{info.path}: {info.count} bands, but fine t1 {reference.path.name} has {reference.count}; "
+                "all images of a case need the same bands"
             )
-        if (info.height, info.width) != (reference.height, reference.width):
-            raise InputError(
-                f"{info.path}: size {info.height}x{info.width} (rows x cols) differs from fine t1 "
-                f"{reference.path.name} {reference.height}x{reference.width}; {role} must be on the fine grid"
-            )
-        if info.crs != reference.crs:
-            raise InputError(
-                f"{info.path}: CRS {info.crs} differs from fine t1 {reference.path.name} CRS {reference.crs}"
-            )
+    if "fine_t2" in infos:
+        check_fine_grid(infos["fine_t2"], reference)
+    for role in COARSE_ROLES:
+        check_coarse_footprint(infos[role], reference, min_overlap=min_overlap)
+    for role, info in infos.items():
+        _check_date(info, role, case)
+    for role, mask in case.masks.items():
+        if role not in infos:
+            raise InputError(f"{mask}: mask for {role}, but the case {case.name} has no {role} image")
+        check_mask_grid(raster.inspect(mask), reference, min_overlap=min_overlap)
     return infos
+
+
+def check_fine_grid(info: raster.RasterInfo, reference: raster.RasterInfo) -> None:
+    """A fine image must lie exactly on fine t1's grid: same size, CRS and transform."""
+    if (info.height, info.width) != (reference.height, reference.width):
+        raise InputError(
+            f"{info.path}: size {info.height}x{info.width} (rows x cols) differs from fine t1 "
+            f"{reference.path.name} {reference.height}x{reference.width}; fine images of a case must "
+            "share one grid (resample it onto fine t1's grid)"
+        )
+    if not raster.same_crs(info.crs, reference.crs):
+        raise InputError(
+            f"{info.path}: CRS {info.crs} differs from fine t1 {reference.path.name} CRS {reference.crs}; "
+            "fine images of a case must share one grid"
+        )
+    if not raster.same_grid(info, reference):
+        raise InputError(
+            f"{info.path}: transform {_transform_text(info)} differs from fine t1 {reference.path.name} "
+            f"{_transform_text(reference)}; fine images of a case must share one grid"
+        )
+
+
+def _transform_text(info: raster.RasterInfo) -> str:
+    a, _, c, _, e, f = info.transform
+    return f"(origin {c:g}, {f:g}; pixel {a:g} x {-e:g})"
+
+
+def coarse_on_fine_grid(info: raster.RasterInfo, reference: raster.RasterInfo) -> bool:
+    """Whether a coarse image is already on the fine grid (read as is; otherwise reprojected)."""
+    return raster.same_grid(info, reference)
+
+
+def check_coarse_footprint(
+    info: raster.RasterInfo, reference: raster.RasterInfo, *, min_overlap: float = MIN_COARSE_OVERLAP
+) -> None:
+    """A coarse image off the fine grid needs a CRS (both) and must cover ``min_overlap`` of the grid."""
+    if coarse_on_fine_grid(info, reference):
+        return
+    _check_placeable(info, reference, what="coarse image", min_overlap=min_overlap)
+
+
+def check_mask_grid(
+    info: raster.RasterInfo, reference: raster.RasterInfo, *, min_overlap: float = MIN_COARSE_OVERLAP
+) -> None:
+    """A mask is on the fine grid, or georeferenced and covering ``min_overlap`` of it."""
+    if raster.same_grid(info, reference):
+        return
+    _check_placeable(info, reference, what="mask", min_overlap=min_overlap)
+
+
+def _check_placeable(
+    info: raster.RasterInfo, reference: raster.RasterInfo, *, what: str, min_overlap: float
+) -> None:
+    grid = f"{reference.height}x{reference.width}, CRS {reference.crs}"
+    if info.crs is None or reference.crs is None:
+        missing = info.path.name if info.crs is None else reference.path.name
+        raise InputError(
+            f"{info.path}: {what} is not on the grid of {reference.path.name} ({info.height}x{info.width} "
+            f"vs {grid}) and {missing} has no CRS, so it cannot be reprojected; give both a CRS or "
+            f"resample it onto the grid of {reference.path.name}"
+        )
+    fraction = raster.footprint_fraction(info, reference)
+    if fraction < min_overlap:
+        raise InputError(
+            f"{info.path}: footprint (CRS {info.crs}) covers {fraction:.0%} of the grid of "
+            f"{reference.path.name}, less than the {min_overlap:.0%} required; check that it shows the "
+            "same area and that its CRS is right"
+        )
+
+
+def acquisition_date(info: raster.RasterInfo) -> dt.date | None:
+    """The acquisition date in a raster's metadata tags (:data:`DATE_TAGS`), or None."""
+    tags = {key.upper(): value for key, value in info.tags.items()}
+    for key in DATE_TAGS:
+        text = tags.get(key)
+        if not text:
+            continue
+        match = re.match(r"^\s*(\d{4})[-:/]?(\d{2})[-:/]?(\d{2})", text)
+        if match:
+            try:
+                return dt.date(*(int(v) for v in match.groups()))
+            except ValueError:
+                continue
+    return None
+
+
+def _check_date(info: raster.RasterInfo, role: str, case: FusionCase) -> None:
+    expected = case.date_t1 if role.endswith("t1") else case.date_t2
+    found = acquisition_date(info)
+    if found is None or expected == dt.date.min:
+        return
+    if abs((found - expected).days) > DATE_TOLERANCE_DAYS:
+        raise InputError(
+            f"{info.path}: acquired {found} (metadata), but it is {role} of {case.name}, dated {expected}; "
+            "put it in the right case (predicting backward in time is fine: swap the folder's dates)"
+        )

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from stfusion import raster, report
+from stfusion import distributed, raster, report
 from stfusion.atomic import atomic_path
 from stfusion.checkpoint import load_generator
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader
+from stfusion.inputs import QUALITY_BITS, CaseReader, ReadOptions, quality_flags
 from stfusion.methods import get_method
 from stfusion.metrics import MetricReport, compute_metrics
 from stfusion.predict import TileOptions, predict_with_generator
@@ -42,9 +42,15 @@ class CaseInputs:
     band_names: list[str]
 
 
-def read_case(case: FusionCase, *, scale: float = 1e-4, require_truth: bool = False) -> CaseInputs:
-    """Validate a case and read its images."""
-    reader = CaseReader(case, scale=scale, require_truth=require_truth)
+def read_case(
+    case: FusionCase,
+    *,
+    scale: float = 1e-4,
+    require_truth: bool = False,
+    options: ReadOptions | None = None,
+) -> CaseInputs:
+    """Validate a case and read its images (whole scenes) through :class:`~stfusion.inputs.CaseReader`."""
+    reader = CaseReader(case, scale=scale, require_truth=require_truth, options=options)
     images = {role: reader.read(role) for role in reader.roles}
     reference, names = reader.reference, reader.band_names
     return CaseInputs(
@@ -95,15 +101,28 @@ class CheckpointPredictor:
         )
 
 
-def method_predictor(name: str, **options: Any) -> Predictor:
-    """A Predictor for a named fusion method (persistence, coarse-delta, starfm, fsdaf)."""
+def fusion_function(name: str, **options: Any) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """A named fusion method with its options bound: (coarse t1, fine t1, coarse t2) -> fine t2.
+
+    Bad options (unknown keys, invalid values) raise InputError naming the method.
+    """
     fusion = get_method(name)
 
-    def predict(inputs: CaseInputs) -> np.ndarray:
+    def predict(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> np.ndarray:
         try:
-            return fusion(inputs.coarse_t1, inputs.fine_t1, inputs.coarse_t2, **options)
+            return fusion(coarse_t1, fine_t1, coarse_t2, **options)
         except (TypeError, ValueError) as exc:
             raise InputError(f"method {name}: {exc}") from exc
+
+    return predict
+
+
+def method_predictor(name: str, **options: Any) -> Predictor:
+    """A Predictor for a named fusion method (persistence, coarse-delta, starfm, fsdaf)."""
+    fusion = fusion_function(name, **options)
+
+    def predict(inputs: CaseInputs) -> np.ndarray:
+        return fusion(inputs.coarse_t1, inputs.fine_t1, inputs.coarse_t2)
 
     return predict
 
@@ -118,6 +137,12 @@ class MethodResult:
     output: Path | None = None
 
 
+#: What the values of the quality band written by :func:`run_methods` mean.
+QUALITY_DESCRIPTION = "0 = all inputs valid; else the sum of " + ", ".join(
+    f"{bit} = {role} invalid" for role, bit in QUALITY_BITS.items()
+)
+
+
 def run_methods(
     cases: Sequence[FusionCase],
     predictors: Mapping[str, Predictor],
@@ -127,32 +152,64 @@ def run_methods(
     ratio: float | None = None,
     overwrite: bool = False,
     write_predictions: bool = True,
+    skip_existing: bool = False,
+    quality: bool = False,
+    options: ReadOptions | None = None,
 ) -> dict[str, dict[str, MethodResult]]:
     """Predict every case with every method; score against the truth when it is known.
 
     Predictions go to ``out_dir/<case>/<method>.tif`` (georeferenced like fine t1) when
-    ``write_predictions``. Returns case name -> method name -> result.
+    ``write_predictions``; with ``quality`` also ``out_dir/<case>/quality.tif`` (uint8,
+    :data:`QUALITY_DESCRIPTION`). Existing outputs are refused before any work unless ``overwrite``;
+    with ``skip_existing`` they are kept and read back for scoring instead of predicted again, so an
+    interrupted run (outputs are written atomically: each is complete or absent) is resumed by
+    rerunning it. Metrics count only pixels valid in the truth and predicted (see
+    :mod:`stfusion.metrics`). Returns case name -> method name -> result.
     """
+    outputs: dict[tuple[str, str], Path] = {}
+    if out_dir is not None and write_predictions:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
+        names = [*predictors, *(["quality"] if quality else [])]
+        outputs = {(c.name, n): out_dir / c.name / f"{n}.tif" for c in cases for n in names}
+    for path in outputs.values():  # refuse existing outputs and unwritable folders before any work
+        if skip_existing and path.exists():
+            continue
+        if path.parent.exists():
+            raster.check_writable(path, overwrite=overwrite)
+        else:  # the case folder is made later, in out_dir
+            raster.check_writable(path.parent.parent / path.name, overwrite=True)
     results: dict[str, dict[str, MethodResult]] = {}
     for case in cases:
-        inputs = read_case(case, scale=scale)
+        inputs = read_case(case, scale=scale, options=options)
         results[case.name] = {}
+        quality_path = outputs.get((case.name, "quality"))
+        if quality_path is not None and not (skip_existing and quality_path.exists()):
+            quality_path.parent.mkdir(parents=True, exist_ok=True)
+            flags = quality_flags(inputs.coarse_t1, inputs.fine_t1, inputs.coarse_t2)
+            raster.write_quality(
+                quality_path, flags, inputs.reference, overwrite=overwrite, description=QUALITY_DESCRIPTION
+            )
         for name, predictor in predictors.items():
-            output = None
-            if out_dir is not None and write_predictions:
-                output = out_dir / case.name / f"{name}.tif"
-                output.parent.mkdir(parents=True, exist_ok=True)
-                raster.check_writable(output, overwrite=overwrite)
-            start = time.perf_counter()
-            prediction = predictor(inputs)
-            seconds = time.perf_counter() - start
+            output = outputs.get((case.name, name))
+            if output is not None and skip_existing and output.exists():
+                log.info("%s %s: kept the existing %s", case.name, name, output)
+                prediction = raster.read(output, scale=scale).data
+                seconds = float("nan")
+            else:
+                start = time.perf_counter()
+                prediction = predictor(inputs)
+                seconds = time.perf_counter() - start
+                if output is not None:
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                    raster.write_like(output, prediction, inputs.reference, scale=scale, overwrite=overwrite)
             metrics = None
             if inputs.fine_t2 is not None:
                 metrics = compute_metrics(
                     prediction, inputs.fine_t2, ratio=ratio, band_names=inputs.band_names
                 )
-            if output is not None:
-                raster.write_like(output, prediction, inputs.reference, scale=scale, overwrite=overwrite)
             log.info("%s %s: %.2f s", case.name, name, seconds)
             results[case.name][name] = MethodResult(prediction, metrics, seconds, output)
     return results
@@ -208,7 +265,7 @@ class ExperimentResult:
     train: Any  # stfusion.train.TrainResult
     test_results: dict[str, dict[str, MethodResult]]
     tables: dict[str, Path]
-    test_split: str
+    test_split: str | None  # None on the ranks > 0 of a torchrun job, which do not test
 
 
 def run_experiment(
@@ -252,7 +309,10 @@ def run_experiment(
         on_step=on_step,
         on_epoch=on_epoch,
     )
+    if not distributed.setup(config.device).is_main:
+        return ExperimentResult(train=trained, test_results={}, tables={}, test_split=None)
     out_dir = Path(config.save_dir) / "test"
+    out_dir.mkdir(parents=True, exist_ok=True)
     tile_options = tiles or TileOptions(tile=config.val_tile, overlap=config.val_overlap)
     predictors: dict[str, Predictor] = {
         "mlffgan": CheckpointPredictor(trained.best, tiles=tile_options, device=config.device)

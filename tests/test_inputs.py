@@ -1,0 +1,398 @@
+"""CaseReader: masks, coarse images at native resolution in another CRS, windows, value checks.
+
+Acceptance tests of issue 7: a cloud-masked block changes no metric on the other pixels and is nodata
+in every method's prediction; a MODIS-like coarse image at 500 m in another CRS gives a prediction
+close to the one from the pre-resampled input (tolerances measured and stated below).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
+
+from stfusion import raster, scenes, workflows
+from stfusion.checkpoint import ModelSpec, save_checkpoint
+from stfusion.errors import InputError
+from stfusion.inputs import CaseReader, ReadOptions, Window, check_values, quality_flags
+from stfusion.methods import get_method
+from stfusion.metrics import compute_metrics
+from stfusion.raster import footprint_fraction
+from stfusion.sample import SAMPLE_ROOT
+from tests.conftest import random_scene, write_tif
+
+SAMPLE_CASE = scenes.discover(SAMPLE_ROOT).split("test")[0]  # 2001-10-17 -> 2001-11-02, 250 x 250 x 6
+
+
+def crop_sample(folder: Path, *, row: int = 60, col: int = 60, size: int = 96) -> scenes.FusionCase:
+    """The sample's test case cropped to ``size`` px (georeferencing kept), in a pair folder."""
+    folder.mkdir(parents=True)
+    for path in SAMPLE_CASE.paths().values():
+        with rasterio.open(path) as src:
+            window = rasterio.windows.Window(col, row, size, size)
+            profile = dict(src.profile)
+            profile.update(height=size, width=size, transform=src.window_transform(window))
+            profile.pop("blockxsize", None), profile.pop("blockysize", None)
+            profile["tiled"] = False
+            with rasterio.open(folder / path.name, "w", **profile) as dst:
+                dst.write(src.read(window=window))
+                dst.descriptions = src.descriptions
+    case, _ = scenes.read_pair_folder(folder)
+    return case
+
+
+def to_native(path: Path, out: Path, crs: str, *, factor: int = 10, shift: int = 0) -> Path:
+    """A MODIS-like version of a coarse image on the fine grid: pixels ``factor`` times larger, in
+    ``crs``, block averages (GDAL ``average``), int16 with nodata -32768, footprint padded by one pixel.
+    ``shift`` moves the georeferencing east by that many coarse pixels (a deliberate misregistration).
+    """
+    with rasterio.open(path) as src:
+        data = src.read().astype(np.float32)
+        default, _, _ = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        res = (abs(default.a) * factor, abs(default.e) * factor)
+        left, bottom, right, top = transform_bounds(src.crs, crs, *src.bounds, densify_pts=21)
+        width = int(np.ceil((right - left) / res[0])) + 2
+        height = int(np.ceil((top - bottom) / res[1])) + 2
+        transform = from_origin(left - res[0], top + res[1], *res)
+        native = np.full((src.count, height, width), np.nan, np.float32)
+        reproject(
+            data,
+            native,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs=crs,
+            resampling=Resampling.average,
+            dst_nodata=np.nan,
+        )
+        names = src.descriptions
+    stored = np.where(np.isfinite(native), np.rint(native), -32768).astype(np.int16)
+    written = from_origin(left - res[0] + shift * res[0], top + res[1], *res)
+    profile = {
+        "driver": "GTiff",
+        "count": stored.shape[0],
+        "height": height,
+        "width": width,
+        "dtype": "int16",
+        "crs": crs,
+        "transform": written,
+        "nodata": -32768,
+    }
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(stored)
+        dst.descriptions = names
+    return out
+
+
+def native_case(tmp_path: Path, crs: str, *, shift: int = 0) -> scenes.FusionCase:
+    c1 = to_native(SAMPLE_CASE.coarse_t1, tmp_path / "MOD09GA_A2001290_native.tif", crs, shift=shift)
+    c2 = to_native(SAMPLE_CASE.coarse_t2, tmp_path / "MOD09GA_A2001306_native.tif", crs, shift=shift)
+    return scenes.explicit_case(
+        coarse_t1=c1, fine_t1=SAMPLE_CASE.fine_t1, coarse_t2=c2, fine_t2=SAMPLE_CASE.fine_t2
+    )
+
+
+def crop(whole: np.ndarray, window: Window) -> np.ndarray:
+    """The window of a (C, H, W) or (H, W) array, NaN (or True for bool) outside it."""
+    height, width = whole.shape[-2:]
+    fill = True if whole.dtype == bool else np.nan
+    out = np.full((*whole.shape[:-2], window.height, window.width), fill, dtype=whole.dtype)
+    r0, c0 = max(window.row, 0), max(window.col, 0)
+    r1, c1 = min(window.row + window.height, height), min(window.col + window.width, width)
+    if r1 > r0 and c1 > c0:
+        out[..., r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = whole[
+            ..., r0:r1, c0:c1
+        ]
+    return out
+
+
+WINDOWS = [
+    Window(0, 0, 250, 250),
+    Window(17, 33, 64, 80),
+    Window(-20, -7, 50, 40),  # over the top-left corner
+    Window(230, 240, 40, 30),  # over the bottom-right corner
+    Window(100, 249, 1, 1),
+    Window(300, 300, 8, 8),  # entirely outside
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# coarse images at native resolution, in another CRS
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:32756"])
+def test_native_coarse_is_reprojected_close_to_the_pre_resampled_input(
+    tmp_path: Path, crs: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 7 acceptance: MODIS-like 500 m coarse images in another CRS are accepted.
+
+    Measured on the sample (250 x 250 x 6, 50 m, EPSG:32755) with the coarse images block-averaged to
+    ~500 m in EPSG:4326 / EPSG:32756 and read back onto the fine grid with bilinear resampling:
+    coarse t1 differs from the pre-resampled file by MAE 0.0073 / 0.0072 reflectance (RMSE 0.012); the
+    coarse-delta prediction differs from the one made from the pre-resampled inputs by MAE 0.0091 /
+    0.0090 (RMSE 0.016), and its RMSE against the truth is 0.0374 / 0.0375 instead of 0.0392.
+    Tolerances: MAE 0.010 (coarse), 0.012 (prediction), RMSE-vs-truth change 0.003. They can fail: the
+    same images misregistered by one coarse pixel give MAE 0.0156 (coarse) and 0.0158 (prediction),
+    checked below.
+    """
+    case = native_case(tmp_path, crs)
+    with caplog.at_level(logging.INFO, logger="stfusion.inputs"):
+        native = CaseReader(case)
+    assert native.reprojected == ("coarse_t1", "coarse_t2")
+    assert "reprojected onto fine t1's grid (250x250, EPSG:32755) with bilinear" in caplog.text
+    pre = CaseReader(SAMPLE_CASE)
+    assert pre.reprojected == ()
+    coarse_t1 = native.read("coarse_t1")
+    assert coarse_t1.shape == (6, 250, 250) and np.isfinite(coarse_t1).all()
+    assert np.abs(coarse_t1 - pre.read("coarse_t1")).mean() < 0.010
+
+    coarse_delta = get_method("coarse-delta")
+    fine_t1, truth = pre.read("fine_t1"), pre.read("fine_t2")
+    from_pre = coarse_delta(pre.read("coarse_t1"), fine_t1, pre.read("coarse_t2"))
+    from_native = coarse_delta(coarse_t1, fine_t1, native.read("coarse_t2"))
+    assert np.abs(from_native - from_pre).mean() < 0.012
+    rmse_pre = compute_metrics(from_pre, truth).mean["rmse"]
+    rmse_native = compute_metrics(from_native, truth).mean["rmse"]
+    assert rmse_pre is not None and rmse_native is not None
+    assert abs(rmse_native - rmse_pre) < 0.003
+
+    # negative control: one coarse pixel of misregistration breaks both tolerances
+    (tmp_path / "shifted").mkdir()
+    shifted = CaseReader(native_case(tmp_path / "shifted", crs, shift=1))
+    shifted_c1 = shifted.read("coarse_t1")
+    assert np.nanmean(np.abs(shifted_c1 - pre.read("coarse_t1"))) > 0.010
+    shifted_prediction = coarse_delta(shifted_c1, fine_t1, shifted.read("coarse_t2"))
+    assert np.nanmean(np.abs(shifted_prediction - from_pre)) > 0.012
+
+
+def test_windows_equal_crops_of_the_whole_scene(tmp_path: Path) -> None:
+    """Streaming relies on it: every window read equals the same crop of a whole read (NaN outside),
+    for images on the grid, reprojected coarse images, masks on the fine grid and on the coarse grid."""
+    case = native_case(tmp_path, "EPSG:4326")
+    fine_mask = np.zeros((250, 250), np.uint8)
+    fine_mask[40:90, 100:180] = 1
+    with rasterio.open(case.coarse_t2) as src:
+        coarse_mask = np.zeros(src.shape, np.uint8)
+        coarse_mask[5:8, 10:12] = 3
+        mask_profile = {"crs": src.crs, "transform": src.transform}
+    masks = {
+        "fine_t1": write_tif(tmp_path / "fine_mask.tif", fine_mask, nodata=0),
+        "coarse_t2": write_tif(tmp_path / "coarse_mask.tif", coarse_mask, **mask_profile),
+    }
+    case = scenes.explicit_case(**{k: v for k, v in case.paths().items()}, masks=masks)
+    for resampling in ("bilinear", "cubic", "nearest"):
+        reader = CaseReader(case, options=ReadOptions(resampling=resampling))
+        wholes = {role: reader.read(role) for role in reader.roles}
+        assert np.isnan(wholes["fine_t1"][:, 40:90, 100:180]).all()
+        assert np.isfinite(wholes["fine_t1"]).all(axis=0).sum() == 250 * 250 - 50 * 80
+        masked = np.isnan(wholes["coarse_t2"]).all(axis=0)
+        assert 0 < masked.sum() < 0.2 * 250 * 250
+        for window in WINDOWS:
+            for role, whole in wholes.items():
+                np.testing.assert_array_equal(reader.read(role, window), crop(whole, window), err_msg=role)
+            np.testing.assert_array_equal(
+                reader.quality(window),
+                quality_flags(*(crop(wholes[r], window) for r in ("coarse_t1", "fine_t1", "coarse_t2"))),
+            )
+
+
+def test_mask_on_the_coarse_grid_covers_its_footprint(tmp_path: Path) -> None:
+    """A masked coarse pixel invalidates every fine pixel it contributes to, and no far pixel."""
+    case = native_case(tmp_path, "EPSG:32756")
+    with rasterio.open(case.coarse_t2) as src:
+        mask = np.zeros(src.shape, np.uint8)
+        mask[12, 14] = 1
+        profile = {"crs": src.crs, "transform": src.transform}
+        bounds = src.window_bounds(rasterio.windows.Window(14, 12, 1, 1))
+    mask_path = write_tif(tmp_path / "qa.tif", mask, **profile)
+    masked_case = scenes.explicit_case(**dict(case.paths()), masks={"coarse_t2": mask_path})
+    # fine pixels whose centre lies inside the masked coarse pixel (transformed to the fine CRS)
+    left, bottom, right, top = transform_bounds("EPSG:32756", "EPSG:32755", *bounds)
+    reference = CaseReader(case).reference
+    a, _, c, _, e, f = reference.transform
+    cols = (c + (np.arange(250) + 0.5) * a - left) / (right - left)
+    rows = (f + (np.arange(250) + 0.5) * e - bottom) / (top - bottom)
+    inside = ((rows > 0.1) & (rows < 0.9))[:, None] & ((cols > 0.1) & (cols < 0.9))[None, :]
+    far = ((rows < -1.6) | (rows > 2.6))[:, None] | ((cols < -1.6) | (cols > 2.6))[None, :]
+    assert inside.sum() > 50
+    for resampling in ("nearest", "bilinear"):
+        reader = CaseReader(masked_case, options=ReadOptions(resampling=resampling))
+        invalid = np.isnan(reader.read("coarse_t2")).all(axis=0)
+        assert invalid[inside].all(), resampling
+        assert not invalid[far].any(), resampling
+        assert np.isfinite(reader.read("coarse_t1")).all()  # the mask is coarse t2's only
+
+
+def test_coarse_footprint_errors(tmp_path: Path) -> None:
+    case = native_case(tmp_path, "EPSG:4326")
+    assert footprint_fraction(raster.inspect(case.coarse_t1), raster.inspect(case.fine_t1)) == 1.0
+    with rasterio.open(case.coarse_t1, "r+") as dst:
+        t = dst.transform
+        dst.transform = from_origin(t.c + 0.1, t.f, t.a, -t.e)  # ~9 km east: 32% of the grid left
+    with pytest.raises(
+        InputError,
+        match=r"MOD09GA_A2001290_native.tif: footprint \(CRS EPSG:4326\) covers 32% of the grid of "
+        r"L71093084_08420011017_HRF_modtran_surf_ref_agd66.tif, less than the 50% required",
+    ):
+        CaseReader(case)
+    reader = CaseReader(case, options=ReadOptions(min_overlap=0.3))
+    outside = np.isnan(reader.read("coarse_t1")).all(axis=0)
+    assert 0.6 < outside.mean() < 0.75  # no data where the coarse image does not reach: nodata there
+    with pytest.raises(InputError, match="resampling 'sinc'"):
+        ReadOptions(resampling="sinc")
+    with pytest.raises(InputError, match=r"within 0\.\.1"):
+        ReadOptions(min_overlap=1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# cloud masks: excluded from metrics, nodata in predictions
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    spec = ModelSpec("mlffgan", 6, {"channels": [4, 4, 8, 8, 8]})
+    payload = {
+        "model": spec.to_dict(),
+        "generator": spec.build().state_dict(),
+        "band_names": ["b1", "b2", "b3", "b4", "b5", "b6"],
+        "scale": 1e-4,
+        "coarse_factor": 1,
+        "config": {},
+        "epoch": 0,
+    }
+    return save_checkpoint(tmp_path / "tiny.ckpt", payload)
+
+
+def _alter_block(path: Path, rows: slice, cols: slice, value: int) -> None:
+    with rasterio.open(path, "r+") as dst:
+        data = dst.read()
+        data[:, rows, cols] = value
+        dst.write(data)
+
+
+def test_cloud_mask_changes_no_metric_and_is_nodata(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """Issue 7 acceptance: mask a block of fine t1 and of the truth (sidecar ``<stem>_mask.tif`` files,
+    declaring nodata 0 as cloud masks often do). Altering the masked values changes no metric of any
+    method (persistence, coarse-delta, STARFM, FSDAF, MLFF-GAN): metrics use the other pixels only, and
+    no method lets a masked value leak into its neighbours. Every prediction is nodata in the block.
+    """
+    case = crop_sample(tmp_path / "data" / "2001_290_1017-2001_306_1102")
+    rows, cols = slice(30, 60), slice(40, 70)
+    block = np.zeros((96, 96), np.uint8)
+    block[rows, cols] = 1
+    for image in (case.fine_t1, case.fine_t2):
+        assert image is not None
+        with rasterio.open(image) as src:
+            write_tif(image.with_name(f"{image.stem}_mask.tif"), block, nodata=0, transform=src.transform)
+    case, _ = scenes.read_pair_folder(case.fine_t1.parent)
+    assert set(case.masks) == {"fine_t1", "fine_t2"}
+    predictors = {
+        name: workflows.method_predictor(name, **({"scale_factor": 10} if name == "fsdaf" else {}))
+        for name in ("persistence", "coarse-delta", "starfm", "fsdaf")
+    }
+    predictors["mlffgan"] = workflows.CheckpointPredictor(tiny_checkpoint)
+    unmasked = scenes.explicit_case(**dict(case.paths()))
+    control = {"starfm": predictors["starfm"]}
+    first = workflows.run_methods([case], predictors, out_dir=tmp_path / "first", ratio=0.1)
+    control_first = workflows.run_methods([unmasked], control)[unmasked.name]["starfm"].prediction
+    assert case.fine_t2 is not None
+    _alter_block(case.fine_t1, rows, cols, 9000)
+    _alter_block(case.fine_t2, rows, cols, -500)
+    second = workflows.run_methods([case], predictors, out_dir=tmp_path / "second", ratio=0.1)
+    control_second = workflows.run_methods([unmasked], control)[unmasked.name]["starfm"].prediction
+    for method in predictors:
+        before, after = first[case.name][method], second[case.name][method]
+        assert before.metrics is not None and after.metrics is not None
+        assert before.metrics.to_dict() == after.metrics.to_dict(), method
+        np.testing.assert_array_equal(before.prediction, after.prediction, err_msg=method)
+        assert np.isnan(after.prediction[:, rows, cols]).all(), method
+        assert after.output is not None
+        with rasterio.open(after.output) as src:
+            assert (src.read()[:, rows, cols] == src.nodata).all()
+    # the control (the test can fail): unmasked, the altered block leaks into STARFM's prediction
+    # of the pixels around it
+    outside = np.ones((96, 96), bool)
+    outside[rows, cols] = False
+    assert not np.array_equal(control_first[:, outside], control_second[:, outside])
+
+
+def test_quality_flags() -> None:
+    image = np.ones((2, 3, 4), np.float32)
+    c1, f1, c2 = image.copy(), image.copy(), image.copy()
+    f1[0, 0, 0] = np.nan
+    c1[1, 0, 0] = np.nan
+    c2[:, 2, 3] = np.nan
+    flags = quality_flags(c1, f1, c2)
+    assert flags.dtype == np.uint8
+    assert flags[0, 0] == 1 + 2 and flags[2, 3] == 4 and flags.sum() == 7
+
+
+# --------------------------------------------------------------------------------------------------
+# value checks
+
+
+def test_value_checks_warn_and_refuse(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    good = write_tif(tmp_path / "good.tif", random_scene(rng))
+    with caplog.at_level(logging.WARNING):
+        check_values(good)
+    assert not caplog.records
+    dn = write_tif(tmp_path / "dn.tif", (random_scene(rng) * 10).astype(np.uint16))
+    with caplog.at_level(logging.WARNING):
+        check_values(dn)
+    assert "dn.tif: values look like digital numbers" in caplog.text and "set --scale" in caplog.text
+    caplog.clear()
+    floats = write_tif(tmp_path / "float.tif", random_scene(rng).astype(np.float32) * 1e-4)
+    with caplog.at_level(logging.WARNING):
+        check_values(floats)
+        assert "look like reflectance already" in caplog.text and "pass --scale 1" in caplog.text
+        caplog.clear()
+        check_values(floats, scale=1.0)
+        assert not caplog.records
+    with_nan = random_scene(rng).astype(np.float32)
+    with_nan[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    with caplog.at_level(logging.WARNING):
+        check_values(write_tif(tmp_path / "nan.tif", with_nan))
+    assert "nan.tif: 3 of 1920 sampled values are NaN/inf" in caplog.text
+    empty = write_tif(tmp_path / "empty.tif", np.full((2, 5, 6), -9999, np.int16), nodata=-9999)
+    with pytest.raises(InputError, match=r"empty.tif: no valid pixel .* nodata = -9999"):
+        check_values(empty)
+
+
+def test_all_nodata_check_is_exact_on_large_rasters(tmp_path: Path) -> None:
+    """The sample is decimated on large rasters; a lone valid pixel it misses is still found."""
+    data = np.full((1, 700, 700), -9999, np.int16)
+    path = write_tif(tmp_path / "big.tif", data, nodata=-9999)
+    with pytest.raises(InputError, match="no valid pixel"):
+        check_values(path)
+    data[0, 351, 351] = 1200
+    write_tif(path, data, nodata=-9999)
+    sample = check_values(path)
+    assert not sample.complete and sample.values.size == 0
+
+
+def test_predict_cli_streams_native_coarse_images(tmp_path: Path) -> None:
+    """`stfusion predict` reads tiles as windows through CaseReader: with reprojected coarse images the
+    written prediction equals (to int16 rounding) coarse-delta on whole-scene reads."""
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+
+    case = native_case(tmp_path, "EPSG:4326")
+    out = tmp_path / "pred.tif"
+    args = ["predict", "--method", "coarse-delta", "--tile", "64", "96", "--overlap", "8", "--out", str(out)]
+    for role in ("fine_t1", "coarse_t1", "coarse_t2"):
+        args += [f"--{role.replace('_', '-')}", str(case.paths()[role])]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    reader = CaseReader(case)
+    expected = get_method("coarse-delta")(*(reader.read(r) for r in ("coarse_t1", "fine_t1", "coarse_t2")))
+    written = raster.read(out).data
+    np.testing.assert_allclose(written, expected, rtol=0, atol=0.51e-4)
