@@ -200,3 +200,38 @@ def test_run_py_rejects_bad_data_dir(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "no training cases" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class InvalidOnlyGenerator(torch.nn.Module):
+    """fine t1 plus a learnable offset on the invalid pixels only: every gradient it gets comes from there."""
+
+    def __init__(self, invalid: torch.Tensor) -> None:
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.tensor(0.3))
+        self.invalid = invalid
+
+    def forward(
+        self, coarse_t1: torch.Tensor | None, fine_t1: torch.Tensor, coarse_t2: torch.Tensor
+    ) -> torch.Tensor:
+        return fine_t1 + self.offset * self.invalid
+
+
+def test_invalid_pixels_give_the_generator_no_gradient(tmp_path: Path) -> None:
+    """Masked losses ignore invalid pixels and the discriminator sees the truth there, so a model
+    whose output differs only on invalid pixels is not moved by a training step (all loss terms on)."""
+    torch.manual_seed(0)
+    valid = torch.ones(2, 1, 64, 64, dtype=torch.bool)
+    valid[:, :, 10:30, 20:50] = False
+    roles = ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+    batch = {role: torch.rand(2, 3, 64, 64) * valid for role in roles}
+    batch["valid"] = valid
+    generator = InvalidOnlyGenerator((~valid).float())
+    discriminator = PatchDiscriminator(3)
+    every_term = GeneratorLossWeights(adversarial=1.0, l1=1.0, cosine=1.0, ms_ssim=1.0)
+    config = tiny_config(tmp_path, weights=every_term)
+    optimizer_g = torch.optim.SGD(generator.parameters(), lr=1.0)
+    optimizer_d = torch.optim.SGD(discriminator.parameters(), lr=0.01)
+    losses = gan_step(generator, discriminator, optimizer_g, optimizer_d, batch, config)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert generator.offset.grad is not None and float(generator.offset.grad) == 0.0
+    assert float(generator.offset) == float(torch.tensor(0.3))  # unchanged by the step

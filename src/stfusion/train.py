@@ -155,10 +155,14 @@ def gan_step(
             coarse_t1=None if config.two_input else coarse_t1, fine_t1=fine_t1, coarse_t2=coarse_t2
         )
 
+    # The discriminator judges only valid pixels: invalid ones (zero in every input and in the truth)
+    # show it the truth, so it cannot tell real from fake by them (identity when all pixels are valid).
+    shown = torch.where(valid, fake, fine_t2.to(fake.dtype))
+
     optimizer_d.zero_grad(set_to_none=True)
     with autocast:
         d_loss = lsgan_discriminator_loss(
-            discriminator(fine_t2, coarse_t2), discriminator(fake.detach(), coarse_t2)
+            discriminator(fine_t2, coarse_t2), discriminator(shown.detach(), coarse_t2)
         )
     (d_loss * loss_scale).backward()
     distributed.average_gradients(discriminator, context)
@@ -166,7 +170,7 @@ def gan_step(
 
     optimizer_g.zero_grad(set_to_none=True)
     with autocast:
-        d_fake = discriminator(fake, coarse_t2)
+        d_fake = discriminator(shown, coarse_t2)
     total, parts = generator_loss(
         fake.float(),
         fine_t2,
