@@ -128,6 +128,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tm
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
     history = load_checkpoint(interrupted / "last.ckpt")["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert list(interrupted.glob(".*.part")) == []  # no temporary left by the killed save
 
 
 def test_run_py_end_to_end(tiny_paper_data: Path, tmp_path: Path) -> None:

@@ -31,6 +31,14 @@ class atomic_path:  # noqa: N801 - used as a context manager like open()
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         assert self.tmp is not None
         if exc_type is None:
+            # mkstemp makes the file private (0600); outputs get the usual permissions (umask)
+            os.chmod(self.tmp, 0o666 & ~_umask())
             os.replace(self.tmp, self.target)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

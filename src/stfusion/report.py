@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from stfusion.atomic import atomic_path
 from stfusion.metrics import (
     MEAN_ROW,
     METRIC_COLUMNS,
@@ -80,16 +80,8 @@ def _atomic_write(path: str | os.PathLike[str], write: Writer) -> Path:
         raise FileNotFoundError(
             f"cannot write {target}: folder {target.parent} does not exist; create it first"
         )
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return target
 
 

@@ -271,6 +271,8 @@ def train(
         raise TrainingError("no validation cases (a split apart from test is needed to select `best`)")
     if context.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
+        for stale in save_dir.glob(".*.part"):  # temporaries of a save cut short by SIGKILL
+            stale.unlink(missing_ok=True)
 
     train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, scale=config.scale)
     val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, scale=config.scale)
