@@ -224,3 +224,19 @@ def test_evaluate_shape_mismatch(runner: CliRunner, tmp_path: Path, rng: np.rand
     truth = write_tif(tmp_path / "t.tif", random_scene(rng))
     result = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth)])
     _assert_one_line_error(result, "p.tif", "differs from truth")
+
+
+def test_compare_writes_tables_and_one_figure_per_case(flat_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(
+        cli, ["compare", str(flat_folder), "--out", str(out), "--methods", "persistence,coarse-delta"]
+    )
+    assert result.exit_code == 0, result.output
+    cases = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(cases) == 2
+    for case in cases:
+        figure = out / f"{case}.png"
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figure: {figure}" in result.output
+    table = (out / "comparison.csv").read_text()
+    assert all(f"{case}/coarse-delta" in table for case in cases)

@@ -791,6 +791,16 @@ def compare_command(
     for case in cases:
         raster.check_writable(out / f"{case.name}.png", overwrite=rewrite)
     reading = read_options(resampling, min_overlap)
+
+    def draw(inputs: workflows.CaseInputs, case_results: dict[str, workflows.MethodResult]) -> None:
+        if inputs.fine_t2 is None:
+            return
+        figure = out / f"{inputs.case.name}.png"
+        predictions = {m: r.prediction for m, r in case_results.items()}
+        rgb = workflows.default_rgb(inputs.band_names)
+        workflows.quicklook(figure, inputs, predictions, rgb_bands=rgb)
+        click.echo(f"figure: {figure}")
+
     results = workflows.run_methods(
         cases,
         predictors,
@@ -800,6 +810,7 @@ def compare_command(
         skip_existing=skip_existing,
         quality=quality,
         options=reading,
+        on_case=draw,
     )
     protocol = {
         "data": str(data),
@@ -809,17 +820,6 @@ def compare_command(
         "resampling": resampling,
     }
     tables = workflows.write_tables(results, out, protocol=protocol, stem="comparison", overwrite=rewrite)
-    for case in cases:
-        inputs = workflows.read_case(case, options=reading)
-        figure = out / f"{case.name}.png"
-        raster.check_writable(figure, overwrite=rewrite)
-        workflows.quicklook(
-            figure,
-            inputs,
-            {m: r.prediction for m, r in results[case.name].items()},
-            rgb_bands=workflows.default_rgb(inputs.band_names),
-        )
-        click.echo(f"figure: {figure}")
     click.echo(tables["markdown"].read_text())
 
 

@@ -155,6 +155,7 @@ def run_methods(
     skip_existing: bool = False,
     quality: bool = False,
     options: ReadOptions | None = None,
+    on_case: Callable[[CaseInputs, dict[str, MethodResult]], None] | None = None,
 ) -> dict[str, dict[str, MethodResult]]:
     """Predict every case with every method; score against the truth when it is known.
 
@@ -164,7 +165,8 @@ def run_methods(
     with ``skip_existing`` they are kept and read back for scoring instead of predicted again, so an
     interrupted run (outputs are written atomically: each is complete or absent) is resumed by
     rerunning it. Metrics count only pixels valid in the truth and predicted (see
-    :mod:`stfusion.metrics`). Returns case name -> method name -> result.
+    :mod:`stfusion.metrics`). ``on_case(inputs, results)`` is called after each case, with its images
+    still in memory. Returns case name -> method name -> result.
     """
     outputs: dict[tuple[str, str], Path] = {}
     if out_dir is not None and write_predictions:
@@ -212,6 +214,8 @@ def run_methods(
                 )
             log.info("%s %s: %.2f s", case.name, name, seconds)
             results[case.name][name] = MethodResult(prediction, metrics, seconds, output)
+        if on_case is not None:  # e.g. a figure, while the case's images are in memory
+            on_case(inputs, results[case.name])
     return results
 
 
