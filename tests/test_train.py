@@ -236,3 +236,28 @@ def test_invalid_pixels_give_the_generator_no_gradient(tmp_path: Path) -> None:
     assert all(np.isfinite(v) for v in losses.values())
     assert generator.offset.grad is not None and float(generator.offset.grad) == 0.0
     assert float(generator.offset) == float(torch.tensor(0.3))  # unchanged by the step
+
+
+def test_ctrl_c_leaves_a_resumable_state_and_one_line(tiny_paper_data: Path, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) mid-training: exit 130, one line saying how to go on, no temporaries, and a
+    loadable last.ckpt (resuming from it is tested after SIGKILL above)."""
+    import json
+
+    config = {**TINY, "weights": {"adversarial": 0.01, "l1": 1.0, "cosine": 1.0, "ms_ssim": 0.0}}
+    config.update(channels=list(TINY["channels"]), random_crops=60, epochs=50)  # type: ignore[call-overload]
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    save_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "stfusion", "train", "--data-dir", str(tiny_paper_data)]
+    command += ["--config", str(tmp_path / "tiny.json"), "--save-dir", str(save_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (save_dir / "last.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: rerun with --resume")
+    assert list(save_dir.glob(".*.part")) == []
+    assert load_checkpoint(save_dir / "last.ckpt")["epoch"] >= 1

@@ -34,8 +34,22 @@ EXIT_INPUT_ERROR = 2
 STREAMING_METHODS: frozenset[str] = frozenset({"mlffgan", "persistence", "coarse-delta"})
 
 
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+_SKIP_HINT = "finished outputs are complete; rerun with --skip-existing to do the rest"
+_RESUME_HINTS = {
+    "train_command": "rerun with --resume to continue from the last finished epoch (last.ckpt)",
+    "predict_command": _SKIP_HINT,
+    "test_command": _SKIP_HINT,
+    "compare_command": _SKIP_HINT,
+}
+
+
 def one_line_errors(command: F) -> F:
-    """Report StfusionError as ``error: <message>`` on stderr and exit 2 (no traceback)."""
+    """Report StfusionError as ``error: <message>`` on stderr and exit 2 (no traceback).
+
+    Ctrl-C gives one line too (exit 130): every output is written atomically, so what exists is
+    complete, and the line says how to continue.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -44,6 +58,10 @@ def one_line_errors(command: F) -> F:
         except StfusionError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_INPUT_ERROR)
+        except KeyboardInterrupt:
+            hint = _RESUME_HINTS.get(command.__name__, "outputs written so far are complete")
+            click.echo(f"interrupted: {hint}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]
 
