@@ -104,9 +104,18 @@ def child_train(params: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     batch_size, patch = params["train_batch"], params["patch"]
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(save_dir=tmp, batch_size=batch_size, patch_size=patch, device="cpu")
+        config = TrainConfig(
+            save_dir=tmp,
+            batch_size=batch_size,
+            patch_size=patch,
+            device="cpu",
+            channels_last=params["channels_last"],
+        )
     generator = ModelSpec("mlffgan", BANDS, {}).build().train()
     discriminator = PatchDiscriminator(BANDS).train()
+    if params["channels_last"]:  # as stfusion.train.train does
+        generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=config.betas)
     shape = (batch_size, BANDS, patch, patch)
@@ -123,6 +132,7 @@ def child_train(params: dict[str, Any]) -> dict[str, Any]:
     median = statistics.median(times)
     return {
         "batch": list(shape),
+        "channels_last": params["channels_last"],
         "warmup_steps": params["warmup"],
         "steps": len(times),
         "step_median_s": round(median, 4),

@@ -480,13 +480,9 @@ def write_quality(
         raise ValueError(f"{path}: quality band shape {flags.shape} differs from the reference grid")
     profile = output_profile(reference, count=1, dtype="uint8")
     profile["nodata"] = None
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(flags.astype(np.uint8)[None])
-            dst.set_band_description(1, "quality")
-            if description:
-                dst.update_tags(QUALITY=description)
+    tags = {"QUALITY": description} if description else None
+    with _open_output(path, profile, band_names=["quality"], tags=tags) as dst:
+        dst.write(flags.astype(np.uint8)[None])
     return path
 
 
@@ -571,16 +567,8 @@ def write_like(
         stored[np.isnan(reflectance)] = nodata
     profile = output_profile(reference, count=reflectance.shape[0], dtype=dtype, nodata=nodata)
     names = band_names if band_names is not None else reference.band_names
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
-        # a reference without georeferencing (e.g. the ESTARFM test data) gives an output without it
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(stored)
-            for index, name in enumerate(names[: reflectance.shape[0]], start=1):
-                if name:
-                    dst.set_band_description(index, name)
-            if tags:
-                dst.update_tags(**tags)
+    with _open_output(path, profile, band_names=names[: reflectance.shape[0]], tags=tags) as dst:
+        dst.write(stored)
     return path
 
 
@@ -599,6 +587,39 @@ def _stored(block: np.ndarray, *, dtype: str, scale: float, nodata: float) -> np
     if np.dtype(dtype).kind != "f":
         stored[np.isnan(block)] = nodata
     return stored
+
+
+@contextmanager
+def _open_output(
+    path: Path,
+    profile: dict[str, Any],
+    *,
+    band_names: Sequence[str | None],
+    tags: dict[str, str] | None,
+    cog: bool = False,
+) -> Iterator[Any]:
+    """An open rasterio writer on a temporary file, renamed onto ``path`` when the block succeeds.
+
+    Band descriptions and tags are set after the caller's writes; ``cog`` converts the file to a
+    Cloud Optimized GeoTIFF (GDAL's COG driver, with overviews) before the rename.
+    """
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        # a reference without georeferencing (e.g. the ESTARFM test data) gives an output without it
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        target = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
+        try:
+            with rasterio.open(target, "w", **profile) as dst:
+                yield dst
+                for index, name in enumerate(band_names, start=1):
+                    if name:
+                        dst.set_band_description(index, name)
+                if tags:
+                    dst.update_tags(**tags)
+            if cog:
+                rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
+        finally:
+            if cog:
+                target.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -635,33 +656,17 @@ def row_writer(
         profile.pop("blockxsize", None)
         profile.pop("blockysize", None)
     names = band_names if band_names is not None else reference.band_names
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        target = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
-        try:
-            with rasterio.open(target, "w", **profile) as dst:
+    with _open_output(path, profile, band_names=names[:count], tags=tags, cog=cog) as dst:
 
-                def write(row: int, block: np.ndarray) -> None:
-                    if block.shape[0] != count or block.shape[2] != reference.width:
-                        raise ValueError(
-                            f"block shape {block.shape} does not fit ({count}, n, {reference.width})"
-                        )
-                    if row < first or row + block.shape[1] > stop:
-                        raise ValueError(f"rows {row}..{row + block.shape[1]} outside {first}..{stop}")
-                    stored = _stored(block, dtype=dtype, scale=scale, nodata=nodata)
-                    dst.write(stored, window=Window(0, row - first, reference.width, block.shape[1]))
+        def write(row: int, block: np.ndarray) -> None:
+            if block.shape[0] != count or block.shape[2] != reference.width:
+                raise ValueError(f"block shape {block.shape} does not fit ({count}, n, {reference.width})")
+            if row < first or row + block.shape[1] > stop:
+                raise ValueError(f"rows {row}..{row + block.shape[1]} outside {first}..{stop}")
+            stored = _stored(block, dtype=dtype, scale=scale, nodata=nodata)
+            dst.write(stored, window=Window(0, row - first, reference.width, block.shape[1]))
 
-                yield write
-                for index, name in enumerate(names[:count], start=1):
-                    if name:
-                        dst.set_band_description(index, name)
-                if tags:
-                    dst.update_tags(**tags)
-            if cog:
-                rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
-        finally:
-            if cog:
-                target.unlink(missing_ok=True)
+        yield write
 
 
 def join_row_parts(
@@ -691,25 +696,11 @@ def join_row_parts(
         tags = src.tags()
     profile = output_profile(reference, count=count, dtype=dtype, nodata=nodata)
     path = check_writable(path, overwrite=overwrite)
-    with warnings.catch_warnings(), atomic_path(Path(path)) as tmp:
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        target = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
-        try:
-            with rasterio.open(target, "w", **profile) as dst:
-                for part, (first, stop) in parts:
-                    with _open(part) as src:
-                        for top in range(0, stop - first, rows_per_block):
-                            n = min(rows_per_block, stop - first - top)
-                            block = src.read(window=Window(0, top, reference.width, n))
-                            dst.write(block, window=Window(0, first + top, reference.width, n))
-                for index, name in enumerate(names, start=1):
-                    if name:
-                        dst.set_band_description(index, name)
-                if tags:
-                    dst.update_tags(**tags)
-            if cog:
-                rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
-        finally:
-            if cog:
-                target.unlink(missing_ok=True)
-    return Path(path)
+    with _open_output(path, profile, band_names=names, tags=tags, cog=cog) as dst:
+        for part, (first, stop) in parts:
+            with _open(part) as src:
+                for top in range(0, stop - first, rows_per_block):
+                    n = min(rows_per_block, stop - first - top)
+                    block = src.read(window=Window(0, top, reference.width, n))
+                    dst.write(block, window=Window(0, first + top, reference.width, n))
+    return path
