@@ -185,3 +185,15 @@ def test_write_quality(tmp_path: Path, rng: np.random.Generator) -> None:
         np.testing.assert_array_equal(src.read(1), flags)
     with pytest.raises(OutputExistsError):
         raster.write_quality(out, flags, reference)
+
+
+def test_sample_values_of_a_large_raster_reads_spread_windows(tmp_path: Path) -> None:
+    rows = np.repeat(np.arange(700, dtype=np.int16)[:, None], 900, axis=1)
+    path = write_tif(tmp_path / "big.tif", np.stack([rows, rows + 1000]), nodata=-1)
+    sample = raster.sample_values(path, max_pixels=64 * 64, grid=4)
+    assert not sample.complete
+    side = int(np.sqrt(64 * 64 / 16))  # 16 px windows on a 4 x 4 grid
+    assert sample.n_pixels == 2 * 16 * side * side
+    first_band = sample.values[: sample.values.size // 2]
+    assert first_band.min() == 0 and first_band.max() == 699  # reaches the top and the bottom rows
+    assert raster.sample_values(tmp_path / "big.tif").values.size < 700 * 900
