@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from stfusion.tiling import Mosaic, blend_weights, ramp, tile_grid, tile_rows, tile_starts
+from stfusion.tiling import Mosaic, Tile, blend_weights, ramp, tile_grid, tile_rows, tile_starts
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,17 @@ def test_strip_mosaic_refuses_tiles_outside_the_strip() -> None:
     strip = Mosaic(1, 10, 10, overlap=(0, 0), top=20)
     with pytest.raises(ValueError, match="outside"):
         strip.add(tile_grid(40, 10, (10, 10), (0, 0))[0], np.ones((1, 10, 10)))
+
+
+def test_a_pixel_nan_in_one_band_of_a_tile_contributes_in_no_band() -> None:
+    mosaic = Mosaic(2, 1, 10, overlap=(0, 4))
+    left, right = Tile(0, 0, 1, 6), Tile(0, 4, 1, 6)
+    left_values = np.full((2, 1, 6), 1.0, np.float32)
+    left_values[0, 0, 5] = np.nan  # scene column 5, band 0 only
+    left_values[1, 0, 0] = np.nan  # scene column 0, no other tile covers it
+    mosaic.add(left, left_values)
+    mosaic.add(right, np.full((2, 1, 6), 3.0, np.float32))
+    result = mosaic.result()
+    assert result[0, 0, 5] == result[1, 0, 5] == 3.0  # only the right tile counts there, in both bands
+    assert np.isnan(result[:, 0, 0]).all()
+    assert 1.0 < result[0, 0, 4] < 3.0  # blended where both tiles are valid

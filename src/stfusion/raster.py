@@ -677,8 +677,10 @@ def row_writer(
                 raise ValueError(f"block shape {block.shape} does not fit ({count}, n, {reference.width})")
             if row < first or row + block.shape[1] > stop:
                 raise ValueError(f"rows {row}..{row + block.shape[1]} outside {first}..{stop}")
-            stored = _stored(block, dtype=dtype, scale=scale, nodata=nodata)
-            dst.write(stored, window=Window(0, row - first, reference.width, block.shape[1]))
+            for top in range(0, block.shape[1], 256):  # in chunks: the conversion's temporaries stay small
+                chunk = block[:, top : top + 256]
+                stored = _stored(chunk, dtype=dtype, scale=scale, nodata=nodata)
+                dst.write(stored, window=Window(0, row - first + top, reference.width, chunk.shape[1]))
 
         yield write
 

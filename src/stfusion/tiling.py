@@ -83,8 +83,9 @@ class Mosaic:
 
     A whole-scene mosaic has ``top=0, height=H``. For streaming, a strip as tall as one tile slides
     down the scene: :meth:`pop_rows` returns finished rows and makes room below. Accumulators are
-    float32 (at most four tiles meet at a pixel). NaN values in a tile contribute nothing; a pixel
-    whose every contribution is NaN stays NaN.
+    float32 (at most four tiles meet at a pixel); the weights are one (height, W) plane shared by the
+    bands. A tile's pixel that is NaN in any band contributes nothing (in any band); a pixel that no
+    tile gives a value stays NaN.
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class Mosaic:
         self.overlap = overlap
         self.top = top
         self.total = np.zeros((bands, height, width), dtype=np.float32)
-        self.weight = np.zeros((bands, height, width), dtype=np.float32)
+        self.weight = np.zeros((height, width), dtype=np.float32)
         self._weights: dict[tuple[int, int], np.ndarray] = {}
 
     def add(self, tile: Tile, values: np.ndarray) -> None:
@@ -103,17 +104,19 @@ class Mosaic:
             self._weights[key] = blend_weights(tile.height, tile.width, self.overlap).astype(np.float32)
         if tile.row < self.top or tile.row + tile.height > self.top + self.total.shape[1]:
             raise ValueError(f"tile rows {tile.row}..{tile.row + tile.height} outside the mosaic strip")
-        nan = np.isnan(values)
-        weights = np.where(nan, np.float32(0), self._weights[key][None])
+        missing = np.isnan(values).any(axis=0)
+        weights = np.where(missing, np.float32(0), self._weights[key])
         rows = slice(tile.row - self.top, tile.row - self.top + tile.height)
         cols = slice(tile.col, tile.col + tile.width)
-        self.total[:, rows, cols] += np.where(nan, np.float32(0), values).astype(np.float32) * weights
-        self.weight[:, rows, cols] += weights
+        self.total[:, rows, cols] += (
+            np.where(missing[None], np.float32(0), values).astype(np.float32) * weights
+        )
+        self.weight[rows, cols] += weights
 
     def _blend(self, stop: int) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
-            blended = self.total[:, :stop] / self.weight[:, :stop]
-        blended[self.weight[:, :stop] == 0] = np.nan
+            blended = self.total[:, :stop] / self.weight[None, :stop]
+        blended[:, self.weight[:stop] == 0] = np.nan
         return blended
 
     def result(self) -> np.ndarray:
@@ -126,8 +129,10 @@ class Mosaic:
         if not 0 <= count <= self.total.shape[1]:
             raise ValueError(f"cannot pop rows {self.top}..{stop} of a strip starting at {self.top}")
         finished = self._blend(count)
-        for buffer in (self.total, self.weight):
-            buffer[:, : buffer.shape[1] - count] = buffer[:, count:].copy()
-            buffer[:, buffer.shape[1] - count :] = 0
+        height = self.total.shape[1]
+        self.total[:, : height - count] = self.total[:, count:].copy()  # the few rows still open
+        self.total[:, height - count :] = 0
+        self.weight[: height - count] = self.weight[count:].copy()
+        self.weight[height - count :] = 0
         self.top = stop
         return finished
