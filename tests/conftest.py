@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests use tiny tensors, where one thread is as fast as several, and OpenMP threads that spin-wait
+# make a loaded machine crawl (measured: a tiny training step 30x slower beside another busy process).
+# Set before torch is imported; subprocesses (torchrun, the CLI) inherit it. An explicit value wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
