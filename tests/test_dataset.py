@@ -76,3 +76,17 @@ def test_swap_dates_and_flips() -> None:
     flipped = flip_rotate(image, torch.Generator().manual_seed(1))
     assert torch.equal(flipped["x"], flipped["y"])  # one transform for every tensor of the batch
     assert sorted(flipped["x"].flatten().tolist()) == [0, 1, 2, 3]
+
+
+def test_split_holdout_keeps_bottom_rows_apart(tiny_paper_data: Path) -> None:
+    from stfusion.dataset import split_holdout
+
+    case = load_case(scenes.discover(tiny_paper_data).split("train")[0], coarse_factor=1)
+    train_part, val_part = split_holdout(case, 0.25)
+    assert train_part.shape == (3, 30, 48) and val_part.shape == (3, 10, 48)
+    for role in ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2"):
+        joined = np.concatenate([getattr(train_part, role), getattr(val_part, role)], axis=1)
+        np.testing.assert_array_equal(joined, getattr(case, role))
+    assert val_part.valid.shape == (10, 48) and "rows 30:40" in val_part.name
+    with pytest.raises(ValueError, match="fraction"):
+        split_holdout(case, 1.0)

@@ -221,3 +221,18 @@ def test_custom_channels() -> None:
     model = MLFFGenerator(2, channels=(4, 8, 8, 16, 16), dropout=0.0).eval()
     with torch.inference_mode():
         assert model(**_inputs(2, 33, 17)).shape == (1, 2, 33, 17)
+
+
+def test_residual_zero_mean_correction_keeps_the_coarse_delta_mean() -> None:
+    torch.manual_seed(0)
+    model = MODELS["mlffgan-residual"](3, zero_mean=True, dropout=0.0)
+    nn.init.normal_(model.generator.decoder.head.out.weight)  # a non-zero correction
+    x = _inputs(3, 40, 56, batch=2)
+    out = model(**x).detach()
+    base = x["fine_t1"] + x["coarse_t2"] - x["coarse_t1"]
+    correction = out - base
+    assert correction.abs().max() > 1e-3
+    torch.testing.assert_close(correction.mean(dim=(-2, -1)), torch.zeros(2, 3), atol=1e-6, rtol=0)
+    plain = MODELS["mlffgan-residual"](3, dropout=0.0)
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain(**x).mean(dim=(-2, -1)), base.mean(dim=(-2, -1)), atol=1e-4)

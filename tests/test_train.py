@@ -261,3 +261,11 @@ def test_ctrl_c_leaves_a_resumable_state_and_one_line(tiny_paper_data: Path, tmp
     assert stderr.strip().splitlines()[-1].startswith("interrupted: rerun with --resume")
     assert list(save_dir.glob(".*.part")) == []
     assert load_checkpoint(save_dir / "last.ckpt")["epoch"] >= 1
+
+
+def test_val_holdout_validates_on_unseen_rows(tiny_paper_data: Path, tmp_path: Path) -> None:
+    found = scenes.discover(tiny_paper_data)
+    config = tiny_config(tmp_path / "run", val_holdout=0.25, epochs=1)
+    result = train(config, found.split("train"), [], band_names=["g", "r", "n"])
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["val_mse"])
+    assert load_checkpoint(result.best)["config"]["val_holdout"] == 0.25

@@ -93,6 +93,28 @@ def load_cases(
     return loaded
 
 
+def split_holdout(case: CaseArrays, fraction: float) -> tuple[CaseArrays, CaseArrays]:
+    """Split a case into its top rows (training) and its bottom ``fraction`` of rows (validation).
+
+    A spatial hold-out: the same dates, but pixels the model never trains on; at least one row each.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"hold-out fraction must be in (0, 1), got {fraction}")
+    height = case.shape[1]
+    cut = min(max(height - round(fraction * height), 1), height - 1)
+
+    def part(rows: slice, name: str) -> CaseArrays:
+        return CaseArrays(
+            name=name,
+            valid=case.valid[rows].copy(),
+            **{role: getattr(case, role)[:, rows].copy() for role in ROLES},
+        )
+
+    return part(slice(0, cut), f"{case.name}[rows 0:{cut}]"), part(
+        slice(cut, height), f"{case.name}[rows {cut}:{height}]"
+    )
+
+
 @dataclass(frozen=True)
 class PatchIndex:
     case: int

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from stfusion import distributed
 from stfusion.atomic import atomic_path
 from stfusion.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, swap_dates
+from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, split_holdout, swap_dates
 from stfusion.errors import StfusionError
 from stfusion.losses import (
     GeneratorLossWeights,
@@ -74,6 +74,10 @@ class TrainConfig:
     date_swap: bool = True
     flips: bool = False
     residual: bool = False  # ours, not the paper's: learn F2 - (F1 + C2 - C1), see models/residual.py
+    zero_mean_correction: bool = False  # ours, residual only: zero-mean correction per band and tile
+    # ours: > 0 validates on the bottom fraction of the rows of every training case (never trained
+    # on) instead of the val split
+    val_holdout: float = 0.0
     weights: GeneratorLossWeights = field(default_factory=GeneratorLossWeights)
     ms_ssim_reference_bug: bool = False
     ms_ssim_scales: int | None = None  # None: 5 (the paper's) when patches allow, else as many as fit
@@ -109,6 +113,8 @@ class TrainConfig:
             "channels": list(self.channels),
             "dropout": self.dropout,
         }
+        if self.residual and self.zero_mean_correction:
+            kwargs["zero_mean"] = True
         return ModelSpec(name="mlffgan-residual" if self.residual else "mlffgan", bands=bands, kwargs=kwargs)
 
 
@@ -270,7 +276,7 @@ def train(
     last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
     if not train_cases:
         raise TrainingError("no training cases")
-    if not val_cases:
+    if not val_cases and not config.val_holdout:
         raise TrainingError("no validation cases (a split apart from test is needed to select `best`)")
     if context.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +284,12 @@ def train(
             stale.unlink(missing_ok=True)
 
     train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, scale=config.scale)
-    val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, scale=config.scale)
+    if config.val_holdout:
+        parts = [split_holdout(case, config.val_holdout) for case in train_arrays]
+        train_arrays, val_arrays = [p[0] for p in parts], [p[1] for p in parts]
+        log.info("validating on the held-out rows %s", ", ".join(case.name for case in val_arrays))
+    else:
+        val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, scale=config.scale)
     bands = train_arrays[0].shape[0]
     names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
     spec = config.model_spec(bands)

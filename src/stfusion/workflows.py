@@ -297,10 +297,16 @@ def run_experiment(
     train_cases, val_cases, test_cases = (found.split(s) for s in ("train", "val", "test"))
     if not train_cases:
         raise InputError(f"{data_dir}: no training cases (expected {data_dir / 'train'}/<pair folders>)")
-    if not val_cases:
-        raise InputError(f"{data_dir}: no validation cases (expected {data_dir / 'val'}/<pair folders>)")
+    holdout = bool(getattr(config, "val_holdout", 0))
+    if not val_cases and not holdout:
+        raise InputError(
+            f"{data_dir}: no validation cases (expected {data_dir / 'val'}/<pair folders>, "
+            "or validate on held-out rows of the training cases with val_holdout)"
+        )
     test_split = "test"
     if not test_cases:
+        if not val_cases:
+            raise InputError(f"{data_dir}: no test or val cases to score (expected {data_dir / 'test'})")
         say(f"{data_dir}: no test folder; testing on the validation cases (val)")
         test_cases, test_split = val_cases, "val"
     band_names = read_case(train_cases[0], scale=config.scale).band_names
@@ -328,7 +334,11 @@ def run_experiment(
     protocol = {
         "data": str(data_dir),
         "train": ", ".join(c.name for c in train_cases),
-        "val (model selection)": ", ".join(c.name for c in val_cases),
+        "val (model selection)": (
+            f"bottom {config.val_holdout:.0%} of the rows of each training case (spatial hold-out)"
+            if holdout
+            else ", ".join(c.name for c in val_cases)
+        ),
         f"{test_split} (scored)": ", ".join(c.name for c in test_cases),
         "epochs": config.epochs,
         "coarse_factor": config.coarse_factor,

@@ -21,18 +21,19 @@ from stfusion.models.residual import ResidualFusion
 
 
 #: Generator builders by name: ``MODELS[name](bands, **kwargs)``.
-def residual_mlffgan(bands: int, **kwargs: Any) -> nn.Module:
+def residual_mlffgan(bands: int, *, zero_mean: bool = False, **kwargs: Any) -> nn.Module:
     """MLFF-GAN generator predicting the correction to F1 + (C2 - C1) (our option, not the paper's).
 
     The generator's last 1x1 convolution starts at zero, so training starts from the coarse-delta
     prediction instead of random noise around it (an initialisation; the architecture is unchanged).
+    ``zero_mean``: the correction has zero spatial mean per band and sample (tile), see ResidualFusion.
     """
     generator = MLFFGenerator(bands, **kwargs)
     head: nn.Conv2d = generator.decoder.head.out
     nn.init.zeros_(head.weight)
     if head.bias is not None:
         nn.init.zeros_(head.bias)
-    return ResidualFusion(generator)
+    return ResidualFusion(generator, zero_mean=zero_mean)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlffgan": MLFFGenerator, "mlffgan-residual": residual_mlffgan}
