@@ -127,3 +127,23 @@ def tiny_paper_data(tmp_path: Path) -> Path:
     make_pair_folder(root / "val", "2001_306_1102-2001_322_1118", rng, **size)
     make_pair_folder(root / "test", "2001_322_1118-2001_338_1204", rng, **size)
     return root
+
+
+def write_tiny_checkpoint(path: Path, *, bands: int, coarse_factor: int) -> Path:
+    """A checkpoint of a randomly initialised tiny MLFF-GAN generator (channels 4-8), seeded."""
+    import torch
+
+    from stfusion.checkpoint import ModelSpec, save_checkpoint
+
+    torch.manual_seed(0)
+    spec = ModelSpec("mlffgan", bands, {"channels": [4, 4, 8, 8, 8]})
+    payload = {
+        "model": spec.to_dict(),
+        "generator": spec.build().state_dict(),
+        "band_names": [f"b{i + 1}" for i in range(bands)],
+        "scale": 1e-4,
+        "coarse_factor": coarse_factor,
+        "config": {},
+        "epoch": 0,
+    }
+    return save_checkpoint(path, payload)

@@ -13,19 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
 from stfusion import raster, scenes, workflows
-from stfusion.checkpoint import ModelSpec, save_checkpoint
 from stfusion.errors import InputError
 from stfusion.inputs import CaseReader, ReadOptions, Window, check_values, quality_flags
 from stfusion.methods import get_method
 from stfusion.metrics import compute_metrics
 from stfusion.raster import footprint_fraction
 from stfusion.sample import SAMPLE_ROOT
-from tests.conftest import random_scene, write_tif
+from tests.conftest import random_scene, write_tif, write_tiny_checkpoint
 
 SAMPLE_CASE = scenes.discover(SAMPLE_ROOT).split("test")[0]  # 2001-10-17 -> 2001-11-02, 250 x 250 x 6
 
@@ -256,18 +254,7 @@ def test_coarse_footprint_errors(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    spec = ModelSpec("mlffgan", 6, {"channels": [4, 4, 8, 8, 8]})
-    payload = {
-        "model": spec.to_dict(),
-        "generator": spec.build().state_dict(),
-        "band_names": ["b1", "b2", "b3", "b4", "b5", "b6"],
-        "scale": 1e-4,
-        "coarse_factor": 1,
-        "config": {},
-        "epoch": 0,
-    }
-    return save_checkpoint(tmp_path / "tiny.ckpt", payload)
+    return write_tiny_checkpoint(tmp_path / "tiny.ckpt", bands=6, coarse_factor=1)
 
 
 def _alter_block(path: Path, rows: slice, cols: slice, value: int) -> None:

@@ -13,10 +13,10 @@ from torch import nn
 
 from stfusion import scenes
 from stfusion.baselines import coarse_delta
-from stfusion.checkpoint import ModelSpec, save_checkpoint
+from stfusion.checkpoint import ModelSpec
 from stfusion.cli import cli
 from stfusion.predict import TileOptions, method_batch_predictor, predict_tiled, predict_with_generator
-from tests.conftest import random_scene, write_tif
+from tests.conftest import random_scene, write_tif, write_tiny_checkpoint
 
 
 class ConstantModel(nn.Module):
@@ -77,18 +77,7 @@ def test_mlffgan_tile_size_dependence_is_bounded(rng: np.random.Generator) -> No
 
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    spec = ModelSpec("mlffgan", 4, {"channels": [4, 4, 8, 8, 8]})
-    payload = {
-        "model": spec.to_dict(),
-        "generator": spec.build().state_dict(),
-        "band_names": ["b1", "b2", "b3", "b4"],
-        "scale": 1e-4,
-        "coarse_factor": 4,
-        "config": {},
-        "epoch": 0,
-    }
-    return save_checkpoint(tmp_path / "tiny.ckpt", payload)
+    return write_tiny_checkpoint(tmp_path / "tiny.ckpt", bands=4, coarse_factor=4)
 
 
 def test_predict_cli_with_checkpoint_many_dates(checkpoint: Path, flat_folder: Path, tmp_path: Path) -> None:
