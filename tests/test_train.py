@@ -249,7 +249,15 @@ def test_ctrl_c_leaves_a_resumable_state_and_one_line(tiny_paper_data: Path, tmp
     save_dir = tmp_path / "run"
     command = [sys.executable, "-m", "stfusion", "train", "--data-dir", str(tiny_paper_data)]
     command += ["--config", str(tmp_path / "tiny.json"), "--save-dir", str(save_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A background job of a shell without job control inherits SIGINT as ignored; Python then installs
+    # no KeyboardInterrupt handler. Restore the default so the child behaves as under a terminal.
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while not (save_dir / "last.ckpt").exists() and time.time() < deadline:
         time.sleep(0.05)
