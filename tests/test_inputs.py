@@ -379,6 +379,7 @@ def test_predict_cli_streams_native_coarse_images(tmp_path: Path) -> None:
         args += [f"--{role.replace('_', '-')}", str(case.paths()[role])]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    assert f"reprojecting {case.coarse_t1}, {case.coarse_t2} onto the grid of {case.fine_t1}" in result.output
     reader = CaseReader(case)
     expected = get_method("coarse-delta")(*(reader.read(r) for r in ("coarse_t1", "fine_t1", "coarse_t2")))
     written = raster.read(out).data

@@ -320,6 +320,9 @@ def predict_command(
             masks=explicit_masks(mask, mask_fine_t1, mask_coarse_t1, mask_coarse_t2),
         )
         reader = CaseReader(case, scale=scale, options=reading)
+        if reader.reprojected and context.is_main:
+            names = ", ".join(str(reader.case.paths()[role]) for role in reader.reprojected)
+            click.echo(f"reprojecting {names} onto the grid of {fine_t1} ({resampling} resampling)")
         quality_path = target_path.with_name(f"{target_path.stem}_quality.tif")
         if quality and context.is_main:
             raster.check_writable(quality_path, overwrite=overwrite)
