@@ -277,3 +277,30 @@ def test_val_holdout_validates_on_unseen_rows(tiny_paper_data: Path, tmp_path: P
     result = train(config, found.split("train"), [], band_names=["g", "r", "n"])
     assert len(result.history) == 1 and np.isfinite(result.history[0]["val_mse"])
     assert load_checkpoint(result.best)["config"]["val_holdout"] == 0.25
+
+
+def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_path: Path) -> None:
+    """Coarse images at twice the fine pixel size (not on the fine grid) are reprojected for training
+    too, with the resampling asked for, and the run records it."""
+    import json
+
+    from click.testing import CliRunner
+    from rasterio.transform import Affine
+
+    from stfusion.cli import cli
+    from tests.conftest import write_tif
+
+    for coarse in tiny_paper_data.rglob("MOD09GA_*.tif"):
+        with rasterio.open(coarse) as src:
+            data, transform, crs = src.read()[:, ::2, ::2], src.transform, src.crs
+        write_tif(coarse, data, crs=crs.to_string(), transform=transform * Affine.scale(2))
+    config = {**TINY, "weights": {"adversarial": 0.01, "l1": 1.0, "cosine": 1.0, "ms_ssim": 0.0}}
+    config.update(channels=list(TINY["channels"]), epochs=1)  # type: ignore[call-overload]
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    save_dir = tmp_path / "run"
+    args = ["train", "--data-dir", str(tiny_paper_data), "--save-dir", str(save_dir)]
+    args += ["--config", str(tmp_path / "tiny.json"), "--resampling", "nearest"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((save_dir / "config.json").read_text())["resampling"] == "nearest"
+    assert load_checkpoint(save_dir / "last.ckpt")["epoch"] == 1

@@ -566,10 +566,13 @@ _TRAIN_FLAGS = {
     "residual": "residual",
     "zero_mean_correction": "zero_mean_correction",
     "val_holdout": "val_holdout",
+    "resampling": "resampling",
+    "min_overlap": "min_overlap",
 }
 
 
 @cli.command("train")
+@reading_options
 @click.option(
     "--data-dir", type=click.Path(path_type=Path), required=True, help="Paper layout: train/, val/."
 )

@@ -30,6 +30,7 @@ from stfusion.atomic import atomic_path
 from stfusion.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, split_holdout, swap_dates
 from stfusion.errors import StfusionError
+from stfusion.inputs import ReadOptions
 from stfusion.losses import (
     GeneratorLossWeights,
     generator_loss,
@@ -88,6 +89,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC layout: same mathematics, faster convolutions (see README)
     num_workers: int = 0
     scale: float = 1e-4
+    resampling: str = "bilinear"  # for coarse images (and masks) not on the fine grid
+    min_overlap: float = 0.5  # fraction of the fine grid a coarse footprint must cover
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -283,13 +286,18 @@ def train(
         for stale in save_dir.glob(".*.part"):  # temporaries of a save cut short by SIGKILL
             stale.unlink(missing_ok=True)
 
-    train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, scale=config.scale)
+    reading = ReadOptions(resampling=config.resampling, min_overlap=config.min_overlap)
+    train_arrays = load_cases(
+        train_cases, coarse_factor=config.coarse_factor, scale=config.scale, options=reading
+    )
     if config.val_holdout:
         parts = [split_holdout(case, config.val_holdout) for case in train_arrays]
         train_arrays, val_arrays = [p[0] for p in parts], [p[1] for p in parts]
         log.info("validating on the held-out rows %s", ", ".join(case.name for case in val_arrays))
     else:
-        val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, scale=config.scale)
+        val_arrays = load_cases(
+            val_cases, coarse_factor=config.coarse_factor, scale=config.scale, options=reading
+        )
     bands = train_arrays[0].shape[0]
     names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
     spec = config.model_spec(bands)

@@ -309,7 +309,8 @@ def run_experiment(
             raise InputError(f"{data_dir}: no test or val cases to score (expected {data_dir / 'test'})")
         say(f"{data_dir}: no test folder; testing on the validation cases (val)")
         test_cases, test_split = val_cases, "val"
-    band_names = read_case(train_cases[0], scale=config.scale).band_names
+    reading = ReadOptions(resampling=config.resampling, min_overlap=config.min_overlap)
+    band_names = CaseReader(train_cases[0], scale=config.scale, options=reading).band_names
     trained = train(
         config,
         train_cases,
@@ -329,7 +330,13 @@ def run_experiment(
     }
     predictors.update({name: method_predictor(name) for name in baselines})
     results = run_methods(
-        test_cases, predictors, out_dir=out_dir, scale=config.scale, ratio=ratio, overwrite=True
+        test_cases,
+        predictors,
+        out_dir=out_dir,
+        scale=config.scale,
+        ratio=ratio,
+        overwrite=True,
+        options=reading,
     )
     protocol = {
         "data": str(data_dir),
