@@ -293,7 +293,7 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
     for coarse in tiny_paper_data.rglob("MOD09GA_*.tif"):
         with rasterio.open(coarse) as src:
             data, transform, crs = src.read()[:, ::2, ::2], src.transform, src.crs
-        write_tif(coarse, data, crs=crs.to_string(), transform=transform * Affine.scale(2))
+        write_tif(coarse, data, crs=crs.to_string(), transform=transform @ Affine.scale(2))
     config = {**TINY, "weights": {"adversarial": 0.01, "l1": 1.0, "cosine": 1.0, "ms_ssim": 0.0}}
     config.update(channels=list(TINY["channels"]), epochs=1)  # type: ignore[call-overload]
     (tmp_path / "tiny.json").write_text(json.dumps(config))
