@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-import torch
 from click.testing import CliRunner, Result
 from rasterio.transform import from_origin
 
 from stfusion import scenes, workflows
-from stfusion.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from stfusion.checkpoint import load_checkpoint
 from stfusion.cli import cli
-from tests.conftest import TEST_TRANSFORM, make_pair_folder, random_scene, write_tif
+from tests.conftest import TEST_TRANSFORM, make_pair_folder, random_scene, write_tif, write_tiny_checkpoint
 
 RNG_SEED = 11
 
@@ -306,18 +305,7 @@ def test_masks_bad_and_good(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def _checkpoint(path: Path, bands: int) -> Path:
-    torch.manual_seed(0)
-    spec = ModelSpec("mlffgan", bands, {"channels": [4, 4, 8, 8, 8]})
-    payload = {
-        "model": spec.to_dict(),
-        "generator": spec.build().state_dict(),
-        "band_names": [f"b{i}" for i in range(bands)],
-        "scale": 1e-4,
-        "coarse_factor": 1,
-        "config": {},
-        "epoch": 0,
-    }
-    return save_checkpoint(path, payload)
+    return write_tiny_checkpoint(path, bands=bands, coarse_factor=1)
 
 
 def test_checkpoint_errors(runner: CliRunner, files: dict[str, Path], tmp_path: Path) -> None:
