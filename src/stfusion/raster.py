@@ -569,16 +569,10 @@ def write_like(
             f"{path}: array size {reflectance.shape[1:]} differs from the reference "
             f"{reference.path} size {(reference.height, reference.width)}"
         )
-    is_float = np.dtype(dtype).kind == "f"
-    nodata = reference.nodata
+    # a nodata value is declared only when needed: the reference's, or a default when there are gaps
     has_gaps = bool(np.isnan(reflectance).any())
-    if is_float and nodata is None and has_gaps:
-        nodata = float("nan")
-    elif not is_float and nodata is None and has_gaps:
-        nodata = DEFAULT_INT16_NODATA
-    stored = from_reflectance(reflectance, scale=scale, dtype=dtype)
-    if has_gaps and nodata is not None and not is_float:
-        stored[np.isnan(reflectance)] = nodata
+    nodata = _default_nodata(reference, dtype) if has_gaps else reference.nodata
+    stored = _stored(reflectance, dtype=dtype, scale=scale, nodata=nodata)
     profile = output_profile(reference, count=reflectance.shape[0], dtype=dtype, nodata=nodata)
     names = band_names if band_names is not None else reference.band_names
     with _open_output(path, profile, band_names=names[: reflectance.shape[0]], tags=tags) as dst:
@@ -596,9 +590,10 @@ def _default_nodata(reference: RasterInfo, dtype: str) -> float:
     return float("nan") if np.dtype(dtype).kind == "f" else DEFAULT_INT16_NODATA
 
 
-def _stored(block: np.ndarray, *, dtype: str, scale: float, nodata: float) -> np.ndarray:
+def _stored(block: np.ndarray, *, dtype: str, scale: float, nodata: float | None) -> np.ndarray:
+    """Stored values of reflectance (rounded, clipped); NaN pixels of integer outputs become nodata."""
     stored = from_reflectance(block, scale=scale, dtype=dtype)
-    if np.dtype(dtype).kind != "f":
+    if np.dtype(dtype).kind != "f" and nodata is not None:
         stored[np.isnan(block)] = nodata
     return stored
 
