@@ -20,3 +20,10 @@ SAMPLE_ERGAS_RATIO: float = 0.1
 def sample_root() -> Path:
     """Path of the sample data folder (paper layout)."""
     return SAMPLE_ROOT
+
+
+#: Flat folders of the bundled real datasets (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif; see their README).
+DATASETS_ROOT: Path = Path(__file__).resolve().parent / "datasets"
+
+#: Name -> folder of each bundled dataset.
+DATASETS: dict[str, Path] = {name: DATASETS_ROOT / name for name in ("cia-crop", "estarfm-site", "lgc-flood")}
