@@ -194,6 +194,18 @@ class ArraySource:
         )
 
 
+def check_fusion_inputs(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> None:
+    """Raise ValueError unless the three inputs are (C, H, W) arrays of one shape."""
+    for name, image in (("coarse_t1", coarse_t1), ("fine_t1", fine_t1), ("coarse_t2", coarse_t2)):
+        if image.ndim != 3:
+            raise ValueError(f"{name} must have shape (C, H, W), got {image.shape}")
+    if not (coarse_t1.shape == fine_t1.shape == coarse_t2.shape):
+        raise ValueError(
+            "fusion inputs must share one shape (C, H, W): "
+            f"coarse_t1 {coarse_t1.shape}, fine_t1 {fine_t1.shape}, coarse_t2 {coarse_t2.shape}"
+        )
+
+
 def predict_scene(prediction: Prediction, source: SceneSource) -> np.ndarray:
     """All rows of a scene in memory: (C, H, W) float32, NaN where the method gives no value."""
     result = np.full((source.bands, source.height, source.width), np.nan, dtype=np.float32)

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from stfusion.blocks import check_fusion_inputs
+
+__all__ = ["FusionMethod", "MethodRegistry", "check_fusion_inputs"]
+
 
 class FusionMethod(Protocol):
     """Callable signature of a fusion method (see module docstring for shapes and units)."""
@@ -23,18 +27,6 @@ class FusionMethod(Protocol):
         coarse_t2: np.ndarray,
         **options: Any,
     ) -> np.ndarray: ...
-
-
-def check_fusion_inputs(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> None:
-    """Raise ValueError unless the three inputs are (C, H, W) arrays of one shape."""
-    for name, image in (("coarse_t1", coarse_t1), ("fine_t1", fine_t1), ("coarse_t2", coarse_t2)):
-        if image.ndim != 3:
-            raise ValueError(f"{name} must have shape (C, H, W), got {image.shape}")
-    if not (coarse_t1.shape == fine_t1.shape == coarse_t2.shape):
-        raise ValueError(
-            "fusion inputs must share one shape (C, H, W): "
-            f"coarse_t1 {coarse_t1.shape}, fine_t1 {fine_t1.shape}, coarse_t2 {coarse_t2.shape}"
-        )
 
 
 MethodRegistry = dict[str, Callable[..., np.ndarray]]

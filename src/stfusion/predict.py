@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stfusion.blocks import check_fusion_inputs
 from stfusion.dataset import degrade_array
-from stfusion.fusion import check_fusion_inputs
 from stfusion.tiling import Mosaic, Tile, tile_grid, tile_rows
 
 #: Batch predictor: three (N, C, h, w) arrays (coarse t1, fine t1, coarse t2) -> (N, C, h, w).

@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import lsq_linear
 
-from stfusion.fusion import check_fusion_inputs
+from stfusion.blocks import check_fusion_inputs
 
 Array = NDArray[Any]
 Preset = Literal["fsdaf_idl", "zhu2016"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from stfusion.fusion import check_fusion_inputs
+from stfusion.blocks import check_fusion_inputs
 
 
 def persistence(

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stfusion.fusion import check_fusion_inputs
+from stfusion.blocks import check_fusion_inputs
 
 
 def _load_numba() -> Any:
