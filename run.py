@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stfusion import distributed
 from stfusion.errors import StfusionError
 from stfusion.losses import GeneratorLossWeights
 from stfusion.predict import TileOptions
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--coarse_factor", type=int, default=16)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--resume", default=False, **flag)
+    parser.add_argument("--overwrite", default=False, **flag, help="replace a run already in --save_dir")
     parser.add_argument("--ratio", type=float, default=None, help="ERGAS fine/coarse pixel-size ratio")
     return parser
 
@@ -107,10 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     tiles = TileOptions(tile=config.val_tile, overlap=config.val_overlap)
     try:
+        config.validate()
+        context = distributed.setup(config.device)
+    except (StfusionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = run_experiment(
             Path(args.data_dir),
             config,
             resume=args.resume,
+            overwrite=args.overwrite,
+            context=context,
             tiles=tiles,
             ratio=args.ratio,
             say=print,
@@ -123,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     except StfusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: rerun with --resume True to continue from the last finished epoch", file=sys.stderr
+        )
+        return 130
+    finally:
+        distributed.teardown(context)
     if result.test_split is None:
         return 0  # a rank > 0 of a torchrun job: rank 0 reports
     print(f"best checkpoint: {result.train.best}")

@@ -374,7 +374,7 @@ def _predict_starfm_rows(reader: Any, out: Path, params: dict[str, Any]) -> dict
         starfm_block,
         tolerances_from_std,
     )
-    from stfusion.inputs import Window
+    from stfusion.tiling import Window
 
     height, width, bands = reader.height, reader.width, reader.bands
     config = make_config()

@@ -133,17 +133,14 @@ def write_tiny_checkpoint(path: Path, *, bands: int, coarse_factor: int) -> Path
     """A checkpoint of a randomly initialised tiny MLFF-GAN generator (channels 4-8), seeded."""
     import torch
 
-    from stfusion.checkpoint import ModelSpec, save_checkpoint
+    from stfusion.checkpoint import Checkpoint, ModelSpec, save
 
     torch.manual_seed(0)
     spec = ModelSpec("mlffgan", bands, {"channels": [4, 4, 8, 8, 8]})
-    payload = {
-        "model": spec.to_dict(),
-        "generator": spec.build().state_dict(),
-        "band_names": [f"b{i + 1}" for i in range(bands)],
-        "scale": 1e-4,
-        "coarse_factor": coarse_factor,
-        "config": {},
-        "epoch": 0,
-    }
-    return save_checkpoint(path, payload)
+    checkpoint = Checkpoint(
+        model=spec,
+        generator=spec.build().state_dict(),
+        coarse_factor=coarse_factor,
+        band_names=[f"b{i + 1}" for i in range(bands)],
+    )
+    return save(path, checkpoint)

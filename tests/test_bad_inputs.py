@@ -19,9 +19,11 @@ import rasterio
 from click.testing import CliRunner, Result
 from rasterio.transform import from_origin
 
-from stfusion import scenes, workflows
-from stfusion.checkpoint import load_checkpoint
+from stfusion import fusion, scenes, workflows
+from stfusion.blocks import Prediction
+from stfusion.checkpoint import load as load_checkpoint
 from stfusion.cli import cli
+from stfusion.inputs import CaseReader
 from tests.conftest import TEST_TRANSFORM, make_pair_folder, random_scene, write_tif, write_tiny_checkpoint
 
 RNG_SEED = 11
@@ -338,18 +340,18 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
         calls["n"] += 1
         return {k: math.nan for k in losses} if calls["n"] > steps_per_epoch else losses
 
-    steps_per_epoch = 1  # 2 train cases of 40 x 48 in one 64-px patch each, batch size 4
+    steps_per_epoch = 1  # 2 train cases of 40 x 48, one random 32-px crop each, batch size 4
     monkeypatch.setattr(train, "gan_step", poisoned_step)
     save = tmp_path / "run"
     args = ["train", "--data-dir", str(tiny_paper_data), "--save-dir", str(save), "--epochs", "3"]
-    args += ["--patch-size", "64", "--coarse-factor", "1", "--batch-size", "4"]
+    args += ["--patch-size", "32", "--random-crops", "1", "--coarse-factor", "1", "--batch-size", "4"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "last.ckpt" in errors[0], result.output
     assert errors[0].startswith("error: non-finite loss at epoch 2, step 1"), errors[0]
     assert "Traceback" not in result.output
-    assert load_checkpoint(save / "last.ckpt")["epoch"] == 1
+    assert load_checkpoint(save / "last.ckpt").epoch == 1
     assert not list(save.glob("*.part"))
 
 
@@ -367,11 +369,11 @@ def test_interrupted_run_resumes_with_skip_existing(runner: CliRunner, tmp_path:
     cases = scenes.discover(root).cases
     calls: list[str] = []
 
-    def predictor(inputs: workflows.CaseInputs) -> np.ndarray:
-        calls.append(inputs.case.name)
+    def predictor(source: CaseReader) -> Prediction:
+        calls.append(source.case.name)
         if len(calls) == 2 and interrupt:
             raise Interrupt
-        return inputs.fine_t1
+        return fusion.get("persistence").preparer()(source)
 
     out = tmp_path / "out"
     interrupt = True
@@ -385,7 +387,8 @@ def test_interrupted_run_resumes_with_skip_existing(runner: CliRunner, tmp_path:
     with pytest.raises(Exception, match="output exists; pass --overwrite"):
         workflows.run_methods(cases, {"persistence": predictor}, out_dir=out)
     assert calls == []  # refused before any work
-    results = workflows.run_methods(cases, {"persistence": predictor}, out_dir=out, skip_existing=True)
+    resume = workflows.OutputOptions(skip_existing=True)
+    results = workflows.run_methods(cases, {"persistence": predictor}, out_dir=out, output=resume)
     assert calls == [cases[1].name]
     assert (out / cases[0].name / "persistence.tif").stat().st_mtime_ns == first_mtime
     assert all(r["persistence"].metrics is not None for r in results.values())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stfusion.blocks import ArraySource, Block, RowBlocks, Window, iter_source_blocks, predict_scene
+from stfusion.blocks import ArraySource, Block, RowBlocks, iter_source_blocks, predict_scene
+from stfusion.tiling import Window
 
 
 def _scene(seed: int = 0, shape: tuple[int, int, int] = (2, 37, 11)) -> ArraySource:

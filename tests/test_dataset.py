@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from stfusion import scenes
-from stfusion.dataset import PatchDataset, degrade_array, flip_rotate, load_case, swap_dates
+from stfusion.dataset import PatchDataset, flip_rotate, load_case, swap_dates
 from stfusion.errors import InputError
+from stfusion.transforms import degrade_array
 from tests.conftest import write_tif
 
 
@@ -56,8 +57,10 @@ def test_random_crops_are_seeded(tiny_paper_data: Path) -> None:
     b = PatchDataset(cases, patch_size=16, stride=16, random_crops=5, seed=3)
     c = PatchDataset(cases, patch_size=16, stride=16, random_crops=5, seed=4)
     assert a.index == b.index and a.index != c.index and len(a) == 10
-    big = PatchDataset(cases, patch_size=100, stride=50)
-    assert len(big) == 2 and big[0]["fine_t1"].shape == (3, 40, 48)
+    with pytest.raises(
+        InputError, match="40 x 48 px is smaller than the training patch of 100 px; use --patch-size 40"
+    ):
+        PatchDataset(cases, patch_size=100, stride=50)
 
 
 def test_swap_dates_and_flips() -> None:

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import torch
 
-from stfusion.checkpoint import load_checkpoint
+from stfusion.checkpoint import load as load_checkpoint
 from stfusion.distributed import Context
 from stfusion.train import rank_batches
 from tests.conftest import random_scene, write_tif
@@ -77,13 +77,13 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
         assert out.stdout.count("best checkpoint:") == 1, out.stdout  # rank 0 reports, once
         runs[nproc] = load_checkpoint(save_dir / "last.ckpt")
     single, double = runs[1], runs[2]
-    assert single["epoch"] == double["epoch"] == 2
+    assert single.epoch == double.epoch == 2
     noise_only = 0
     for part in ("generator", "discriminator"):
-        state = single[part]
-        assert state.keys() == double[part].keys()
+        state = getattr(single, part)
+        assert state.keys() == getattr(double, part).keys()
         for key, value in state.items():
-            other = double[part][key]
+            other = getattr(double, part)[key]
             if not value.dtype.is_floating_point:
                 assert torch.equal(other, value), key
                 continue
@@ -99,7 +99,7 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
             else:
                 assert difference <= 1e-4, f"{part}.{key}: {difference}"
     assert noise_only < 20
-    for a, b in zip(single["history"], double["history"], strict=True):
+    for a, b in zip(single.history, double.history, strict=True):
         for key in ("g_loss", "d_loss", "g_l1", "g_ms_ssim", "val_mse"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["world_size"] == 2

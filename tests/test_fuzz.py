@@ -24,7 +24,8 @@ from rasterio.transform import from_origin
 
 from stfusion import raster, scenes
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader, ReadOptions, Window, check_values
+from stfusion.inputs import CaseReader, ReadOptions, check_values
+from stfusion.tiling import Window
 
 FUZZ = settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

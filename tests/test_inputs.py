@@ -16,13 +16,15 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
-from stfusion import raster, scenes, workflows
+from stfusion import fusion, raster, scenes, workflows
+from stfusion.baselines import coarse_delta as coarse_delta_method
+from stfusion.checkpoint import load as load_checkpoint
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader, ReadOptions, Window, check_values, quality_flags
-from stfusion.methods import get_method
+from stfusion.inputs import CaseReader, ReadOptions, check_values, quality_flags
 from stfusion.metrics import compute_metrics
 from stfusion.raster import footprint_fraction
 from stfusion.sample import SAMPLE_ROOT
+from stfusion.tiling import Window
 from tests.conftest import random_scene, write_tif, write_tiny_checkpoint
 
 SAMPLE_CASE = scenes.discover(SAMPLE_ROOT).split("test")[0]  # 2001-10-17 -> 2001-11-02, 250 x 250 x 6
@@ -150,7 +152,7 @@ def test_native_coarse_is_reprojected_close_to_the_pre_resampled_input(
     assert coarse_t1.shape == (6, 250, 250) and np.isfinite(coarse_t1).all()
     assert np.abs(coarse_t1 - pre.read("coarse_t1")).mean() < 0.010
 
-    coarse_delta = get_method("coarse-delta")
+    coarse_delta = coarse_delta_method
     fine_t1, truth = pre.read("fine_t1"), pre.read("fine_t2")
     from_pre = coarse_delta(pre.read("coarse_t1"), fine_t1, pre.read("coarse_t2"))
     from_native = coarse_delta(coarse_t1, fine_t1, native.read("coarse_t2"))
@@ -196,7 +198,7 @@ def test_windows_equal_crops_of_the_whole_scene(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(reader.read(role, window), crop(whole, window), err_msg=role)
             np.testing.assert_array_equal(
                 reader.quality(window),
-                quality_flags(*(crop(wholes[r], window) for r in ("coarse_t1", "fine_t1", "coarse_t2"))),
+                quality_flags({r: crop(wholes[r], window) for r in ("coarse_t1", "fine_t1", "coarse_t2")}),
             )
 
 
@@ -281,19 +283,21 @@ def test_cloud_mask_changes_no_metric_and_is_nodata(tmp_path: Path, tiny_checkpo
     case, _ = scenes.read_pair_folder(case.fine_t1.parent)
     assert set(case.masks) == {"fine_t1", "fine_t2"}
     predictors = {
-        name: workflows.method_predictor(name, **({"scale_factor": 10} if name == "fsdaf" else {}))
+        name: fusion.get(name).preparer({"scale_factor": 10} if name == "fsdaf" else {})
         for name in ("persistence", "coarse-delta", "starfm", "fsdaf")
     }
-    predictors["mlffgan"] = workflows.CheckpointPredictor(tiny_checkpoint)
+    predictors["mlffgan"] = fusion.get("mlffgan").preparer(checkpoint=load_checkpoint(tiny_checkpoint))
     unmasked = scenes.explicit_case(**dict(case.paths()))
     control = {"starfm": predictors["starfm"]}
     first = workflows.run_methods([case], predictors, out_dir=tmp_path / "first", ratio=0.1)
-    control_first = workflows.run_methods([unmasked], control)[unmasked.name]["starfm"].prediction
+    control_first = workflows.run_methods([unmasked], control, out_dir=tmp_path / "c1")
+    control_first_prediction = control_first[unmasked.name]["starfm"].prediction
     assert case.fine_t2 is not None
     _alter_block(case.fine_t1, rows, cols, 9000)
     _alter_block(case.fine_t2, rows, cols, -500)
     second = workflows.run_methods([case], predictors, out_dir=tmp_path / "second", ratio=0.1)
-    control_second = workflows.run_methods([unmasked], control)[unmasked.name]["starfm"].prediction
+    control_second = workflows.run_methods([unmasked], control, out_dir=tmp_path / "c2")
+    control_second_prediction = control_second[unmasked.name]["starfm"].prediction
     for method in predictors:
         before, after = first[case.name][method], second[case.name][method]
         assert before.metrics is not None and after.metrics is not None
@@ -307,7 +311,7 @@ def test_cloud_mask_changes_no_metric_and_is_nodata(tmp_path: Path, tiny_checkpo
     # of the pixels around it
     outside = np.ones((96, 96), bool)
     outside[rows, cols] = False
-    assert not np.array_equal(control_first[:, outside], control_second[:, outside])
+    assert not np.array_equal(control_first_prediction[:, outside], control_second_prediction[:, outside])
 
 
 def test_quality_flags() -> None:
@@ -316,7 +320,7 @@ def test_quality_flags() -> None:
     f1[0, 0, 0] = np.nan
     c1[1, 0, 0] = np.nan
     c2[:, 2, 3] = np.nan
-    flags = quality_flags(c1, f1, c2)
+    flags = quality_flags({"coarse_t1": c1, "fine_t1": f1, "coarse_t2": c2})
     assert flags.dtype == np.uint8
     assert flags[0, 0] == 1 + 2 and flags[2, 3] == 4 and flags.sum() == 7
 
@@ -381,6 +385,6 @@ def test_predict_cli_streams_native_coarse_images(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"reprojecting {case.coarse_t1}, {case.coarse_t2} onto the grid of {case.fine_t1}" in result.output
     reader = CaseReader(case)
-    expected = get_method("coarse-delta")(*(reader.read(r) for r in ("coarse_t1", "fine_t1", "coarse_t2")))
+    expected = coarse_delta_method(*(reader.read(r) for r in ("coarse_t1", "fine_t1", "coarse_t2")))
     written = raster.read(out).data
     np.testing.assert_allclose(written, expected, rtol=0, atol=0.51e-4)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,14 +19,14 @@ from stfusion.checkpoint import ModelSpec
 from stfusion.cli import cli
 from stfusion.inputs import CaseReader
 from stfusion.predict import (
+    BatchPredictor,
+    MlffganPrediction,
     TileOptions,
     generator_batch_predictor,
     iter_blended_rows,
-    method_batch_predictor,
     predict_tiled,
-    predict_with_generator,
 )
-from stfusion.streaming import RankSplit, join_parts, part_path, predict_to_file, split_rows
+from stfusion.streaming import RankSplit, join_parts, part_path, predict_case, split_rows
 from tests.conftest import random_scene, write_tif
 
 HEIGHT, WIDTH, BANDS = 83, 101, 3
@@ -41,6 +43,36 @@ def case(tmp_path: Path, rng: np.random.Generator) -> scenes.FusionCase:
         "coarse_t2": write_tif(tmp_path / "in" / "c2.tif", random_scene(rng, BANDS, HEIGHT, WIDTH)),
     }
     return scenes.explicit_case(**paths)
+
+
+def method_batch_predictor(method: Callable[..., np.ndarray]) -> BatchPredictor:
+    """A per-tile array method as a BatchPredictor (tiles one by one)."""
+
+    def predict(c1: np.ndarray, f1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+        return np.stack([method(a, b, c) for a, b, c in zip(c1, f1, c2, strict=True)])
+
+    return predict
+
+
+def predict_to_file(
+    reader: CaseReader,
+    predict_batch: BatchPredictor,
+    out: Path,
+    *,
+    options: TileOptions,
+    coarse_factor: int = 1,
+    **kwargs: Any,
+) -> Path | None:
+    """The streaming path with a tiled predictor (as the mlffgan registry entry builds it)."""
+    return predict_case(reader, MlffganPrediction(predict_batch, coarse_factor, options), out, **kwargs)
+
+
+def predict_with_generator(
+    generator: torch.nn.Module, *images: np.ndarray, coarse_factor: int, options: TileOptions
+) -> np.ndarray:
+    return predict_tiled(
+        generator_batch_predictor(generator), *images, options=options, coarse_factor=coarse_factor
+    )
 
 
 def tiny_generator() -> torch.nn.Module:
@@ -70,7 +102,6 @@ def test_streamed_generator_prediction_equals_in_memory(case: scenes.FusionCase,
         options=options,
         coarse_factor=4,
         dtype="float32",
-        scale=1.0,
     )
     assert out == tmp_path / "pred.tif"
     streamed = read_float(out)
@@ -117,10 +148,11 @@ def test_row_split_across_ranks_equals_single_process(
         )
         for rank in range(world_size)
     ]
-    spans = split_rows(HEIGHT, WIDTH, options, world_size)
+    method = MlffganPrediction(predictor, 2, options)
+    spans = split_rows(method.row_starts(HEIGHT, WIDTH), HEIGHT, world_size)
     assert [p for p in written if p is not None] == [part_path(out, i, len(spans)) for i in range(len(spans))]
     assert not out.exists()
-    join_parts(reader, out, options=options, world_size=world_size)
+    join_parts(reader, method, out, world_size=world_size)
     assert not any(p.exists() for p in written if p is not None)
     with rasterio.open(single) as a, rasterio.open(out) as b:
         np.testing.assert_array_equal(a.read(), b.read())
@@ -129,8 +161,9 @@ def test_row_split_across_ranks_equals_single_process(
 
 def test_split_rows_tiles_the_scene() -> None:
     options = TileOptions(tile=(100, 100), overlap=(10, 10))
+    starts = MlffganPrediction(coarse_delta, 1, options).row_starts(1000, 300)
     for world_size in (1, 2, 5, 40):
-        spans = split_rows(1000, 300, options, world_size)
+        spans = split_rows(starts, 1000, world_size)
         assert spans[0][0] == 0 and spans[-1][1] == 1000
         assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
         assert len(spans) == min(world_size, 11)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from stfusion.tiling import Mosaic, Tile, blend_weights, ramp, tile_grid, tile_rows, tile_starts
+from stfusion.tiling import Mosaic, Window, blend_weights, ramp, tile_grid, tile_rows, tile_starts
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_strip_mosaic_refuses_tiles_outside_the_strip() -> None:
 
 def test_a_pixel_nan_in_one_band_of_a_tile_contributes_in_no_band() -> None:
     mosaic = Mosaic(2, 1, 10, overlap=(0, 4))
-    left, right = Tile(0, 0, 1, 6), Tile(0, 4, 1, 6)
+    left, right = Window(0, 0, 1, 6), Window(0, 4, 1, 6)
     left_values = np.full((2, 1, 6), 1.0, np.float32)
     left_values[0, 0, 5] = np.nan  # scene column 5, band 0 only
     left_values[1, 0, 0] = np.nan  # scene column 0, no other tile covers it

@@ -15,7 +15,7 @@ import rasterio
 import torch
 
 from stfusion import scenes
-from stfusion.checkpoint import load_checkpoint, load_generator
+from stfusion.checkpoint import load as load_checkpoint
 from stfusion.dataset import PatchDataset, load_cases
 from stfusion.losses import GeneratorLossWeights
 from stfusion.models import PatchDiscriminator
@@ -73,15 +73,17 @@ def test_train_writes_run_folder(tiny_paper_data: Path, tmp_path: Path) -> None:
     assert len(result.history) == 2 and result.history[-1]["epoch"] == 2
     assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 3
     last = load_checkpoint(result.last)
-    assert last["epoch"] == 2 and last["band_names"] == ["g", "r", "n"] and last["coarse_factor"] == 4
-    assert last["versions"]["torch"] == torch.__version__ and last["config"]["seed"] == 5
-    generator, best = load_generator(result.best)
-    assert best["best_val"] == min(h["val_mse"] for h in result.history)
-    assert not generator.training
+    assert last.epoch == 2 and last.band_names == ["g", "r", "n"] and last.coarse_factor == 4
+    assert last.versions["torch"] == torch.__version__ and last.config["seed"] == 5
+    assert last.has_training_state()
+    best = load_checkpoint(result.best)
+    assert best.best_val == min(h["val_mse"] for h in result.history)
+    assert not best.has_training_state()
+    assert not best.build_generator().training
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["generator"]
+    return load_checkpoint(path).generator
 
 
 def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tmp_path: Path) -> None:
@@ -116,7 +118,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tm
     assert process.poll() is None, "training finished before it could be killed; make the epochs longer"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    epochs_done = load_checkpoint(interrupted / "last.ckpt")["epoch"]
+    epochs_done = load_checkpoint(interrupted / "last.ckpt").epoch
     assert 1 <= epochs_done < 4
     subprocess.run(
         [*args, "--save-dir", str(interrupted), "--resume"], check=True, capture_output=True, timeout=600
@@ -126,7 +128,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tm
     assert full.keys() == resumed.keys()
     for key in full:
         torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=1e-6, msg=key)
-    history = load_checkpoint(interrupted / "last.ckpt")["history"]
+    history = load_checkpoint(interrupted / "last.ckpt").history
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert list(interrupted.glob(".*.part")) == []  # no temporary left by the killed save
 
@@ -268,15 +270,15 @@ def test_ctrl_c_leaves_a_resumable_state_and_one_line(tiny_paper_data: Path, tmp
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: rerun with --resume")
     assert list(save_dir.glob(".*.part")) == []
-    assert load_checkpoint(save_dir / "last.ckpt")["epoch"] >= 1
+    assert load_checkpoint(save_dir / "last.ckpt").epoch >= 1
 
 
 def test_val_holdout_validates_on_unseen_rows(tiny_paper_data: Path, tmp_path: Path) -> None:
     found = scenes.discover(tiny_paper_data)
-    config = tiny_config(tmp_path / "run", val_holdout=0.25, epochs=1)
+    config = tiny_config(tmp_path / "run", val_holdout=0.25, epochs=1, patch_size=16)
     result = train(config, found.split("train"), [], band_names=["g", "r", "n"])
     assert len(result.history) == 1 and np.isfinite(result.history[0]["val_mse"])
-    assert load_checkpoint(result.best)["config"]["val_holdout"] == 0.25
+    assert load_checkpoint(result.best).config["val_holdout"] == 0.25
 
 
 def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_path: Path) -> None:
@@ -303,4 +305,4 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert json.loads((save_dir / "config.json").read_text())["resampling"] == "nearest"
-    assert load_checkpoint(save_dir / "last.ckpt")["epoch"] == 1
+    assert load_checkpoint(save_dir / "last.ckpt").epoch == 1

@@ -27,20 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Window:
-    """Rows [row, row + height) and columns [col, col + width) of a grid (may extend outside it)."""
-
-    row: int
-    col: int
-    height: int
-    width: int
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        """(rows, cols) slices of the window in an array of the whole grid."""
-        return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
+from stfusion.tiling import Window
 
 
 @dataclass(frozen=True)
@@ -94,6 +81,10 @@ class SceneSource(Protocol):
 
     def block(self, top: int, stop: int) -> Block:
         """Scene rows [top, stop) of every input (0 <= top < stop <= height)."""
+        ...
+
+    def read_window(self, window: Window) -> Block:
+        """Any window of every input; parts outside the scene are NaN (``Block.top`` = window.row)."""
         ...
 
 
@@ -191,6 +182,24 @@ class ArraySource:
             top=top,
             pairs=tuple(ReferencePair(coarse=p.coarse[:, rows], fine=p.fine[:, rows]) for p in self.pairs),
             coarse_t2=self.coarse_t2[:, rows],
+        )
+
+    def read_window(self, window: Window) -> Block:
+        def crop(image: np.ndarray) -> np.ndarray:
+            dtype = np.result_type(image.dtype, np.float32)
+            out = np.full((image.shape[0], window.height, window.width), np.nan, dtype=dtype)
+            r0, c0 = max(window.row, 0), max(window.col, 0)
+            r1, c1 = min(window.row + window.height, self.height), min(window.col + window.width, self.width)
+            if r0 < r1 and c0 < c1:
+                out[:, r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = image[
+                    :, r0:r1, c0:c1
+                ]
+            return out
+
+        return Block(
+            top=window.row,
+            pairs=tuple(ReferencePair(coarse=crop(p.coarse), fine=crop(p.fine)) for p in self.pairs),
+            coarse_t2=crop(self.coarse_t2),
         )
 
 

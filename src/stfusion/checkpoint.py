@@ -1,24 +1,30 @@
-"""Self-describing checkpoints: everything `stfusion predict` needs travels inside the file.
+"""Self-describing, safe checkpoints: everything `stfusion predict` needs travels inside the file.
 
-A checkpoint is a ``torch.save`` dict with ``format`` = :data:`FORMAT` and:
+A checkpoint file is a ``torch.save`` dict with ``format`` = :data:`FORMAT` holding only tensors and
+plain data (numbers, strings, lists, dicts):
 
 - ``model``: ``{"name": "mlffgan", "bands": int, "kwargs": {...}}``, enough to rebuild the generator;
 - ``generator`` (state dict); optionally ``discriminator``, ``optimizer_g``, ``optimizer_d``;
-- ``band_names``, ``scale`` (reflectance per stored unit), ``coarse_factor`` (degradation factor);
+- ``band_names``, ``scale`` (reflectance per stored unit of the training data), ``coarse_factor``
+  (degradation factor);
 - ``config`` (the training configuration as a dict), ``epoch`` (completed epochs), ``best_val``,
   ``history`` (list of per-epoch dicts), ``versions`` (stfusion, torch, python).
 
-Writes are atomic (temporary file, then rename), so an interrupted save never corrupts the previous
-checkpoint.
+Loading never runs code from the file: :func:`load` unpickles with ``weights_only=True`` (PyTorch's
+restricted unpickler: tensors, containers and primitive types only), so a checkpoint holding anything
+else (a pickled object whose unpickling would run a command or write a file) is refused with one line
+and nothing from it runs. Keys and model arguments are validated before use. Writes are atomic
+(temporary file, then rename), so an interrupted or failed save keeps the previous checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -30,6 +36,18 @@ from stfusion.models import MODELS
 
 FORMAT = "stfusion-checkpoint/1"
 
+#: Keys every checkpoint must hold, and the type of their value.
+REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "generator": dict,
+    "coarse_factor": int,
+}
+
+
+#: Classes the restricted unpickler may build, beyond tensors and plain containers: only what stfusion
+#: itself has ever written.
+SAFE_GLOBALS: list[Any] = [torch.torch_version.TorchVersion]
+
 
 @dataclass
 class ModelSpec:
@@ -40,68 +58,231 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> nn.Module:
+        """A new generator with these arguments; InputError for an unknown name or bad arguments."""
         if self.name not in MODELS:
             raise InputError(f"unknown model {self.name!r} in checkpoint; known: {', '.join(MODELS)}")
-        return MODELS[self.name](self.bands, **self.kwargs)
+        try:
+            return MODELS[self.name](self.bands, **self.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"model {self.name!r}: bad model arguments {self.kwargs} ({exc})") from exc
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "bands": self.bands, "kwargs": dict(self.kwargs)}
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint in memory (see the module docstring for each field).
+
+    ``path`` is where it was loaded from (for messages), None for a new one.
+    """
+
+    model: ModelSpec
+    generator: dict[str, torch.Tensor]
+    coarse_factor: int
+    band_names: list[str] = field(default_factory=list)
+    scale: float = 1e-4
+    config: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    best_val: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    discriminator: dict[str, torch.Tensor] | None = None
+    optimizer_g: dict[str, Any] | None = None
+    optimizer_d: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def bands(self) -> int:
+        return self.model.bands
+
+    def where(self) -> str:
+        return str(self.path) if self.path is not None else "checkpoint"
+
+    def check_bands(self, bands: int, source: str | os.PathLike[str]) -> None:
+        """InputError unless the checkpoint's model takes ``bands`` bands (those of ``source``)."""
+        if bands != self.bands:
+            raise InputError(
+                f"{self.where()}: checkpoint is for {self.bands} bands, but {source} has {bands}"
+            )
+
+    def has_training_state(self) -> bool:
+        """Whether the checkpoint can resume training (discriminator and both optimisers saved)."""
+        return None not in (self.discriminator, self.optimizer_g, self.optimizer_d)
+
+    def build_generator(self) -> nn.Module:
+        """The generator with the saved weights, in eval mode, on CPU; InputError if they do not fit."""
+        generator = self.model.build()
+        try:
+            generator.load_state_dict(self.generator)
+        except (RuntimeError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.where()}: generator weights do not fit the model ({first})") from exc
+        return generator.eval()
+
+    def to_payload(self) -> dict[str, Any]:
+        """The plain dict written to disk."""
+        payload: dict[str, Any] = {
+            "format": FORMAT,
+            "versions": self.versions or versions(),
+            "model": self.model.to_dict(),
+            "generator": self.generator,
+            "band_names": list(self.band_names),
+            "scale": float(self.scale),
+            "coarse_factor": int(self.coarse_factor),
+            "config": dict(self.config),
+            "epoch": int(self.epoch),
+            "best_val": self.best_val,
+            "history": list(self.history),
+        }
+        for key in ("discriminator", "optimizer_g", "optimizer_d"):
+            value = getattr(self, key)
+            if value is not None:
+                payload[key] = value
+        return payload
+
+    @classmethod
+    def from_payload(cls, content: Any, path: Path | None = None) -> Checkpoint:
+        """Validate a loaded dict; InputError naming the file and the missing or bad key."""
+        where = str(path) if path is not None else "checkpoint"
+        if not isinstance(content, dict) or content.get("format") != FORMAT:
+            raise InputError(
+                f"{where}: not an stfusion checkpoint (for a reference MLFF-GAN .pth use "
+                "`stfusion import-reference`)"
+            )
+        for key, kind in REQUIRED_KEYS.items():
+            if key not in content:
+                raise InputError(f"{where}: checkpoint has no {key!r} entry; it is damaged or not ours")
+            if not isinstance(content[key], kind) or isinstance(content[key], bool):
+                raise InputError(f"{where}: checkpoint entry {key!r} has the wrong type")
+        model = content["model"]
+        name, bands, kwargs = model.get("name"), model.get("bands"), model.get("kwargs", {})
+        if not isinstance(name, str) or name not in MODELS:
+            raise InputError(f"{where}: checkpoint model name {name!r} is not one of {', '.join(MODELS)}")
+        if not isinstance(bands, int) or isinstance(bands, bool) or bands < 1:
+            raise InputError(f"{where}: checkpoint model 'bands' must be a positive integer, got {bands!r}")
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise InputError(f"{where}: checkpoint model 'kwargs' must be a dict of named arguments")
+        if not all(isinstance(v, torch.Tensor) for v in content["generator"].values()):
+            raise InputError(f"{where}: checkpoint entry 'generator' must hold tensors only")
+        if content["coarse_factor"] < 1:
+            raise InputError(
+                f"{where}: checkpoint coarse_factor must be >= 1, got {content['coarse_factor']}"
+            )
+        scale = content.get("scale", 1e-4)
+        if not isinstance(scale, int | float) or not scale > 0:
+            raise InputError(f"{where}: checkpoint 'scale' must be a positive number, got {scale!r}")
+        names = content.get("band_names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise InputError(f"{where}: checkpoint 'band_names' must be a list of strings")
+        optional: dict[str, Any] = {}
+        for key in ("discriminator", "optimizer_g", "optimizer_d"):
+            value = content.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"{where}: checkpoint entry {key!r} has the wrong type")
+            optional[key] = value
+        return cls(
+            model=ModelSpec(name=name, bands=bands, kwargs=dict(kwargs)),
+            generator=content["generator"],
+            coarse_factor=int(content["coarse_factor"]),
+            band_names=list(names),
+            scale=float(scale),
+            config=dict(content.get("config") or {}),
+            epoch=int(content.get("epoch") or 0),
+            best_val=content.get("best_val"),
+            history=list(content.get("history") or []),
+            versions=dict(content.get("versions") or {}),
+            path=path,
+            **optional,
+        )
+
+
 def versions() -> dict[str, str]:
     """Package versions recorded in every checkpoint."""
-    return {"stfusion": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"stfusion": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with ``format`` and ``versions`` added) atomically to ``path``."""
+def save(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Path:
+    """Write a checkpoint atomically to ``path`` (the previous file stays until the new one is complete)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    content = {"format": FORMAT, "versions": versions(), **payload}
     with atomic_path(path) as tmp:
-        torch.save(content, tmp)
+        torch.save(checkpoint.to_payload(), tmp)
     return path
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; InputError naming the file otherwise."""
+def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint, running no code from it; InputError naming the file otherwise."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, expected a checkpoint file")
     try:
-        content = torch.load(path, map_location=map_location, weights_only=False)
+        # Checkpoints of stfusion 0.1.0 recorded torch's version string as a TorchVersion (a str
+        # subclass); it is the one class besides tensors and containers that we ever wrote.
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            content = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses globals it does not know: the file wants to build arbitrary objects
+        raise InputError(
+            f"{path}: refused: the checkpoint holds Python objects other than tensors and plain data, "
+            "and loading it could run code; stfusion writes none (re-export it with `torch.save` of "
+            "tensors only, or use a checkpoint written by stfusion)"
+        ) from exc
     except Exception as exc:  # torch raises many types for damaged files (RuntimeError, EOFError, ...)
         raise InputError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {type(exc).__name__})"
         ) from exc
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
-        raise InputError(
-            f"{path}: not an stfusion checkpoint (for a reference MLFF-GAN .pth use "
-            "`stfusion import-reference`)"
-        )
-    return content
+    return Checkpoint.from_payload(content, path)
 
 
-def model_spec(checkpoint: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec stored in a checkpoint."""
-    model = checkpoint["model"]
-    return ModelSpec(name=model["name"], bands=int(model["bands"]), kwargs=dict(model.get("kwargs", {})))
+def import_reference(
+    generator_path: str | os.PathLike[str],
+    *,
+    bands: int,
+    coarse_factor: int = 16,
+    discriminator_path: str | os.PathLike[str] | None = None,
+) -> Checkpoint:
+    """A checkpoint from the MLFF-GAN authors' ``.pth`` state dict(s) (tensors only, loaded safely).
 
-
-def load_generator(
-    path: str | os.PathLike[str], *, bands: int | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the generator of a checkpoint in eval mode, on CPU; returns (generator, checkpoint).
-
-    ``bands``, when given, must match the checkpoint's band count (InputError otherwise).
+    The reference key names are mapped onto ours (:func:`stfusion.models.import_reference_state_dict`);
+    InputError naming the file when it is unreadable or does not fit a ``bands``-band model.
     """
-    checkpoint = load_checkpoint(path)
-    spec = model_spec(checkpoint)
-    if bands is not None and bands != spec.bands:
-        raise InputError(f"{path}: checkpoint is for {spec.bands} bands, but the input images have {bands}")
-    generator = spec.build()
-    generator.load_state_dict(checkpoint["generator"])
-    generator.eval()
-    return generator, checkpoint
+    from stfusion.models import PatchDiscriminator, ReferenceCheckpointError, import_reference_state_dict
+
+    if bands < 1 or coarse_factor < 1:
+        raise InputError(f"bands ({bands}) and coarse factor ({coarse_factor}) must be >= 1")
+    spec = ModelSpec(name="mlffgan", bands=bands, kwargs={})
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    parts: list[tuple[Literal["generator", "discriminator"], Path, nn.Module]] = [
+        ("generator", Path(generator_path), spec.build())
+    ]
+    if discriminator_path is not None:
+        parts.append(("discriminator", Path(discriminator_path), PatchDiscriminator(bands)))
+    for part, path, module in parts:
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise InputError(
+                f"{path}: refused: holds Python objects other than tensors (could run code)"
+            ) from exc
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__})") from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            module.load_state_dict(import_reference_state_dict(state, part=part), strict=True)
+        except (ReferenceCheckpointError, RuntimeError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path}: does not fit MLFF-GAN {part} with {bands} bands: {exc}") from exc
+        states[part] = module.state_dict()
+    return Checkpoint(
+        model=spec,
+        generator=states["generator"],
+        discriminator=states.get("discriminator"),
+        coarse_factor=coarse_factor,
+        band_names=[f"band{i + 1}" for i in range(bands)],
+        config={"imported_from": str(generator_path)},
+    )

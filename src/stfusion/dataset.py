@@ -18,11 +18,9 @@ from torch.utils.data import Dataset
 
 from stfusion.errors import InputError
 from stfusion.inputs import CaseReader, ReadOptions
-from stfusion.scenes import FusionCase
+from stfusion.scenes import ROLES, FusionCase
 from stfusion.tiling import tile_starts
-from stfusion.transforms import REFLECTANCE_SCALE, degrade_coarse
-
-ROLES: tuple[str, ...] = ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+from stfusion.transforms import degrade_valid, valid_mask
 
 
 @dataclass
@@ -45,17 +43,10 @@ class CaseArrays:
         return c, h, w
 
 
-def degrade_array(image: np.ndarray, factor: int) -> np.ndarray:
-    """:func:`degrade_coarse` for one (C, H, W) NumPy image."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
-    return degrade_coarse(tensor, factor)[0].numpy()
-
-
 def load_case(
     case: FusionCase,
     *,
     coarse_factor: int,
-    scale: float = REFLECTANCE_SCALE,
     options: ReadOptions | None = None,
 ) -> CaseArrays:
     """Read, validate, mask and degrade one case with known truth.
@@ -64,17 +55,15 @@ def load_case(
     reprojected coarse image's footprint) are False in ``valid``, which the training losses and the
     validation MSE exclude.
     """
-    reader = CaseReader(case, scale=scale, require_truth=True, options=options)
-    images = {role: reader.read(role) for role in reader.roles}
-    valid = np.ones(images["fine_t1"].shape[1:], dtype=bool)
-    for image in images.values():
-        valid &= np.isfinite(image).all(axis=0)
+    reader = CaseReader(case, require_truth=True, options=options)
+    images = {role: reader.read(role) for role in ROLES}
+    valid = valid_mask(*images.values())
     if not valid.any():
         raise InputError(f"{case.name}: no pixel is valid in all four images (all nodata?)")
-    for role in ROLES:
-        images[role] = np.where(valid[None], images[role], 0.0).astype(np.float32)
     for role in ("coarse_t1", "coarse_t2"):
-        images[role] = degrade_array(images[role], coarse_factor)
+        images[role] = degrade_valid(images[role], valid, coarse_factor)
+    for role in ROLES:  # arrays hold 0 where invalid; `valid` says which pixels count
+        images[role] = np.where(valid[None], images[role], np.float32(0)).astype(np.float32)
     return CaseArrays(name=case.name, valid=valid, **{role: images[role] for role in ROLES})
 
 
@@ -82,11 +71,10 @@ def load_cases(
     cases: Sequence[FusionCase],
     *,
     coarse_factor: int,
-    scale: float = REFLECTANCE_SCALE,
     options: ReadOptions | None = None,
 ) -> list[CaseArrays]:
     """:func:`load_case` for each case; they must share a band count."""
-    loaded = [load_case(case, coarse_factor=coarse_factor, scale=scale, options=options) for case in cases]
+    loaded = [load_case(case, coarse_factor=coarse_factor, options=options) for case in cases]
     bands = {c.shape[0] for c in loaded}
     if len(bands) > 1:
         raise InputError(f"cases have different band counts {sorted(bands)}; train on one sensor pair")
@@ -128,7 +116,8 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
     Items are dicts of float32 tensors ``coarse_t1, fine_t1, coarse_t2, fine_t2`` (C, P, P) and
     ``valid`` (1, P, P). With ``random_crops`` = N > 0, each case contributes N crops at positions drawn
     from ``seed`` (fixed for the dataset's life); otherwise a grid with ``stride`` covering the edges.
-    Images smaller than the patch give one patch of the image size.
+    Cases of different sizes mix freely (every patch is P x P); a case smaller than the patch is an
+    InputError saying the largest patch size that fits.
     """
 
     def __init__(
@@ -144,6 +133,13 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
             raise ValueError(f"patch_size and stride must be positive, got {patch_size}, {stride}")
         self.cases = list(cases)
         self.patch_size = patch_size
+        smallest = min(self.cases, key=lambda c: min(c.shape[1:]), default=None)
+        if smallest is not None and min(smallest.shape[1:]) < patch_size:
+            side = min(smallest.shape[1:])
+            raise InputError(
+                f"{smallest.name}: {smallest.shape[1]} x {smallest.shape[2]} px is smaller than the training "
+                f"patch of {patch_size} px; use --patch-size {side} or less"
+            )
         self.index: list[PatchIndex] = []
         rng = np.random.default_rng(seed)
         for number, case in enumerate(self.cases):

@@ -1,32 +1,342 @@
-"""The fusion interface every method implements: arrays in, array out, no I/O.
+"""The method registry: one entry per fusion method, and the only way the package runs a method.
 
-A fusion method takes the reference pair (coarse t1, fine t1) and the coarse image at the target
-date t2, all float32 reflectance on the fine grid with shape (C, H, W), and returns the predicted
-fine image at t2, float32 (C, H, W); NaN marks pixels it cannot predict.
+Each :class:`Method` entry knows the module function that prepares it on a scene (``prepare(source,
+**options) -> Prediction``, see :mod:`stfusion.blocks`), its options (typed, validated, with defaults and
+help), how many reference pairs it takes, whether it needs a trained checkpoint, and how it is cut into
+blocks. The command line (``predict``, ``compare``, ``test``, ``benchmark``, ``methods``), the jobs in
+:mod:`stfusion.workflows` and the Python API all go through :func:`get` and :meth:`Method.preparer`.
+
+Adding a method is one entry in :data:`METHODS` plus its module::
+
+    Method(
+        name="mymethod",
+        summary="What it does, in one line.",
+        prepare="stfusion.baselines.mymethod:prepare",
+        options=(Option("window", int, 31, "Window side in fine pixels.", minimum=3),),
+        block="row blocks with a halo of window // 2 rows",
+    )
+
+Method modules are imported on first use (STARFM and FSDAF compile numba kernels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+import importlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
-import numpy as np
+from stfusion.blocks import Prediction, SceneSource
+from stfusion.checkpoint import Checkpoint
+from stfusion.errors import InputError
 
-from stfusion.blocks import check_fusion_inputs
+#: A method bound to its options (and model), ready to prepare any scene.
+Preparer = Callable[[SceneSource], Prediction]
 
-__all__ = ["FusionMethod", "MethodRegistry", "check_fusion_inputs"]
+#: The method `stfusion predict` uses without --method or --checkpoint, and why.
+DEFAULT_METHOD = "coarse-delta"
+DEFAULT_REASON = "the simplest baseline"
 
 
-class FusionMethod(Protocol):
-    """Callable signature of a fusion method (see module docstring for shapes and units)."""
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: name, type, default, one-line help and the values it accepts.
 
-    def __call__(
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``default`` None means "chosen by the method"
+    (from the data or the preset), and the help says how.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, value: Any, method: str) -> Any:
+        """A value given as text (command line) or as a Python value, converted and checked."""
+        where = f"method {method}: option {self.name}={value!r}"
+        if value is None:
+            return None
+        if isinstance(value, str) and self.kind is not str:
+            text = value.strip()
+            if self.kind is bool:
+                lowered = text.lower()
+                if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise InputError(f"{where}: expected true or false")
+                value = lowered in {"true", "1", "yes"}
+            else:
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise InputError(f"{where}: expected {self.kind.__name__}") from None
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
+            raise InputError(f"{where}: expected {self.kind.__name__}, got {type(value).__name__}")
+        if self.choices is not None and value not in self.choices:
+            raise InputError(f"{where}: choose one of {', '.join(self.choices)}")
+        number = float(cast(float, value)) if self.kind in (int, float) else 0.0
+        if self.minimum is not None and number < self.minimum:
+            raise InputError(f"{where}: must be >= {self.minimum:g}")
+        if self.maximum is not None and number > self.maximum:
+            raise InputError(f"{where}: must be <= {self.maximum:g}")
+        return value
+
+    def describe(self) -> str:
+        """One line for help texts: ``name (type, default X): help``."""
+        default = "auto" if self.default is None else json.dumps(self.default)
+        values = f"; one of {', '.join(self.choices)}" if self.choices else ""
+        return f"{self.name} ({self.kind.__name__}, default {default}{values}): {self.help}"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry (see the module docstring).
+
+    Attributes:
+        name: the name users type (``--method NAME``).
+        summary: one line for ``stfusion methods`` and ``--help``.
+        prepare: ``"module:function"``; the function is ``prepare(source, **options) -> Prediction``
+            (with ``model=`` for checkpoint methods, see :attr:`load_model`).
+        options: the options users may set, typed and documented.
+        pairs: (fewest, most) reference pairs the method itself takes; None = any number. A method taking
+            one pair is run once per pair when a case has several, and the predictions are combined
+            (:mod:`stfusion.pairs`).
+        needs_checkpoint: predicts with a trained model given by ``--checkpoint``.
+        load_model: ``"module:function"`` loading a checkpoint once, ``load_model(checkpoint, **runtime)``.
+        block: how the method is cut into blocks (for users and contributors).
+    """
+
+    name: str
+    summary: str
+    prepare: str
+    options: tuple[Option, ...] = ()
+    pairs: tuple[int, int | None] = (1, 1)
+    needs_checkpoint: bool = False
+    load_model: str | None = None
+    block: str = "row blocks, no halo (pixel by pixel)"
+    references: str = ""
+    runtime_options: tuple[str, ...] = field(default=())
+
+    def option(self, name: str) -> Option:
+        for option in self.options:
+            if option.name == name:
+                return option
+        if not self.options:
+            raise InputError(f"method {self.name} takes no options (got {name!r})")
+        known = ", ".join(o.name for o in self.options)
+        raise InputError(f"method {self.name}: unknown option {name!r}; its options are: {known}")
+
+    def parse_options(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Options given by the user, converted and checked; unknown names are an InputError.
+
+        Only the options given are returned (the method's own defaults apply to the others).
+        """
+        parsed: dict[str, Any] = {}
+        for raw_name, value in (values or {}).items():
+            name = raw_name.replace("-", "_")
+            option = self.option(name)
+            parsed[name] = option.parse(value, self.name)
+        return parsed
+
+    def accepts_pairs(self, n_pairs: int) -> bool:
+        """Whether the method can predict from ``n_pairs`` reference pairs (directly or pair by pair)."""
+        fewest, most = self.pairs
+        if n_pairs < fewest:
+            return False
+        return most is None or n_pairs <= most or most == 1
+
+    def preparer(
         self,
-        coarse_t1: np.ndarray,
-        fine_t1: np.ndarray,
-        coarse_t2: np.ndarray,
-        **options: Any,
-    ) -> np.ndarray: ...
+        options: Mapping[str, Any] | None = None,
+        *,
+        checkpoint: Checkpoint | None = None,
+        runtime: Mapping[str, Any] | None = None,
+    ) -> Preparer:
+        """This method with its options bound (and its model loaded once), ready for any scene.
+
+        Args:
+            options: user options by name (text or Python values), checked by :meth:`parse_options`.
+            checkpoint: the trained model, for methods that need one.
+            runtime: settings of checkpoint methods (``device``, ``amp``, ``compile``, ``tiles``).
+        Returns:
+            ``preparer(source) -> Prediction``; errors from the method's own checks (bad option
+            combinations, too few pairs, images too small) become one-line InputErrors naming the method.
+        """
+        values = self.parse_options(options)
+        prepare = _resolve(self.prepare)
+        extra: dict[str, Any] = {}
+        if self.needs_checkpoint:
+            if checkpoint is None:
+                raise InputError(f"method {self.name} needs --checkpoint MODEL.ckpt (see `stfusion train`)")
+            assert self.load_model is not None
+            runtime = dict(runtime or {})
+            tiles = runtime.pop("tiles", None)
+            extra["model"] = _resolve(self.load_model)(checkpoint, **runtime)
+            if tiles is not None:
+                extra["tiles"] = tiles
+        elif checkpoint is not None:
+            raise InputError(f"--checkpoint is for a trained model (mlffgan), not for method {self.name}")
+        fewest, most = self.pairs
+
+        def prepare_scene(source: SceneSource) -> Prediction:
+            if source.n_pairs < fewest:
+                raise InputError(
+                    f"method {self.name} needs at least {fewest} reference pairs, the case has "
+                    f"{source.n_pairs}"
+                )
+            if most is not None and source.n_pairs > most:
+                if most != 1:
+                    raise InputError(
+                        f"method {self.name} takes at most {most} reference pairs, the case has "
+                        f"{source.n_pairs}"
+                    )
+                from stfusion.pairs import combine_pairs
+
+                return combine_pairs(source, lambda single: self._run(prepare, single, values, extra))
+            return self._run(prepare, source, values, extra)
+
+        return prepare_scene
+
+    def _run(
+        self,
+        prepare: Callable[..., Prediction],
+        source: SceneSource,
+        values: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> Prediction:
+        try:
+            return prepare(source, **values, **extra)
+        except InputError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"method {self.name}: {exc}") from exc
+
+    def help_text(self) -> str:
+        """Summary, pairs, block rule and the options, one per line."""
+        fewest, most = self.pairs
+        pairs = f"{fewest}" if fewest == most else f"{fewest} or more" if most is None else f"{fewest}-{most}"
+        if most == 1:
+            pairs += " (several: one prediction per pair, combined by local temporal weights)"
+        lines = [f"{self.name}: {self.summary}", f"  reference pairs: {pairs}", f"  blocks: {self.block}"]
+        if self.needs_checkpoint:
+            lines.append("  needs --checkpoint (a trained model)")
+        lines += [f"  {option.describe()}" for option in self.options]
+        return "\n".join(lines)
 
 
-MethodRegistry = dict[str, Callable[..., np.ndarray]]
+def _resolve(target: str) -> Callable[..., Any]:
+    module_name, _, attribute = target.partition(":")
+    function: Any = importlib.import_module(module_name)
+    for name in attribute.split("."):  # e.g. "MlffganModel.load"
+        function = getattr(function, name)
+    return cast(Callable[..., Any], function)
+
+
+_PRESET_HELP = "Rule set (see the method's module documentation)."
+
+#: Every fusion method, by name.
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method(
+            name="persistence",
+            summary="F2 = F1: the fine image does not change (a baseline every method must beat).",
+            prepare="stfusion.baselines.naive:prepare_persistence",
+        ),
+        Method(
+            name="coarse-delta",
+            summary="F2 = F1 + (C2 - C1): the fine image changes as the coarse one (baseline).",
+            prepare="stfusion.baselines.naive:prepare_coarse_delta",
+        ),
+        Method(
+            name="starfm",
+            summary="STARFM (Gao et al. 2006): weighted similar neighbours; any number of pairs.",
+            prepare="stfusion.baselines.starfm:prepare",
+            pairs=(1, None),
+            options=(
+                Option("preset", str, "starfm_v121", _PRESET_HELP, choices=("starfm_v121", "gao2006")),
+                Option("window_size", int, 51, "Search window side in fine pixels (odd).", minimum=3),
+                Option("n_classes", int, 40, "Classes of the similarity tolerance 2 sigma / n.", minimum=1),
+                Option("engine", str, "auto", "Computation engine.", choices=("auto", "numba", "torch")),
+            ),
+            block="row blocks with a halo of window_size // 2 rows; global tolerances from one pass",
+            references="Gao, Masek, Schwaller, Hall, IEEE TGRS 44(8) (2006) 2207-2218",
+        ),
+        Method(
+            name="fsdaf",
+            summary="FSDAF (Zhu et al. 2016): unmixing, thin-plate spline and residual distribution.",
+            prepare="stfusion.baselines.fsdaf:prepare",
+            options=(
+                Option("preset", str, "fsdaf_idl", _PRESET_HELP, choices=("fsdaf_idl", "zhu2016")),
+                Option(
+                    "scale_factor",
+                    int,
+                    None,
+                    "Coarse/fine pixel-size ratio (16 for 30 m / 480 m); auto: from the data.",
+                    minimum=1,
+                ),
+                Option("n_classes", int, 5, "Classes of the k-means classification of F1.", minimum=1),
+                Option("window", int, 20, "Half window of the final neighbourhood step (pixels).", minimum=1),
+                Option("n_similar", int, 20, "Similar pixels in the final step.", minimum=1),
+                Option(
+                    "block_size", int, None, "Block side in coarse cells (one spline per block).", minimum=1
+                ),
+            ),
+            block="row strips of FSDAF blocks, read with a margin; global statistics from passes",
+            references="Zhu, Helmer, Gao, Liu, Chen, Lefsky, Remote Sens. Environ. 172 (2016) 165-177",
+        ),
+        Method(
+            name="mlffgan",
+            summary="MLFF-GAN (Song et al. 2022): a trained generative network (needs --checkpoint).",
+            prepare="stfusion.predict:prepare",
+            needs_checkpoint=True,
+            load_model="stfusion.predict:MlffganModel.load",
+            block="overlapping tiles (--tile, --overlap) blended with ramp weights",
+            references="Song et al., IEEE TGRS 60 (2022) 4410816",
+        ),
+    )
+}
+
+
+def names() -> tuple[str, ...]:
+    """Every method name, in registry order."""
+    return tuple(METHODS)
+
+
+def get(name: str) -> Method:
+    """The registry entry of a method; InputError listing the known names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def split_method_options(
+    pairs: Sequence[tuple[str, str]], methods: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """``method.key=value`` or ``key=value`` options to method -> {key: value}.
+
+    A bare ``key`` applies to every listed method that has an option of that name (an InputError if
+    none has); ``method.key`` to that method only. The same syntax works in every command.
+    """
+    per_method: dict[str, dict[str, str]] = {name: {} for name in methods}
+    for key, value in pairs:
+        method, dot, name = key.partition(".")
+        if dot:
+            if method not in per_method:
+                raise InputError(f"--option {key}={value}: method {method!r} is not run here")
+            get(method).option(name.replace("-", "_"))
+            per_method[method][name] = value
+            continue
+        takers = [m for m in methods if any(o.name == key.replace("-", "_") for o in get(m).options)]
+        if not takers:
+            raise InputError(
+                f"--option {key}={value}: no method run here has an option {key!r} (see `stfusion methods`)"
+            )
+        for method in takers:
+            per_method[method][key] = value
+    return per_method

@@ -19,28 +19,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from stfusion import raster
+from stfusion.blocks import Block, ReferencePair
 from stfusion.errors import InputError
-from stfusion.scenes import MIN_COARSE_OVERLAP, FusionCase, check_case, coarse_on_fine_grid
+from stfusion.scenes import (
+    MIN_COARSE_OVERLAP,
+    FusionCase,
+    check_case,
+    coarse_on_fine_grid,
+    is_coarse_role,
+    pair_roles,
+)
+from stfusion.tiling import Window
 from stfusion.transforms import REFLECTANCE_SCALE
 
 log = logging.getLogger(__name__)
 
 #: Bits of the quality band (:func:`quality_flags`): which input is invalid at a pixel. 0 = all valid.
+#: Further reference pairs take the next bits (coarse_t3 8, fine_t3 16, ...: :func:`quality_bit`).
 QUALITY_BITS: dict[str, int] = {"fine_t1": 1, "coarse_t1": 2, "coarse_t2": 4}
-#: Roles a prediction is made from.
-INPUT_ROLES: tuple[str, ...] = ("coarse_t1", "fine_t1", "coarse_t2")
 #: Reflectance above which values look like digital numbers (or a wrong --scale), not reflectance.
 DN_LIKE_REFLECTANCE = 1.5
-
-
-@dataclass(frozen=True)
-class Window:
-    """Rows [row, row + height) and columns [col, col + width) of the fine grid (may extend outside)."""
-
-    row: int
-    col: int
-    height: int
-    width: int
 
 
 def row_windows(height: int, width: int, rows: int = 256) -> list[Window]:
@@ -57,11 +55,19 @@ class ReadOptions:
             :data:`stfusion.raster.RESAMPLING_METHODS`; bilinear by default.
         min_overlap: the fraction of the fine grid a coarse image's footprint must cover (0..1).
         check_values: sample each file once for all-nodata / DN-like / wrong-scale values.
+        fine_scale, coarse_scale: reflectance per stored unit of the fine and the coarse images, used
+            for files without GDAL scale/offset tags; None = chosen per file (:mod:`stfusion.raster`).
     """
 
     resampling: str = "bilinear"
     min_overlap: float = MIN_COARSE_OVERLAP
     check_values: bool = True
+    fine_scale: float | None = None
+    coarse_scale: float | None = None
+
+    def scale_for(self, role: str) -> float | None:
+        """The explicit scale of a role's files (None: the file's tags or the automatic choice)."""
+        return self.coarse_scale if is_coarse_role(role) else self.fine_scale
 
     def __post_init__(self) -> None:
         if self.resampling not in raster.RESAMPLING_METHODS:
@@ -70,10 +76,16 @@ class ReadOptions:
             )
         if not 0.0 <= self.min_overlap <= 1.0:
             raise InputError(f"min overlap {self.min_overlap}: must be a fraction within 0..1")
+        for name in ("fine_scale", "coarse_scale"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise InputError(f"{name.replace('_', ' ')} {value}: must be a positive number")
 
 
 class CaseReader:
     """A validated case whose images can be read on the fine t1 grid, whole or by window.
+
+    It is a :class:`~stfusion.blocks.SceneSource`: fusion methods read it block by block.
 
     Validation happens once, here: :func:`~stfusion.scenes.check_case` (readable files, band counts,
     fine grid, coarse footprints, dates, masks) and :func:`check_values` on a sample of each image. Reads
@@ -91,12 +103,10 @@ class CaseReader:
         self,
         case: FusionCase,
         *,
-        scale: float = REFLECTANCE_SCALE,
         require_truth: bool = False,
         options: ReadOptions | None = None,
     ) -> None:
         self.case = case
-        self.scale = scale
         self.options = options or ReadOptions()
         self.infos = check_case(case, require_truth=require_truth, min_overlap=self.options.min_overlap)
         self.reference = self.infos["fine_t1"]
@@ -104,8 +114,8 @@ class CaseReader:
         self.band_names = [n or f"band{i + 1}" for i, n in enumerate(self.reference.band_names)]
         self.reprojected = tuple(
             role
-            for role in ("coarse_t1", "coarse_t2")
-            if not coarse_on_fine_grid(self.infos[role], self.reference)
+            for role, info in self.infos.items()
+            if is_coarse_role(role) and not coarse_on_fine_grid(info, self.reference)
         )
         for role in self.reprojected:
             info = self.infos[role]
@@ -125,13 +135,43 @@ class CaseReader:
                 self.options.resampling,
             )
         if self.options.check_values:
-            for info in self.infos.values():
-                check_values(info.path, scale=scale)
+            for role, info in self.infos.items():
+                check_values(info.path, scale=self._scale(role))
 
     @property
     def roles(self) -> tuple[str, ...]:
         """The roles this case has (``fine_t2`` only when the truth is known)."""
         return tuple(self.case.paths())
+
+    def _scale(self, role: str) -> float:
+        scale = self.options.scale_for(role)
+        return REFLECTANCE_SCALE if scale is None else scale
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of reference pairs."""
+        return len(self.case.pairs)
+
+    def input_roles(self) -> tuple[str, ...]:
+        """The roles a prediction reads: every reference pair (coarse, fine) and coarse t2."""
+        roles = [role for index in range(self.n_pairs) for role in pair_roles(index)]
+        return (*roles, "coarse_t2")
+
+    def read_window(self, window: Window) -> Block:
+        """The inputs of a window of the fine grid as a :class:`~stfusion.blocks.Block` (NaN outside)."""
+        pairs = []
+        for index in range(self.n_pairs):
+            coarse_role, fine_role = pair_roles(index)
+            pairs.append(
+                ReferencePair(coarse=self.read(coarse_role, window), fine=self.read(fine_role, window))
+            )
+        return Block(top=window.row, pairs=tuple(pairs), coarse_t2=self.read("coarse_t2", window))
+
+    def block(self, top: int, stop: int) -> Block:
+        """Scene rows [top, stop), full width (the SceneSource protocol)."""
+        if not 0 <= top < stop <= self.height:
+            raise ValueError(f"rows {top}..{stop} are not inside a scene of {self.height} rows")
+        return self.read_window(Window(top, 0, stop - top, self.width))
 
     def read(self, role: str, window: Window | None = None) -> np.ndarray:
         """One role's pixels on the fine grid: (C, h, w) float32 reflectance, NaN = invalid.
@@ -148,10 +188,10 @@ class CaseReader:
         resampling = self.options.resampling
         if role in self.reprojected:
             data = raster.read_on_grid(
-                paths[role], self.reference, scale=self.scale, window=rio_window, resampling=resampling
+                paths[role], self.reference, scale=self._scale(role), window=rio_window, resampling=resampling
             )
         else:
-            data = raster.read(paths[role], scale=self.scale, window=rio_window).data
+            data = raster.read(paths[role], scale=self._scale(role), window=rio_window).data
         mask = self.case.masks.get(role)
         if mask is not None:
             invalid = raster.read_mask_on_grid(mask, self.reference, window=rio_window, resampling=resampling)
@@ -160,22 +200,32 @@ class CaseReader:
 
     def quality(self, window: Window | None = None) -> np.ndarray:
         """The quality band of a prediction from this case: (h, w) uint8 :func:`quality_flags`."""
-        c1, f1, c2 = (self.read(role, window) for role in INPUT_ROLES)
-        return quality_flags(c1, f1, c2)
+        return quality_flags({role: self.read(role, window) for role in self.input_roles()})
 
 
-def quality_flags(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> np.ndarray:
+def quality_bit(role: str) -> int:
+    """The bit of an input role in the quality band: :data:`QUALITY_BITS`, then 8, 16, ... for t3, t4."""
+    if role in QUALITY_BITS:
+        return QUALITY_BITS[role]
+    label = int(role.rsplit("_t", 1)[1])  # coarse_t3 -> 3
+    return 1 << (3 + 2 * (label - 3) + (0 if is_coarse_role(role) else 1))
+
+
+def quality_flags(images: dict[str, np.ndarray]) -> np.ndarray:
     """Per-pixel quality of a prediction: which inputs are invalid (NaN in any band) there.
 
     Args:
-        coarse_t1, fine_t1, coarse_t2: (C, h, w) float reflectance on the fine grid, NaN = invalid.
+        images: role -> (C, h, w) float reflectance on the fine grid, NaN = invalid.
     Returns:
-        (h, w) uint8, the sum of :data:`QUALITY_BITS` of the invalid inputs (1 fine t1, 2 coarse t1,
-        4 coarse t2); 0 where every input is valid, i.e. where the prediction has a value.
+        (h, w) uint8 (uint16 with more than two pairs), the sum of :func:`quality_bit` of the invalid
+        inputs (1 fine t1, 2 coarse t1, 4 coarse t2, 8 coarse t3, 16 fine t3); 0 where every input is
+        valid.
     """
-    flags = np.zeros(fine_t1.shape[-2:], dtype=np.uint8)
-    for role, image in (("coarse_t1", coarse_t1), ("fine_t1", fine_t1), ("coarse_t2", coarse_t2)):
-        flags |= np.where(np.isfinite(image).all(axis=0), 0, QUALITY_BITS[role]).astype(np.uint8)
+    shape = next(iter(images.values())).shape[-2:]
+    bits = [quality_bit(role) for role in images]
+    flags = np.zeros(shape, dtype=np.uint8 if max(bits) < 256 else np.uint16)
+    for (_, image), bit in zip(images.items(), bits, strict=True):
+        flags |= np.where(np.isfinite(image).all(axis=0), 0, bit).astype(flags.dtype)
     return flags
 
 

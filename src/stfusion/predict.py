@@ -1,26 +1,31 @@
-"""Whole-scene prediction for any fusion method: overlapping tiles, batched, smoothly blended.
+"""MLFF-GAN scene prediction: overlapping tiles read as windows, predicted in batches, smoothly blended.
 
-Any scene size works: the tile grid of :mod:`stfusion.tiling` covers every pixel, tiles are predicted in
-batches and blended with ramp weights, and pixels without valid input (NaN in any input) are NaN in the
-output, which :func:`stfusion.raster.write_like` writes as nodata.
+Any scene size works: the tile grid of :mod:`stfusion.tiling` covers every pixel, each tile's inputs are
+read from a :class:`~stfusion.blocks.SceneSource` as a window (with a halo for the coarse degradation),
+tiles are predicted in batches and blended with ramp weights, and finished rows are yielded as soon as
+no later tile touches them (:func:`iter_blended_rows`), so memory depends on the tile size and the scene
+width, not its height. Pixels without valid input (NaN in any input) are NaN in the output.
 
-MLFF-GAN's coarse degradation is applied once to the whole coarse images (not per tile), exactly as
-the training data are degraded (:func:`stfusion.dataset.load_case`), so the model sees the same inputs.
+The coarse degradation of MLFF-GAN (:func:`stfusion.transforms.degrade_valid`) is applied per tile on a
+window widened by a halo aligned to the degradation grid, which gives exactly the same crop of the
+degraded scene that training sees. :class:`MlffganPrediction` is the method's
+:class:`~stfusion.blocks.Prediction` (what the registry's ``mlffgan`` entry prepares); the same code runs
+for a GeoTIFF case (streaming) and for arrays in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from stfusion.blocks import check_fusion_inputs
-from stfusion.dataset import degrade_array
-from stfusion.tiling import Mosaic, Tile, tile_grid, tile_rows
+from stfusion.blocks import ArraySource, SceneSource, check_fusion_inputs, predict_scene
+from stfusion.checkpoint import Checkpoint
+from stfusion.tiling import Mosaic, Window, tile_grid, tile_rows
+from stfusion.transforms import degrade_valid, valid_mask
 
 #: Batch predictor: three (N, C, h, w) arrays (coarse t1, fine t1, coarse t2) -> (N, C, h, w).
 BatchPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -28,32 +33,29 @@ BatchPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class TileOptions:
-    """Tile size (rows, cols), overlap (rows, cols) and tiles per batch for scene prediction."""
+    """Window size (rows, cols), overlap (rows, cols) and tiles per batch for scene prediction."""
 
     tile: tuple[int, int] = (1024, 768)
     overlap: tuple[int, int] = (64, 64)
     batch_size: int = 1
 
 
-#: Tile reader: a tile of the scene -> its (coarse t1, fine t1, coarse t2), each (C, h, w) float32
+#: Window reader: a tile of the scene -> its (coarse t1, fine t1, coarse t2), each (C, h, w) float32
 #: reflectance with NaN = invalid, exactly as the model must see them (coarse already degraded).
-TileReader = Callable[[Tile], tuple[np.ndarray, np.ndarray, np.ndarray]]
+TileReader = Callable[[Window], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _batches(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:
+def _batches(tiles: Sequence[Window], size: int) -> Iterator[Sequence[Window]]:
     for start in range(0, len(tiles), size):
         yield tiles[start : start + size]
 
 
 def _predict_tiles(
-    read_tile: TileReader, predict_batch: BatchPredictor, tiles: Sequence[Tile]
+    read_tile: TileReader, predict_batch: BatchPredictor, tiles: Sequence[Window]
 ) -> list[np.ndarray]:
     """Predict a batch of tiles; pixels invalid in any input are NaN in each tile's prediction."""
     inputs = [read_tile(tile) for tile in tiles]
-    invalid: list[np.ndarray] = [
-        np.asarray(~(np.isfinite(c1) & np.isfinite(f1) & np.isfinite(c2)).all(axis=0))
-        for c1, f1, c2 in inputs
-    ]
+    invalid: list[np.ndarray] = [~valid_mask(c1, f1, c2) for c1, f1, c2 in inputs]
     stacks = [
         np.stack(
             [
@@ -110,34 +112,6 @@ def iter_blended_rows(
             yield block_top + keep, block[:, keep:]
 
 
-def predict_tiled(
-    predict_batch: BatchPredictor,
-    coarse_t1: np.ndarray,
-    fine_t1: np.ndarray,
-    coarse_t2: np.ndarray,
-    *,
-    options: TileOptions = TileOptions(),
-) -> np.ndarray:
-    """Predict a whole in-memory (C, H, W) scene tile by tile and blend the tiles.
-
-    Inputs are float32 reflectance with NaN = invalid; NaN is replaced by 0 before ``predict_batch``
-    sees a tile, and every pixel invalid in any input is NaN in the returned (C, H, W) float32 image.
-    """
-    check_fusion_inputs(coarse_t1, fine_t1, coarse_t2)
-    bands, height, width = fine_t1.shape
-
-    def read_tile(tile: Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        window = (slice(None), *tile.slices)
-        return coarse_t1[window], fine_t1[window], coarse_t2[window]
-
-    result = np.empty((bands, height, width), dtype=np.float32)
-    for row, block in iter_blended_rows(
-        read_tile, predict_batch, bands=bands, height=height, width=width, options=options
-    ):
-        result[:, row : row + block.shape[1]] = block
-    return result
-
-
 def generator_batch_predictor(
     generator: nn.Module,
     *,
@@ -181,60 +155,120 @@ def generator_batch_predictor(
     return predict_batch
 
 
-def degrade_inputs(
-    coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray, coarse_factor: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The degraded coarse images (C, H, W) of a scene or window, NaN where any input is invalid.
+#: Halo, in coarse pixels, read around a tile before degrading: bicubic upsampling uses 4 taps (2 on
+#: each side), so 3 keeps every tap inside the window; the window edge is then never clamped.
+DEGRADE_HALO: int = 3
 
-    Invalid pixels are zero-filled before the degradation, exactly as :func:`stfusion.dataset.load_case`
-    does for training data.
+
+def source_tile_reader(source: SceneSource, *, coarse_factor: int = 1) -> TileReader:
+    """A TileReader over a one-pair scene: each tile's window, coarse images degraded (NaN = invalid).
+
+    With ``coarse_factor`` > 1 the window is widened by a halo aligned to the degradation grid
+    (multiples of the factor from the scene origin) and clipped to the scene, so the degraded tile
+    equals the same crop of the whole-scene degradation.
     """
-    invalid = ~(np.isfinite(coarse_t1) & np.isfinite(fine_t1) & np.isfinite(coarse_t2)).all(axis=0)
-    degraded = [
-        np.where(
-            invalid[None],
-            np.nan,
-            degrade_array(np.where(invalid[None], 0.0, c).astype(np.float32), coarse_factor),
+    if source.n_pairs != 1:
+        raise ValueError(f"MLFF-GAN takes one reference pair, got {source.n_pairs}")
+
+    def read_tile(tile: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if coarse_factor == 1:
+            block = source.read_window(tile)
+            return block.pairs[0].coarse, block.pairs[0].fine, block.coarse_t2
+        halo = DEGRADE_HALO * coarse_factor
+        top = max(0, (tile.row - halo) // coarse_factor * coarse_factor)
+        left = max(0, (tile.col - halo) // coarse_factor * coarse_factor)
+        bottom = min(source.height, tile.row + tile.height + halo)
+        right = min(source.width, tile.col + tile.width + halo)
+        block = source.read_window(Window(top, left, bottom - top, right - left))
+        valid = block.valid()
+        coarse_t1 = degrade_valid(block.pairs[0].coarse, valid, coarse_factor)
+        coarse_t2 = degrade_valid(block.coarse_t2, valid, coarse_factor)
+        crop = (
+            slice(None),
+            slice(tile.row - top, tile.row - top + tile.height),
+            slice(tile.col - left, tile.col - left + tile.width),
         )
-        for c in (coarse_t1, coarse_t2)
-    ]
-    return degraded[0], degraded[1]
+        return coarse_t1[crop], block.pairs[0].fine[crop], coarse_t2[crop]
+
+    return read_tile
 
 
-def predict_with_generator(
-    generator: nn.Module,
+@dataclass(frozen=True)
+class MlffganPrediction:
+    """A generator (or any BatchPredictor) as a :class:`~stfusion.blocks.Prediction` over tiles.
+
+    Attributes:
+        predict_batch: the model on batches of tiles (:func:`generator_batch_predictor`).
+        coarse_factor: the degradation factor the model was trained with (from its checkpoint).
+        tiles: tile size, overlap and tiles per batch.
+    """
+
+    predict_batch: BatchPredictor
+    coarse_factor: int = 1
+    tiles: TileOptions = TileOptions()
+
+    def row_starts(self, height: int, width: int) -> list[int]:
+        return [
+            group[0].row for group in tile_rows(tile_grid(height, width, self.tiles.tile, self.tiles.overlap))
+        ]
+
+    def iter_rows(self, source: SceneSource, first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        return iter_blended_rows(
+            source_tile_reader(source, coarse_factor=self.coarse_factor),
+            self.predict_batch,
+            bands=source.bands,
+            height=source.height,
+            width=source.width,
+            options=self.tiles,
+            rows=(first, stop),
+        )
+
+
+@dataclass(frozen=True)
+class MlffganModel:
+    """A checkpoint's generator loaded once (on its device), ready to predict many scenes."""
+
+    checkpoint: Checkpoint
+    predict_batch: BatchPredictor
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint: Checkpoint,
+        *,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+        compile: bool = False,
+    ) -> MlffganModel:
+        generator = checkpoint.build_generator()
+        return cls(checkpoint, generator_batch_predictor(generator, device=device, amp=amp, compile=compile))
+
+
+def prepare(
+    source: SceneSource, *, model: MlffganModel, tiles: TileOptions = TileOptions()
+) -> MlffganPrediction:
+    """The ``mlffgan`` method on a scene (registry entry point): checks bands, returns the Prediction."""
+    model.checkpoint.check_bands(source.bands, "the scene")
+    if source.n_pairs != 1:
+        raise ValueError(f"MLFF-GAN takes one reference pair, got {source.n_pairs}")
+    return MlffganPrediction(model.predict_batch, coarse_factor=model.checkpoint.coarse_factor, tiles=tiles)
+
+
+def predict_tiled(
+    predict_batch: BatchPredictor,
     coarse_t1: np.ndarray,
     fine_t1: np.ndarray,
     coarse_t2: np.ndarray,
     *,
-    coarse_factor: int,
     options: TileOptions = TileOptions(),
-    device: str | torch.device = "cpu",
-    amp: bool = False,
+    coarse_factor: int = 1,
 ) -> np.ndarray:
-    """MLFF-GAN scene prediction: degrade the coarse images (whole scene), then tiled inference.
+    """Predict a whole in-memory (C, H, W) scene tile by tile and blend the tiles.
 
-    Args:
-        generator: an MLFFGenerator (any module with the same forward keywords).
-        coarse_t1, fine_t1, coarse_t2: (C, H, W) float32 reflectance, NaN = invalid.
-        coarse_factor: the degradation factor the model was trained with (from its checkpoint).
-    Returns:
-        (C, H, W) float32 prediction of fine t2; NaN where an input is invalid.
+    Inputs are float32 reflectance with NaN = invalid; NaN is replaced by 0 before ``predict_batch``
+    sees a tile, and every pixel invalid in any input is NaN in the returned (C, H, W) float32 image.
+    ``coarse_factor`` > 1 degrades the coarse images first (as :class:`MlffganPrediction` does).
     """
-    coarse = degrade_inputs(coarse_t1, fine_t1, coarse_t2, coarse_factor)
-    predictor = generator_batch_predictor(generator, device=device, amp=amp)
-    return predict_tiled(predictor, coarse[0], fine_t1, coarse[1], options=options)
-
-
-def method_batch_predictor(method: Callable[..., np.ndarray], **method_options: Any) -> BatchPredictor:
-    """Wrap a per-scene fusion function (baselines) as a BatchPredictor, one tile at a time."""
-
-    def predict_batch(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> np.ndarray:
-        return np.stack(
-            [
-                method(c1, f1, c2, **method_options)
-                for c1, f1, c2 in zip(coarse_t1, fine_t1, coarse_t2, strict=True)
-            ]
-        )
-
-    return predict_batch
+    check_fusion_inputs(coarse_t1, fine_t1, coarse_t2)
+    method = MlffganPrediction(predict_batch, coarse_factor=coarse_factor, tiles=options)
+    return predict_scene(method, ArraySource([(coarse_t1, fine_t1)], coarse_t2))

@@ -51,19 +51,50 @@ DATE_TAGS: tuple[str, ...] = (
     "RANGEBEGINNINGDATE",
     "SENSING_DATE",
 )
-FINE_ROLES: tuple[str, ...] = ("fine_t1", "fine_t2")
-COARSE_ROLES: tuple[str, ...] = ("coarse_t1", "coarse_t2")
+#: The roles of a one-pair case, in the order used everywhere: the reference pair, the coarse image at the
+#: target date and the truth. These names (and :func:`pair_roles` for further pairs) are the only spelling.
 ROLES: tuple[str, ...] = ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2")
+#: The roles a one-pair prediction is made from.
+INPUT_ROLES: tuple[str, ...] = ("coarse_t1", "fine_t1", "coarse_t2")
+#: The role of the truth (the fine image at the target date), when it is known.
+TRUTH_ROLE = "fine_t2"
+
+
+def pair_roles(index: int) -> tuple[str, str]:
+    """(coarse, fine) role names of reference pair ``index``: t1 for the first, then t3, t4, ...
+
+    The target date is t2 in every case, so further pairs continue from t3 (ESTARFM's naming).
+    """
+    if index < 0:
+        raise ValueError(f"pair index must be >= 0, got {index}")
+    label = 1 if index == 0 else index + 2
+    return f"coarse_t{label}", f"fine_t{label}"
+
+
+def is_coarse_role(role: str) -> bool:
+    return role.startswith("coarse_")
+
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FusionCase:
-    """One fusion problem: predict the fine image at ``date_t2`` from a t1 pair and coarse t2.
+class ReferenceFiles:
+    """The coarse and fine images of one reference date."""
 
-    ``fine_t2`` is the truth when known (training, validation, evaluation), else None. ``masks`` maps
-    roles to mask rasters (nonzero = invalid pixel), on the fine grid or on their image's own grid.
+    coarse: Path
+    fine: Path
+    date: dt.date
+
+
+@dataclass(frozen=True)
+class FusionCase:
+    """One fusion problem: predict the fine image at ``date_t2`` from reference pairs and coarse t2.
+
+    The first reference pair is (``coarse_t1``, ``fine_t1``, ``date_t1``); ``extra_pairs`` holds any
+    further pairs (roles ``coarse_t3``/``fine_t3``, ...: :func:`pair_roles`). ``fine_t2`` is the truth when
+    known (training, validation, evaluation), else None. ``masks`` maps roles to mask rasters (nonzero =
+    invalid pixel), on the fine grid or on their image's own grid.
     """
 
     name: str
@@ -75,13 +106,32 @@ class FusionCase:
     date_t2: dt.date
     split: str | None = None
     masks: Mapping[str, Path] = field(default_factory=dict, hash=False)
+    extra_pairs: tuple[ReferenceFiles, ...] = ()
+
+    @property
+    def pairs(self) -> tuple[ReferenceFiles, ...]:
+        """Every reference pair, the t1 pair first."""
+        return (ReferenceFiles(self.coarse_t1, self.fine_t1, self.date_t1), *self.extra_pairs)
 
     def paths(self) -> dict[str, Path]:
-        """Role name -> path for the files the case has."""
-        roles = {"coarse_t1": self.coarse_t1, "fine_t1": self.fine_t1, "coarse_t2": self.coarse_t2}
+        """Role name -> path for the files the case has (pairs, coarse t2, then the truth if known)."""
+        roles: dict[str, Path] = {}
+        for index, pair in enumerate(self.pairs):
+            coarse_role, fine_role = pair_roles(index)
+            roles[coarse_role], roles[fine_role] = pair.coarse, pair.fine
+        roles["coarse_t2"] = self.coarse_t2
         if self.fine_t2 is not None:
-            roles["fine_t2"] = self.fine_t2
+            roles[TRUTH_ROLE] = self.fine_t2
         return roles
+
+    def dates(self) -> dict[str, dt.date]:
+        """Role name -> acquisition date, for the roles of :meth:`paths`."""
+        dates: dict[str, dt.date] = {}
+        for index, pair in enumerate(self.pairs):
+            for role in pair_roles(index):
+                dates[role] = pair.date
+        dates["coarse_t2"] = dates[TRUTH_ROLE] = self.date_t2
+        return dates
 
 
 @dataclass(frozen=True)
@@ -436,17 +486,24 @@ def explicit_case(
     date_t1: dt.date | None = None,
     date_t2: dt.date | None = None,
     masks: Mapping[str, str | os.PathLike[str]] | None = None,
+    extra_pairs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
 ) -> FusionCase:
     """A case from explicit file paths; dates default to those found in the file names, else unknown
-    (``date.min``). ``masks`` maps roles (``fine_t1`` ...) to mask rasters (nonzero = invalid).
+    (``date.min``). ``masks`` maps roles (``fine_t1`` ...) to mask rasters (nonzero = invalid);
+    ``extra_pairs`` are further (coarse, fine) reference pairs (roles ``coarse_t3``, ``fine_t3``, ...).
     """
-    unknown = set(masks or {}) - set(ROLES)
+    extra = tuple(
+        ReferenceFiles(Path(c), Path(f), _date_in_name(Path(f)) or dt.date.min) for c, f in extra_pairs
+    )
+    known = {role for index in range(1 + len(extra)) for role in pair_roles(index)} | set(ROLES)
+    unknown = set(masks or {}) - known
     if unknown:
-        raise InputError(f"masks for unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
+        raise InputError(f"masks for unknown roles {sorted(unknown)}; roles are {', '.join(sorted(known))}")
     paths = [Path(p) for p in (coarse_t1, fine_t1, coarse_t2)]
     t1 = date_t1 or _date_in_name(paths[1]) or dt.date.min
     t2 = date_t2 or _date_in_name(paths[2]) or dt.date.min
     return FusionCase(
+        extra_pairs=extra,
         name=name or Path(coarse_t2).stem,
         coarse_t1=paths[0],
         fine_t1=paths[1],
@@ -488,16 +545,18 @@ def check_case(
         raise InputError(f"{case.name}: no fine t2 image (truth) for this case, but one is required")
     infos = {role: raster.inspect(path) for role, path in case.paths().items()}
     reference = infos["fine_t1"]
+    _check_distinct(case)
     for info in infos.values():
         if info.count != reference.count:
             raise InputError(
                 f"{info.path}: {info.count} bands, but fine t1 {reference.path.name} has {reference.count}; "
                 "all images of a case need the same bands"
             )
-    if "fine_t2" in infos:
-        check_fine_grid(infos["fine_t2"], reference)
-    for role in COARSE_ROLES:
-        check_coarse_footprint(infos[role], reference, min_overlap=min_overlap)
+    for role, info in infos.items():
+        if is_coarse_role(role):
+            check_coarse_footprint(info, reference, min_overlap=min_overlap)
+        elif role != "fine_t1":
+            check_fine_grid(info, reference)
     for role, info in infos.items():
         _check_date(info, role, case)
     for role, mask in case.masks.items():
@@ -505,6 +564,11 @@ def check_case(
             raise InputError(f"{mask}: mask for {role}, but the case {case.name} has no {role} image")
         check_mask_grid(raster.inspect(mask), reference, min_overlap=min_overlap)
     return infos
+
+
+def case_bands(case: FusionCase) -> int:
+    """Band count of a case (that of fine t1)."""
+    return raster.inspect(case.fine_t1).count
 
 
 def check_fine_grid(info: raster.RasterInfo, reference: raster.RasterInfo) -> None:
@@ -591,8 +655,27 @@ def acquisition_date(info: raster.RasterInfo) -> dt.date | None:
     return None
 
 
+def _check_distinct(case: FusionCase) -> None:
+    """The truth must not be one of the inputs (it would score a copy of an input)."""
+    if case.fine_t2 is None:
+        return
+    for pair in case.pairs:
+        if _same_file(case.fine_t2, pair.fine):
+            raise InputError(
+                f"{case.fine_t2}: the truth (fine t2) is also a reference image of {case.name}; "
+                "give the fine image of the target date"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def _check_date(info: raster.RasterInfo, role: str, case: FusionCase) -> None:
-    expected = case.date_t1 if role.endswith("t1") else case.date_t2
+    expected = case.dates()[role]
     found = acquisition_date(info)
     if found is None or expected == dt.date.min:
         return

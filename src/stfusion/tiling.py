@@ -14,8 +14,12 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Tile:
-    """A window of the scene: rows [row, row + height), columns [col, col + width)."""
+class Window:
+    """Rows [row, row + height) and columns [col, col + width) of a grid (may extend outside it).
+
+    The one window type of the package: tiles, read windows and blocks are all Windows (rasterio's own
+    window class stays inside :mod:`stfusion.raster`).
+    """
 
     row: int
     col: int
@@ -45,13 +49,13 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def tile_grid(height: int, width: int, tile: tuple[int, int], overlap: tuple[int, int]) -> list[Tile]:
+def tile_grid(height: int, width: int, tile: tuple[int, int], overlap: tuple[int, int]) -> list[Window]:
     """All tiles, row-major, covering an image of ``height`` x ``width``."""
     tile_h, tile_w = min(tile[0], height), min(tile[1], width)
     overlap_h, overlap_w = min(overlap[0], tile_h - 1), min(overlap[1], tile_w - 1)
     rows = tile_starts(height, tile_h, overlap_h)
     cols = tile_starts(width, tile_w, overlap_w)
-    return [Tile(r, c, tile_h, tile_w) for r in rows for c in cols]
+    return [Window(r, c, tile_h, tile_w) for r in rows for c in cols]
 
 
 def ramp(length: int, overlap: int) -> np.ndarray:
@@ -70,9 +74,9 @@ def blend_weights(height: int, width: int, overlap: tuple[int, int]) -> np.ndarr
     return np.outer(ramp(height, overlap[0]), ramp(width, overlap[1]))
 
 
-def tile_rows(tiles: list[Tile]) -> list[list[Tile]]:
+def tile_rows(tiles: list[Window]) -> list[list[Window]]:
     """Group a row-major tile grid into rows of tiles (same start row), top to bottom."""
-    rows: dict[int, list[Tile]] = {}
+    rows: dict[int, list[Window]] = {}
     for tile in tiles:
         rows.setdefault(tile.row, []).append(tile)
     return [rows[start] for start in sorted(rows)]
@@ -97,7 +101,7 @@ class Mosaic:
         self.weight = np.zeros((height, width), dtype=np.float32)
         self._weights: dict[tuple[int, int], np.ndarray] = {}
 
-    def add(self, tile: Tile, values: np.ndarray) -> None:
+    def add(self, tile: Window, values: np.ndarray) -> None:
         """Add a (C, tile.height, tile.width) prediction; the tile must lie inside the strip."""
         key = (tile.height, tile.width)
         if key not in self._weights:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader
 
 from stfusion import distributed
 from stfusion.atomic import atomic_path
-from stfusion.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from stfusion.checkpoint import Checkpoint, ModelSpec
+from stfusion.checkpoint import load as load_checkpoint
+from stfusion.checkpoint import save as save_checkpoint
 from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, split_holdout, swap_dates
 from stfusion.errors import StfusionError
 from stfusion.inputs import ReadOptions
@@ -40,6 +42,7 @@ from stfusion.losses import (
 )
 from stfusion.models import PatchDiscriminator
 from stfusion.predict import TileOptions, generator_batch_predictor, predict_tiled
+from stfusion.raster import RESAMPLING_METHODS
 from stfusion.scenes import FusionCase
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,36 @@ log = logging.getLogger(__name__)
 
 class TrainingError(StfusionError):
     """Training cannot go on (non-finite loss, incompatible resume); the message says what to do."""
+
+
+#: Smallest training patch side: the generator halves it four times (pads to a multiple of 16).
+MIN_PATCH = 16
+#: (option, type, lowest value) of the numeric options; _POSITIVE must also be > 0.
+_NUMBERS: tuple[tuple[str, type, float], ...] = (
+    ("epochs", int, 1),
+    ("batch_size", int, 1),
+    ("lr", float, 0.0),
+    ("patch_size", int, MIN_PATCH),
+    ("patch_stride", int, 1),
+    ("random_crops", int, 0),
+    ("coarse_factor", int, 1),
+    ("seed", int, 0),
+    ("num_workers", int, 0),
+    ("min_overlap", float, 0.0),
+)
+_POSITIVE = frozenset({"lr"})
+_FLAGS = (
+    "adain",
+    "attention",
+    "two_input",
+    "date_swap",
+    "flips",
+    "residual",
+    "zero_mean_correction",
+    "amp",
+    "channels_last",
+    "ms_ssim_reference_bug",
+)
 
 
 @dataclass
@@ -88,7 +121,8 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast, CUDA only
     channels_last: bool = True  # NHWC layout: same mathematics, faster convolutions (see README)
     num_workers: int = 0
-    scale: float = 1e-4
+    fine_scale: float | None = None  # None: GDAL tags or automatic, per file (stfusion.raster)
+    coarse_scale: float | None = None
     resampling: str = "bilinear"  # for coarse images (and masks) not on the fine grid
     min_overlap: float = 0.5  # fraction of the fine grid a coarse footprint must cover
 
@@ -96,17 +130,71 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: Any) -> TrainConfig:
+        """A configuration from plain data (a JSON file); ValueError naming the first bad key."""
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"a training configuration is a JSON object of options, got {type(values).__name__}"
+            )
         values = dict(values)
-        if isinstance(values.get("weights"), dict):
-            values["weights"] = GeneratorLossWeights(**values["weights"])
-        for key in ("betas", "channels", "val_tile", "val_overlap"):
-            if key in values:
-                values[key] = tuple(values[key])
-        unknown = set(values) - set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-        return cls(**values)
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        if isinstance(values.get("weights"), dict):
+            try:
+                values["weights"] = GeneratorLossWeights(**values["weights"])
+            except TypeError as exc:
+                raise ValueError(f"weights: {exc}") from None
+        for key in ("betas", "channels", "val_tile", "val_overlap"):
+            if isinstance(values.get(key), list | tuple):
+                values[key] = tuple(values[key])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """ValueError naming the option when a value has the wrong type or is out of range."""
+        for name, kind, low in _NUMBERS:
+            value: Any = getattr(self, name)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, name, value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
+            number = float(cast(float, value))
+            if number < low or (name in _POSITIVE and number <= 0):
+                bound = "> 0" if name in _POSITIVE else f">= {low}"
+                raise ValueError(f"{name}: {value} is out of range (must be {bound})")
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if not 0.0 <= self.val_holdout < 1.0:
+            raise ValueError(f"val_holdout: {self.val_holdout} must be within [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: {self.dropout} must be within [0, 1)")
+        if self.patch_size < MIN_PATCH:
+            raise ValueError(f"patch_size: {self.patch_size} is too small; the network needs >= {MIN_PATCH}")
+        if not isinstance(self.save_dir, str) or not self.save_dir:
+            raise ValueError("save_dir: expected a folder name")
+        for name in ("val_tile", "val_overlap", "betas", "channels"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, int | float) for v in value):
+                raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+        if min(self.val_tile) < 16 or min(self.val_overlap) < 0:
+            raise ValueError(
+                f"val_tile/val_overlap: tiles need >= 16 px and overlaps >= 0, got {self.val_tile}"
+            )
+        if self.resampling not in RESAMPLING_METHODS:
+            raise ValueError(f"resampling: choose one of {', '.join(RESAMPLING_METHODS)}")
+
+    def read_options(self) -> ReadOptions:
+        """How the training cases' files become pixels."""
+        return ReadOptions(
+            resampling=self.resampling,
+            min_overlap=self.min_overlap,
+            fine_scale=self.fine_scale,
+            coarse_scale=self.coarse_scale,
+        )
 
     def model_spec(self, bands: int) -> ModelSpec:
         kwargs = {
@@ -222,6 +310,51 @@ def validation_mse(
     return float(np.mean(errors))
 
 
+#: Configuration fields that may change when a run is resumed: where and how it runs, not what it learns.
+RESUMABLE_CHANGES: frozenset[str] = frozenset(
+    {"epochs", "save_dir", "device", "amp", "num_workers", "channels_last", "val_tile", "val_overlap"}
+)
+
+
+def check_resumable(state: Checkpoint, config: TrainConfig, spec: ModelSpec, data: dict[str, Any]) -> None:
+    """TrainingError unless ``state`` (a last.ckpt) can continue the run ``config`` describes."""
+    where = state.where()
+    if not state.has_training_state():
+        raise TrainingError(
+            f"{where}: holds no optimiser state (a best.ckpt or an imported model?), so training cannot "
+            "resume from it; start a new run with another --save-dir"
+        )
+    saved = dict(state.config)
+    current = {**config.to_dict(), "data": data}
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in RESUMABLE_CHANGES and _plain(saved.get(key)) != _plain(current.get(key))
+    )
+    if state.model.to_dict() != spec.to_dict() and "model" not in changed:
+        changed.append("model arguments")
+    if changed:
+        details = ", ".join(f"{k} ({_plain(saved.get(k))} -> {_plain(current.get(k))})" for k in changed[:6])
+        raise TrainingError(
+            f"{where}: --resume continues the run as it was started, but these differ: {details}; "
+            "only --epochs may grow. Drop the changed options, or start a new run in another --save-dir "
+            "(or pass --overwrite to replace this one)"
+        )
+    if config.epochs < state.epoch:
+        raise TrainingError(
+            f"{where}: the run already finished {state.epoch} epochs; --epochs {config.epochs} is less"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Lists and tuples compare alike (JSON and dataclasses differ only there)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     if not history:
         return
@@ -264,6 +397,7 @@ def train(
     *,
     resume: bool = False,
     band_names: Sequence[str] | None = None,
+    context: distributed.Context | None = None,
     on_step: StepCallback | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
@@ -273,8 +407,13 @@ def train(
     patches, takes its share of each global batch of ``config.batch_size`` (see :func:`rank_batches`),
     BatchNorm statistics are those of the global batch, gradients are averaged; rank 0 validates and
     writes the config, checkpoints and history, and every rank resumes from the same ``last.ckpt``.
+    ``context`` is the process group set up by the caller (:func:`stfusion.distributed.setup`); None is
+    a single process on ``config.device``.
+
+    With ``resume``, ``last.ckpt`` must come from the same run: a configuration or data that would
+    change it (anything but more ``epochs`` or the device settings) is refused, naming the options.
     """
-    context = distributed.setup(config.device)
+    context = context or distributed.Context(device=config.device)
     save_dir = Path(config.save_dir)
     last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
     if not train_cases:
@@ -286,18 +425,14 @@ def train(
         for stale in save_dir.glob(".*.part"):  # temporaries of a save cut short by SIGKILL
             stale.unlink(missing_ok=True)
 
-    reading = ReadOptions(resampling=config.resampling, min_overlap=config.min_overlap)
-    train_arrays = load_cases(
-        train_cases, coarse_factor=config.coarse_factor, scale=config.scale, options=reading
-    )
+    reading = config.read_options()
+    train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, options=reading)
     if config.val_holdout:
         parts = [split_holdout(case, config.val_holdout) for case in train_arrays]
         train_arrays, val_arrays = [p[0] for p in parts], [p[1] for p in parts]
         log.info("validating on the held-out rows %s", ", ".join(case.name for case in val_arrays))
     else:
-        val_arrays = load_cases(
-            val_cases, coarse_factor=config.coarse_factor, scale=config.scale, options=reading
-        )
+        val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, options=reading)
     bands = train_arrays[0].shape[0]
     names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
     spec = config.model_spec(bands)
@@ -317,15 +452,17 @@ def train(
 
     start_epoch, best_val, history = 0, math.inf, []
     distributed.barrier(context)  # the run folder exists before anyone looks for last.ckpt
+    data = {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}
     if resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
-        if state.get("config", {}).get("seed") != config.seed or state["model"] != spec.to_dict():
-            raise TrainingError(f"{last_path}: saved with another model or seed; use a new --save_dir")
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
-        optimizer_g.load_state_dict(state["optimizer_g"])
-        optimizer_d.load_state_dict(state["optimizer_d"])
-        start_epoch, best_val, history = state["epoch"], state["best_val"], state["history"]
+        check_resumable(state, config, spec, data)
+        assert state.discriminator is not None and state.optimizer_g is not None
+        assert state.optimizer_d is not None
+        generator.load_state_dict(state.generator)
+        discriminator.load_state_dict(state.discriminator)
+        optimizer_g.load_state_dict(state.optimizer_g)
+        optimizer_d.load_state_dict(state.optimizer_d)
+        start_epoch, best_val, history = state.epoch, state.best_val or math.inf, state.history
         log.info("resuming from %s after epoch %d", last_path, start_epoch)
     elif resume:
         log.warning("--resume: no %s yet, starting from scratch", last_path)
@@ -348,13 +485,7 @@ def train(
         random_crops=config.random_crops,
         seed=config.seed,
     )
-    common = {
-        "model": spec.to_dict(),
-        "band_names": names,
-        "scale": config.scale,
-        "coarse_factor": config.coarse_factor,
-        "config": config.to_dict(),
-    }
+    saved_config = {**config.to_dict(), "data": data}
     for epoch in range(start_epoch, config.epochs):
         # Everything random in this epoch (order, swaps, dropout) derives from (seed, epoch), the
         # same on every rank.
@@ -406,25 +537,23 @@ def train(
                 "val_mse": val_mse,
             }
             history.append(record)
+            snapshot = Checkpoint(
+                model=spec,
+                generator=generator.state_dict(),
+                coarse_factor=config.coarse_factor,
+                band_names=names,
+                config=saved_config,
+                epoch=epoch + 1,
+                best_val=min(best_val, val_mse),
+            )
             if val_mse < best_val:
                 best_val = val_mse
-                save_checkpoint(
-                    best_path,
-                    {**common, "generator": generator.state_dict(), "epoch": epoch + 1, "best_val": best_val},
-                )
-            save_checkpoint(
-                last_path,
-                {
-                    **common,
-                    "generator": generator.state_dict(),
-                    "discriminator": discriminator.state_dict(),
-                    "optimizer_g": optimizer_g.state_dict(),
-                    "optimizer_d": optimizer_d.state_dict(),
-                    "epoch": epoch + 1,
-                    "best_val": best_val,
-                    "history": history,
-                },
-            )
+                save_checkpoint(best_path, snapshot)
+            snapshot.history = history
+            snapshot.discriminator = discriminator.state_dict()
+            snapshot.optimizer_g = optimizer_g.state_dict()
+            snapshot.optimizer_d = optimizer_d.state_dict()
+            save_checkpoint(last_path, snapshot)
             _write_history(save_dir / "history.csv", history)
             if on_epoch is not None:
                 on_epoch(record)

@@ -1,8 +1,8 @@
 """Pixel transforms: the reflectance scale, validity masks and the coarse degradation.
 
 This is the one place where the integer reflectance scale (x 10000) lives, and the one place where the
-MLFF-GAN coarse degradation (nearest down by a factor, bicubic up) is defined, so training, validation
-and prediction cannot disagree about it.
+MLFF-GAN coarse degradation (nearest down by a factor, bicubic up) and its handling of invalid pixels
+are defined (:func:`degrade_valid`), so training, validation and prediction cannot disagree about them.
 """
 
 from __future__ import annotations
@@ -75,6 +75,31 @@ def degrade_coarse(coarse: torch.Tensor, factor: int) -> torch.Tensor:
         align_corners=False,
     )
     return up[..., :height, :width].contiguous()
+
+
+def degrade_array(image: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`degrade_coarse` for one (C, H, W) NumPy image (float32 in, float32 out)."""
+    if factor == 1:
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
+    return degrade_coarse(tensor, factor)[0].numpy()
+
+
+def degrade_valid(coarse: np.ndarray, valid: np.ndarray, factor: int) -> np.ndarray:
+    """Degrade a coarse image whose invalid pixels are zero-filled first; NaN where invalid.
+
+    Zero-filling keeps NaN out of the bicubic interpolation, and training, validation and prediction all
+    fill the same pixels (those invalid in any input), so a model sees the same values in each.
+
+    Args:
+        coarse: (C, H, W) float32 reflectance on the fine grid; values at invalid pixels are ignored.
+        valid: (H, W) bool, True = valid in every input of the case (:func:`valid_mask`).
+        factor: the degradation factor (1: no degradation, the image is only masked).
+    Returns:
+        (C, H, W) float32, NaN where ``valid`` is False.
+    """
+    filled = np.where(valid[None], coarse, np.float32(0)).astype(np.float32)
+    return np.where(valid[None], degrade_array(filled, factor), np.float32(np.nan)).astype(np.float32)
 
 
 def valid_mask(*images: np.ndarray, nodata: float | None = None) -> np.ndarray:

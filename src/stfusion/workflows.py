@@ -1,7 +1,14 @@
-"""End-to-end jobs shared by the CLI, ``run.py`` and the demo: predict cases, score them, compare.
+"""Jobs shared by the command line, ``run.py``, the demo and the Python API.
 
-Each function works on :class:`~stfusion.scenes.FusionCase` records and writes its outputs through
-:mod:`stfusion.raster` and :mod:`stfusion.report` (atomic writes, georeferenced GeoTIFFs).
+Each job works on :class:`~stfusion.scenes.FusionCase` records, runs methods only through the registry
+(:mod:`stfusion.fusion`) and the streaming path (:func:`stfusion.streaming.predict_case`), and writes its
+outputs through :mod:`stfusion.raster` and :mod:`stfusion.report` (atomic writes, georeferenced
+GeoTIFFs):
+
+- :func:`predict_cases`: predict cases to given files (``stfusion predict``), split over torchrun ranks;
+- :func:`run_methods`: every method on every case, predictions read back and scored on the pixels every
+  method predicted (``stfusion compare``, ``stfusion test``, the benchmark);
+- :func:`write_tables`, :func:`run_experiment` (train, select, test: ``stfusion train`` and ``run.py``).
 """
 
 from __future__ import annotations
@@ -9,22 +16,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from stfusion import distributed, raster, report
+from stfusion import __version__, distributed, raster, report
 from stfusion.atomic import atomic_path
-from stfusion.checkpoint import load_generator
+from stfusion.checkpoint import load as load_checkpoint
 from stfusion.errors import InputError
-from stfusion.inputs import QUALITY_BITS, CaseReader, ReadOptions, quality_flags
-from stfusion.methods import get_method
+from stfusion.fusion import Preparer, get
+from stfusion.inputs import CaseReader, ReadOptions
 from stfusion.metrics import MetricReport, compute_metrics
-from stfusion.predict import TileOptions, predict_with_generator
-from stfusion.scenes import FusionCase
+from stfusion.predict import TileOptions
+from stfusion.scenes import TRUTH_ROLE, FusionCase
+from stfusion.streaming import RankSplit, join_parts, predict_case, write_quality
 
 log = logging.getLogger(__name__)
 
@@ -42,180 +49,239 @@ class CaseInputs:
     band_names: list[str]
 
 
-def read_case(
-    case: FusionCase,
-    *,
-    scale: float = 1e-4,
-    require_truth: bool = False,
-    options: ReadOptions | None = None,
-) -> CaseInputs:
+def read_case(case: FusionCase, *, options: ReadOptions | None = None) -> CaseInputs:
     """Validate a case and read its images (whole scenes) through :class:`~stfusion.inputs.CaseReader`."""
-    reader = CaseReader(case, scale=scale, require_truth=require_truth, options=options)
+    reader = CaseReader(case, options=options)
+    return case_inputs(reader)
+
+
+def case_inputs(reader: CaseReader) -> CaseInputs:
+    """The whole-scene images of an open case (for figures and in-memory use)."""
     images = {role: reader.read(role) for role in reader.roles}
-    reference, names = reader.reference, reader.band_names
     return CaseInputs(
-        case=case,
+        case=reader.case,
         coarse_t1=images["coarse_t1"],
         fine_t1=images["fine_t1"],
         coarse_t2=images["coarse_t2"],
-        fine_t2=images.get("fine_t2"),
-        reference=reference,
-        band_names=names,
+        fine_t2=images.get(TRUTH_ROLE),
+        reference=reader.reference,
+        band_names=reader.band_names,
     )
 
 
-#: A predictor takes a case's inputs and returns the (C, H, W) prediction.
-Predictor = Callable[[CaseInputs], np.ndarray]
+@dataclass(frozen=True)
+class OutputOptions:
+    """How predictions are written: dtype, COG, what to do with existing files, quality bands."""
+
+    dtype: str = "int16"
+    cog: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    quality: bool = False
 
 
-@dataclass
-class CheckpointPredictor:
-    """Predict with a trained MLFF-GAN checkpoint (its degradation factor and model travel with it)."""
-
-    path: Path
-    tiles: TileOptions = field(default_factory=TileOptions)
-    device: str = "cpu"
-    amp: bool = False
-    _generator: nn.Module | None = None
-    _checkpoint: dict[str, Any] | None = None
-
-    def __call__(self, inputs: CaseInputs) -> np.ndarray:
-        bands = inputs.fine_t1.shape[0]
-        if self._generator is None:
-            self._generator, self._checkpoint = load_generator(self.path, bands=bands)
-        assert self._checkpoint is not None
-        if self._checkpoint["model"]["bands"] != bands:
-            raise InputError(
-                f"{self.path}: checkpoint is for {self._checkpoint['model']['bands']} bands, "
-                f"but {inputs.case.fine_t1} has {bands}"
-            )
-        return predict_with_generator(
-            self._generator,
-            inputs.coarse_t1,
-            inputs.fine_t1,
-            inputs.coarse_t2,
-            coarse_factor=int(self._checkpoint["coarse_factor"]),
-            options=self.tiles,
-            device=self.device,
-            amp=self.amp,
-        )
+def provenance_tags(
+    method: str, case: FusionCase, options: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """GeoTIFF tags saying how a prediction was made: method, options, inputs and dates, version."""
+    tags = {
+        "STFUSION_VERSION": __version__,
+        "STFUSION_METHOD": method,
+        "STFUSION_TARGET_DATE": str(case.date_t2),
+        "STFUSION_OPTIONS": ", ".join(f"{k}={v}" for k, v in (options or {}).items()) or "defaults",
+    }
+    for role, path in case.paths().items():
+        if role != TRUTH_ROLE:
+            tags[f"STFUSION_INPUT_{role.upper()}"] = f"{path.name} ({case.dates()[role]})"
+    return tags
 
 
-def fusion_function(name: str, **options: Any) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """A named fusion method with its options bound: (coarse t1, fine t1, coarse t2) -> fine t2.
+def usable_output(path: Path) -> bool:
+    """Whether an existing output can be kept by --skip-existing: a readable raster, not an empty file."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        raster.inspect(path)
+    except InputError:
+        return False
+    return True
 
-    Bad options (unknown keys, invalid values) raise InputError naming the method.
+
+def predict_cases(
+    jobs: Sequence[tuple[FusionCase, Path]],
+    preparer: Preparer,
+    *,
+    method: str,
+    options: Mapping[str, Any] | None = None,
+    reading: ReadOptions | None = None,
+    output: OutputOptions = OutputOptions(),
+    context: distributed.Context | None = None,
+    say: Callable[[str], None] = log.info,
+    on_rows: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Predict each case into its output file, the rows of each split over the processes of ``context``.
+
+    Existing outputs are refused before any work unless ``output.overwrite``; with
+    ``output.skip_existing`` a usable existing output is kept (an empty or unreadable one is redone).
+    Returns the outputs written (rank 0; other ranks return an empty list).
     """
-    fusion = get_method(name)
-
-    def predict(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> np.ndarray:
-        try:
-            return fusion(coarse_t1, fine_t1, coarse_t2, **options)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"method {name}: {exc}") from exc
-
-    return predict
-
-
-def method_predictor(name: str, **options: Any) -> Predictor:
-    """A Predictor for a named fusion method (persistence, coarse-delta, starfm, fsdaf)."""
-    fusion = fusion_function(name, **options)
-
-    def predict(inputs: CaseInputs) -> np.ndarray:
-        return fusion(inputs.coarse_t1, inputs.fine_t1, inputs.coarse_t2)
-
-    return predict
+    context = context or distributed.Context()
+    written = []
+    for case, target in jobs:
+        if output.skip_existing and usable_output(target):
+            say(f"skipped {target} (exists)")
+            continue
+        reader = CaseReader(case, options=reading)
+        if reader.reprojected and context.is_main:
+            names = ", ".join(str(case.paths()[role]) for role in reader.reprojected)
+            resampling = (reading or ReadOptions()).resampling
+            say(f"reprojecting {names} onto the grid of {case.fine_t1} ({resampling} resampling)")
+        quality_path = target.with_name(f"{target.stem}_quality.tif")
+        if output.quality and context.is_main:
+            raster.check_writable(quality_path, overwrite=output.overwrite or output.skip_existing)
+        prediction = preparer(reader)
+        start = time.perf_counter()
+        predict_case(
+            reader,
+            prediction,
+            target,
+            dtype=output.dtype,
+            overwrite=output.overwrite or output.skip_existing,
+            cog=output.cog,
+            split=RankSplit(context.rank, context.world_size),
+            tags=provenance_tags(method, case, options),
+            on_rows=on_rows,
+        )
+        distributed.barrier(context)
+        if context.distributed and context.is_main:
+            join_parts(
+                reader,
+                prediction,
+                target,
+                world_size=context.world_size,
+                overwrite=output.overwrite or output.skip_existing,
+                cog=output.cog,
+            )
+        distributed.barrier(context)
+        if context.is_main:
+            say(f"wrote {target} ({time.perf_counter() - start:.1f} s)")
+            written.append(target)
+            if output.quality:
+                write_quality(reader, quality_path, overwrite=output.overwrite or output.skip_existing)
+                say(f"wrote {quality_path}")
+    return written
 
 
 @dataclass
 class MethodResult:
-    """One method on one case: its prediction, metrics and wall time (seconds)."""
+    """One method on one case: its prediction, metrics and wall time (seconds; NaN when kept).
+
+    ``n_unpredicted`` counts the pixels valid in the inputs and the truth where this method gave no
+    value; metrics are computed on the pixels every method of the run predicted.
+    """
 
     prediction: np.ndarray
     metrics: MetricReport | None
     seconds: float
     output: Path | None = None
-
-
-#: What the values of the quality band written by :func:`run_methods` mean.
-QUALITY_DESCRIPTION = "0 = all inputs valid; else the sum of " + ", ".join(
-    f"{bit} = {role} invalid" for role, bit in QUALITY_BITS.items()
-)
+    n_unpredicted: int = 0
 
 
 def run_methods(
     cases: Sequence[FusionCase],
-    predictors: Mapping[str, Predictor],
+    preparers: Mapping[str, Preparer],
     *,
-    out_dir: Path | None = None,
-    scale: float = 1e-4,
+    out_dir: Path,
     ratio: float | None = None,
-    overwrite: bool = False,
-    write_predictions: bool = True,
-    skip_existing: bool = False,
-    quality: bool = False,
-    options: ReadOptions | None = None,
+    reading: ReadOptions | None = None,
+    output: OutputOptions = OutputOptions(),
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_case: Callable[[CaseInputs, dict[str, MethodResult]], None] | None = None,
+    on_method: Callable[[str, str], None] | None = None,
 ) -> dict[str, dict[str, MethodResult]]:
-    """Predict every case with every method; score against the truth when it is known.
+    """Predict every case with every method into ``out_dir/<case>/<method>.tif``, score against the truth.
 
-    Predictions go to ``out_dir/<case>/<method>.tif`` (georeferenced like fine t1) when
-    ``write_predictions``; with ``quality`` also ``out_dir/<case>/quality.tif`` (uint8,
-    :data:`QUALITY_DESCRIPTION`). Existing outputs are refused before any work unless ``overwrite``;
-    with ``skip_existing`` they are kept and read back for scoring instead of predicted again, so an
-    interrupted run (outputs are written atomically: each is complete or absent) is resumed by
-    rerunning it. Metrics count only pixels valid in the truth and predicted (see
-    :mod:`stfusion.metrics`). ``on_case(inputs, results)`` is called after each case, with its images
-    still in memory. Returns case name -> method name -> result.
+    Each prediction is written by the streaming path, then read back and scored, so the table scores
+    exactly the files a user gets. Every method of a case is scored on the same pixels: those valid in
+    the truth and predicted by every method (how many each left unpredicted is reported). Existing
+    outputs are refused before any work unless ``output.overwrite``; with ``output.skip_existing`` they
+    are kept and scored. ``on_case(inputs, results)`` is called after each case (e.g. a figure);
+    ``on_method(case, method)`` before each method (progress). Returns case -> method -> result.
     """
-    outputs: dict[tuple[str, str], Path] = {}
-    if out_dir is not None and write_predictions:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
-        names = [*predictors, *(["quality"] if quality else [])]
-        outputs = {(c.name, n): out_dir / c.name / f"{n}.tif" for c in cases for n in names}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
+    names = [*preparers, *(["quality"] if output.quality else [])]
+    outputs = {(c.name, n): out_dir / c.name / f"{n}.tif" for c in cases for n in names}
     for path in outputs.values():  # refuse existing outputs and unwritable folders before any work
-        if skip_existing and path.exists():
+        if output.skip_existing and path.exists():
             continue
         if path.parent.exists():
-            raster.check_writable(path, overwrite=overwrite)
+            raster.check_writable(path, overwrite=output.overwrite)
         else:  # the case folder is made later, in out_dir
             raster.check_writable(path.parent.parent / path.name, overwrite=True)
     results: dict[str, dict[str, MethodResult]] = {}
     for case in cases:
-        inputs = read_case(case, scale=scale, options=options)
-        results[case.name] = {}
+        reader = CaseReader(case, options=reading)
+        case_dir = out_dir / case.name
+        case_dir.mkdir(parents=True, exist_ok=True)
         quality_path = outputs.get((case.name, "quality"))
-        if quality_path is not None and not (skip_existing and quality_path.exists()):
-            quality_path.parent.mkdir(parents=True, exist_ok=True)
-            flags = quality_flags(inputs.coarse_t1, inputs.fine_t1, inputs.coarse_t2)
-            raster.write_quality(
-                quality_path, flags, inputs.reference, overwrite=overwrite, description=QUALITY_DESCRIPTION
-            )
-        for name, predictor in predictors.items():
-            output = outputs.get((case.name, name))
-            if output is not None and skip_existing and output.exists():
-                log.info("%s %s: kept the existing %s", case.name, name, output)
-                prediction = raster.read(output, scale=scale).data
+        if quality_path is not None and not (output.skip_existing and usable_output(quality_path)):
+            write_quality(reader, quality_path, overwrite=True)
+        predictions: dict[str, tuple[np.ndarray, float, Path]] = {}
+        for name, preparer in preparers.items():
+            target = outputs[(case.name, name)]
+            if on_method is not None:
+                on_method(case.name, name)
+            if output.skip_existing and usable_output(target):
+                log.info("%s %s: kept the existing %s", case.name, name, target)
                 seconds = float("nan")
             else:
                 start = time.perf_counter()
-                prediction = predictor(inputs)
-                seconds = time.perf_counter() - start
-                if output is not None:
-                    output.parent.mkdir(parents=True, exist_ok=True)
-                    raster.write_like(output, prediction, inputs.reference, scale=scale, overwrite=overwrite)
-            metrics = None
-            if inputs.fine_t2 is not None:
-                metrics = compute_metrics(
-                    prediction, inputs.fine_t2, ratio=ratio, band_names=inputs.band_names
+                options = (method_options or {}).get(name)
+                predict_case(
+                    reader,
+                    preparer(reader),
+                    target,
+                    dtype=output.dtype,
+                    overwrite=True,
+                    cog=output.cog,
+                    tags=provenance_tags(name, case, options),
                 )
-            log.info("%s %s: %.2f s", case.name, name, seconds)
-            results[case.name][name] = MethodResult(prediction, metrics, seconds, output)
+                seconds = time.perf_counter() - start
+            predictions[name] = (raster.read(target).data, seconds, target)
+        truth = reader.read(TRUTH_ROLE) if case.fine_t2 is not None else None
+        results[case.name] = score_predictions(predictions, truth, ratio=ratio, band_names=reader.band_names)
         if on_case is not None:  # e.g. a figure, while the case's images are in memory
-            on_case(inputs, results[case.name])
+            on_case(case_inputs(reader), results[case.name])
+    return results
+
+
+def score_predictions(
+    predictions: Mapping[str, tuple[np.ndarray, float, Path | None]],
+    truth: np.ndarray | None,
+    *,
+    ratio: float | None,
+    band_names: Sequence[str],
+) -> dict[str, MethodResult]:
+    """Metrics of each prediction on the pixels every prediction has a value for (and the truth)."""
+    if truth is None:
+        return {name: MethodResult(p, None, s, path) for name, (p, s, path) in predictions.items()}
+    truth_valid = np.isfinite(truth).all(axis=0)
+    predicted = {name: np.isfinite(p).all(axis=0) for name, (p, _, _) in predictions.items()}
+    common = truth_valid.copy()
+    for mask in predicted.values():
+        common &= mask
+    if not common.any():
+        raise InputError("no pixel is predicted by every method and valid in the truth; nothing to score")
+    results = {}
+    for name, (prediction, seconds, path) in predictions.items():
+        missing = int((truth_valid & ~predicted[name]).sum())
+        if missing:
+            log.warning("%s left %d pixels unpredicted; every method is scored without them", name, missing)
+        metrics = compute_metrics(prediction, truth, valid=common, ratio=ratio, band_names=band_names)
+        results[name] = MethodResult(prediction, metrics, seconds, path, missing)
     return results
 
 
@@ -230,7 +296,7 @@ def write_tables(
     """Write the metric tables (CSV + conventions sidecar, JSON, Markdown) of scored results.
 
     Rows are keyed ``<case>/<method>`` when there are several cases, else ``<method>``; each method's
-    wall time is recorded as an extra column.
+    wall time and unpredicted pixels are recorded as extra columns.
     """
     reports: dict[str, MetricReport] = {}
     extra: dict[str, dict[str, object]] = {}
@@ -241,7 +307,11 @@ def write_tables(
                 continue
             key = f"{case_name}/{method}" if several else method
             reports[key] = result.metrics
-            extra[key] = {"case": case_name, "seconds": round(result.seconds, 3)}
+            extra[key] = {
+                "case": case_name,
+                "seconds": round(result.seconds, 3),
+                "unpredicted": result.n_unpredicted,
+            }
     if not reports:
         return {}
     paths = {
@@ -262,6 +332,10 @@ def write_tables(
     return paths
 
 
+#: Files that make a folder a training run.
+RUN_FILES: tuple[str, ...] = ("last.ckpt", "best.ckpt", "config.json", "history.csv")
+
+
 @dataclass
 class ExperimentResult:
     """Outputs of :func:`run_experiment`."""
@@ -277,9 +351,11 @@ def run_experiment(
     config: Any,  # stfusion.train.TrainConfig
     *,
     resume: bool = False,
+    overwrite: bool = False,
     tiles: TileOptions | None = None,
     baselines: Sequence[str] = ("coarse-delta", "persistence"),
     ratio: float | None = None,
+    context: distributed.Context | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     say: Callable[[str], None] = log.info,
@@ -287,12 +363,21 @@ def run_experiment(
     """Train on ``data_dir/train``, select on ``data_dir/val``, then test the best model.
 
     The test split is ``data_dir/test``, or ``val`` when there is no test folder (said through ``say``).
-    Predictions and metric tables of MLFF-GAN and ``baselines`` go to ``<save_dir>/test``.
+    Predictions and metric tables of MLFF-GAN and ``baselines`` go to ``<save_dir>/test``. A save folder
+    that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
     from stfusion.scenes import discover_paper_layout
     from stfusion.train import train
 
+    context = context or distributed.Context(device=config.device)
     data_dir = Path(data_dir)
+    save_dir = Path(config.save_dir)
+    existing = [name for name in RUN_FILES if (save_dir / name).exists()]
+    if existing and not (resume or overwrite):
+        raise InputError(
+            f"{save_dir}: holds a training run ({', '.join(existing)}); pass --resume to continue it or "
+            "--overwrite to replace it, or choose another --save-dir"
+        )
     found = discover_paper_layout(data_dir)
     train_cases, val_cases, test_cases = (found.split(s) for s in ("train", "val", "test"))
     if not train_cases:
@@ -309,34 +394,37 @@ def run_experiment(
             raise InputError(f"{data_dir}: no test or val cases to score (expected {data_dir / 'test'})")
         say(f"{data_dir}: no test folder; testing on the validation cases (val)")
         test_cases, test_split = val_cases, "val"
-    reading = ReadOptions(resampling=config.resampling, min_overlap=config.min_overlap)
-    band_names = CaseReader(train_cases[0], scale=config.scale, options=reading).band_names
+    reading = config.read_options()
+    band_names = CaseReader(train_cases[0], options=reading).band_names
+    if overwrite and not resume and context.is_main:
+        for name in existing:
+            (save_dir / name).unlink()
     trained = train(
         config,
         train_cases,
         val_cases,
         resume=resume,
         band_names=band_names,
+        context=context,
         on_step=on_step,
         on_epoch=on_epoch,
     )
-    if not distributed.setup(config.device).is_main:
+    if not context.is_main:
         return ExperimentResult(train=trained, test_results={}, tables={}, test_split=None)
     out_dir = Path(config.save_dir) / "test"
-    out_dir.mkdir(parents=True, exist_ok=True)
     tile_options = tiles or TileOptions(tile=config.val_tile, overlap=config.val_overlap)
-    predictors: dict[str, Predictor] = {
-        "mlffgan": CheckpointPredictor(trained.best, tiles=tile_options, device=config.device)
+    runtime = {"device": context.device, "tiles": tile_options}
+    preparers = {
+        "mlffgan": get("mlffgan").preparer(checkpoint=load_checkpoint(trained.best), runtime=runtime)
     }
-    predictors.update({name: method_predictor(name) for name in baselines})
+    preparers.update({name: get(name).preparer() for name in baselines})
     results = run_methods(
         test_cases,
-        predictors,
+        preparers,
         out_dir=out_dir,
-        scale=config.scale,
         ratio=ratio,
-        overwrite=True,
-        options=reading,
+        reading=reading,
+        output=OutputOptions(overwrite=True),
     )
     protocol = {
         "data": str(data_dir),
@@ -350,7 +438,7 @@ def run_experiment(
         "epochs": config.epochs,
         "coarse_factor": config.coarse_factor,
         "tile": f"{tile_options.tile}, overlap {tile_options.overlap}",
-        "metrics": "whole scene, METRICS.md conventions (SSIM data_range 2)",
+        "metrics": "whole scene, docs/metrics.md conventions (SSIM data_range 2)",
     }
     tables = write_tables(results, out_dir, protocol=protocol, overwrite=True)
     return ExperimentResult(train=trained, test_results=results, tables=tables, test_split=test_split)
@@ -369,6 +457,13 @@ def quicklook(
     return report.compare_figure(
         path, inputs=panels, predictions=dict(predictions), truth=inputs.fine_t2, rgb_bands=rgb_bands
     )
+
+
+def case_figure(out_dir: Path, inputs: CaseInputs, results: Mapping[str, MethodResult]) -> Path:
+    """``out_dir/<case>.png``: inputs, predictions, truth and error maps, metric values in the titles."""
+    figure = out_dir / f"{inputs.case.name}.png"
+    predictions = {name: result.prediction for name, result in results.items()}
+    return quicklook(figure, inputs, predictions, rgb_bands=default_rgb(inputs.band_names))
 
 
 def default_rgb(band_names: Sequence[str]) -> tuple[int, int, int]:

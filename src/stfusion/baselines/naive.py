@@ -9,11 +9,12 @@ has none).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from stfusion.blocks import check_fusion_inputs
+from stfusion.blocks import Block, Prediction, RowBlocks, SceneSource, check_fusion_inputs
 
 
 def persistence(
@@ -40,3 +41,25 @@ def coarse_delta(
 def _reject_options(method: str, options: dict[str, Any]) -> None:
     if options:
         raise ValueError(f"method {method} takes no options, got {sorted(options)}")
+
+
+def _pixelwise(method: Callable[..., np.ndarray]) -> Callable[..., Prediction]:
+    def prepare(source: SceneSource) -> Prediction:
+        if source.n_pairs != 1:
+            raise ValueError(f"{method.__name__} takes one reference pair, got {source.n_pairs}")
+
+        def predict_block(block: Block, halo_top: int, halo_bottom: int) -> np.ndarray:
+            pair = block.pairs[0]
+            prediction = method(pair.coarse, pair.fine, block.coarse_t2)
+            prediction[:, ~block.valid()] = np.nan  # a pixel invalid in any band of any input
+            return prediction
+
+        return RowBlocks(predict_block, halo=0, block_rows=512)
+
+    return prepare
+
+
+#: Registry entry points (stfusion.fusion): pixel-wise, so row blocks without a halo; a pixel invalid in
+#: any band of any input is NaN in every band.
+prepare_persistence = _pixelwise(persistence)
+prepare_coarse_delta = _pixelwise(coarse_delta)

@@ -1,0 +1,114 @@
+"""``stfusion compare``: several methods on every case of a folder, one table and one figure per case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stfusion import fusion, raster, scenes, workflows
+from stfusion.checkpoint import load as load_checkpoint
+from stfusion.cli.options import (
+    SKIP_HINT,
+    key_values,
+    make_output_folder,
+    make_tiles,
+    one_line_errors,
+    output_state_options,
+    progress,
+    reading_options,
+    say,
+    tile_options,
+)
+from stfusion.errors import InputError
+from stfusion.inputs import ReadOptions
+
+DEFAULT_METHODS = "persistence,coarse-delta,starfm,fsdaf"
+
+
+@click.command("compare")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("comparison"), show_default=True)
+@click.option(
+    "--methods", default=DEFAULT_METHODS, show_default=True, help="Comma list (`stfusion methods`)."
+)
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="MLFF-GAN checkpoint (repeatable); named mlffgan, mlffgan2, ...",
+)
+@click.option("--split", default=None, help="Only this split of a paper-layout folder.")
+@click.option(
+    "--option", "options", multiple=True, help="key=value for every method that has it, or method.key=value."
+)
+@click.option(
+    "--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="ERGAS pixel-size ratio."
+)
+@tile_options
+@output_state_options
+@reading_options
+@one_line_errors(SKIP_HINT)
+def compare_command(
+    data: Path,
+    out: Path,
+    methods: str,
+    checkpoints: tuple[Path, ...],
+    split: str | None,
+    options: tuple[str, ...],
+    ratio: float | None,
+    tile: tuple[int, int],
+    overlap: int,
+    batch_size: int,
+    overwrite: bool,
+    skip_existing: bool,
+    quality: bool,
+    reading: ReadOptions,
+) -> None:
+    """Run several methods on every case of DATA with a known truth: tables and one figure per case.
+
+    Every method is scored on the same pixels (those every method predicted and valid in the truth).
+    """
+    found = scenes.discover(data)
+    cases = [c for c in found.cases if c.fine_t2 is not None and (split is None or c.split == split)]
+    if not cases:
+        raise InputError(f"{data}: no case with a known fine t2 (truth) to compare against")
+    names = [name for name in methods.split(",") if name]
+    per_method = fusion.split_method_options(key_values(options), names)
+    preparers = {name: fusion.get(name).preparer(per_method[name]) for name in names}
+    runtime = {"tiles": make_tiles(tile, overlap, batch_size)}
+    for number, path in enumerate(checkpoints, start=1):
+        model = load_checkpoint(path)
+        model.check_bands(scenes.case_bands(cases[0]), cases[0].fine_t1)
+        preparers["mlffgan" if number == 1 else f"mlffgan{number}"] = fusion.get("mlffgan").preparer(
+            checkpoint=model, runtime=runtime
+        )
+    make_output_folder(out)
+    for case in cases:  # figures are rewritten when resuming; refused before any work otherwise
+        raster.check_writable(out / f"{case.name}.png", overwrite=overwrite or skip_existing)
+    output = workflows.OutputOptions(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
+    with progress(len(cases) * len(preparers), "compare", unit="run") as bar:
+        results = workflows.run_methods(
+            cases,
+            preparers,
+            out_dir=out,
+            ratio=ratio,
+            reading=reading,
+            output=output,
+            method_options=per_method,
+            on_case=lambda inputs, results: say(f"figure: {workflows.case_figure(out, inputs, results)}"),
+            on_method=lambda case, method: bar.update(1),
+        )
+    protocol = {
+        "data": str(data),
+        "cases": ", ".join(c.name for c in cases),
+        "ergas ratio": ratio,
+        "options": {name: values for name, values in per_method.items() if values},
+        "resampling": reading.resampling,
+        "scoring": "pixels predicted by every method and valid in the truth",
+    }
+    tables = workflows.write_tables(
+        results, out, protocol=protocol, stem="comparison", overwrite=overwrite or skip_existing
+    )
+    say(tables["markdown"].read_text())

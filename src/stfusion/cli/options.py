@@ -1,0 +1,356 @@
+"""What every command shares: the one-line error wrapper, option groups, option checks, progress bars.
+
+Commands parse, call a job (:mod:`stfusion.workflows`, :mod:`stfusion.train`) and print; the option groups
+here keep one spelling and one check per option across commands, and every bad value is refused where it
+is parsed (click types and ranges), before any work.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+
+from stfusion import raster
+from stfusion.errors import InputError, StfusionError
+from stfusion.inputs import ReadOptions
+from stfusion.predict import TileOptions
+from stfusion.scenes import MIN_COARSE_OVERLAP
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+SKIP_HINT = "finished outputs are complete; rerun with --skip-existing to do the rest"
+
+
+def one_line_errors(hint: str = "outputs written so far are complete") -> Callable[[F], F]:
+    """Report StfusionError as ``error: <message>`` on stderr and exit 2 (no traceback).
+
+    Ctrl-C gives one line too (exit 130): every output is written atomically, so what exists is
+    complete, and ``hint`` says how to continue.
+    """
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except StfusionError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_INPUT_ERROR)
+            except KeyboardInterrupt:
+                click.echo(f"interrupted: {hint}", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def key_values(pairs: Sequence[str], flag: str = "--option") -> list[tuple[str, str]]:
+    """``key=value`` strings to (key, value) pairs; InputError naming a malformed one."""
+    parsed = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{flag} {pair!r}: expected key=value, e.g. {flag} window_size=31")
+        parsed.append((key.strip(), value.strip()))
+    return parsed
+
+
+# --------------------------------------------------------------------------------------------------
+# option groups
+
+
+def _apply(command: F, options: Sequence[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+#: The parameters :func:`reading_options` adds; the command receives them as one ``reading`` argument.
+READING_PARAMETERS: tuple[str, ...] = ("resampling", "min_overlap", "scale", "fine_scale", "coarse_scale")
+
+
+def reading_options(command: F) -> F:
+    """How input files become pixels: resampling, footprint overlap, scales of files without tags.
+
+    The command receives one keyword argument ``reading`` (:class:`~stfusion.inputs.ReadOptions`).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in READING_PARAMETERS}
+        kwargs["reading"] = read_options(**values)
+        return command(*args, **kwargs)
+
+    scale_help = "Reflectance per stored unit of {} files without GDAL scale/offset tags [default: auto]."
+    return _apply(
+        cast(F, wrapper),
+        [
+            click.option(
+                "--scale",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="Reflectance per stored unit of every input without GDAL scale/offset tags, e.g. "
+                "0.0001 for x 10000 integers, 1 for reflectance floats [default: auto per file: "
+                "integers 0.0001, floats within 0..1.5 1].",
+            ),
+            click.option(
+                "--fine-scale",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help=scale_help.format("fine"),
+            ),
+            click.option(
+                "--coarse-scale",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help=scale_help.format("coarse"),
+            ),
+            click.option(
+                "--resampling",
+                type=click.Choice(raster.RESAMPLING_METHODS),
+                default="bilinear",
+                show_default=True,
+                help="Resampling of coarse images (and masks) not on the fine grid, e.g. MODIS at 500 m.",
+            ),
+            click.option(
+                "--min-overlap",
+                type=click.FloatRange(0.0, 1.0),
+                default=MIN_COARSE_OVERLAP,
+                show_default=True,
+                help="Fraction of the fine grid a coarse image's footprint must cover.",
+            ),
+        ],
+    )
+
+
+def read_options(
+    resampling: str = "bilinear",
+    min_overlap: float = MIN_COARSE_OVERLAP,
+    scale: float | None = None,
+    fine_scale: float | None = None,
+    coarse_scale: float | None = None,
+) -> ReadOptions:
+    """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale)."""
+    return ReadOptions(
+        resampling=resampling,
+        min_overlap=min_overlap,
+        fine_scale=fine_scale if fine_scale is not None else scale,
+        coarse_scale=coarse_scale if coarse_scale is not None else scale,
+    )
+
+
+def ratio_option(command: F) -> F:
+    """``--ratio``: the fine/coarse pixel-size ratio h/l of ERGAS (e.g. 0.05 for 25 m / 500 m)."""
+    return click.option(
+        "--ratio",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="ERGAS fine/coarse pixel-size ratio, e.g. 0.05 for 25 m / 500 m (ERGAS skipped if unset).",
+    )(command)
+
+
+def _check_tile(ctx: click.Context, param: click.Parameter, value: tuple[int, int]) -> tuple[int, int]:
+    if min(value) < 16:
+        raise click.BadParameter(f"{value[0]} {value[1]}: tiles need at least 16 x 16 pixels")
+    return value
+
+
+def tile_options(command: F) -> F:
+    """``--tile``, ``--overlap`` and ``--batch-size`` of MLFF-GAN's tiled prediction."""
+    return _apply(
+        command,
+        [
+            click.option(
+                "--tile",
+                type=(click.IntRange(min=1), click.IntRange(min=1)),
+                default=(1024, 768),
+                show_default=True,
+                callback=_check_tile,
+                help="MLFF-GAN tile size: rows cols (>= 16 each).",
+            ),
+            click.option(
+                "--overlap",
+                type=click.IntRange(min=0),
+                default=64,
+                show_default=True,
+                help="MLFF-GAN tile overlap in pixels (>= 0, less than the tile).",
+            ),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="MLFF-GAN tiles per batch.",
+            ),
+        ],
+    )
+
+
+def make_tiles(tile: tuple[int, int], overlap: int, batch_size: int = 1) -> TileOptions:
+    if overlap >= min(tile):
+        raise click.BadParameter(f"{overlap}: the overlap must be less than the tile {tile[0]} x {tile[1]}")
+    return TileOptions(tile=tile, overlap=(overlap, overlap), batch_size=batch_size)
+
+
+def device_option(command: F) -> F:
+    return click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        callback=lambda ctx, param, value: check_device(value),
+        help="Where MLFF-GAN runs: cpu, cuda, cuda:1 ...",
+    )(command)
+
+
+def check_device(device: str) -> str:
+    """A usable torch device name, or a one-line usage error saying why not (before any work)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise click.BadParameter(f"{device!r}: not a device name (cpu, cuda, cuda:1, ...)") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type != "cuda":
+        raise click.BadParameter(f"{device!r}: only cpu and cuda devices are supported")
+    if not torch.cuda.is_available():
+        build = "a CPU-only PyTorch build" if torch.version.cuda is None else "no visible GPU"
+        raise click.BadParameter(
+            f"{device!r}: CUDA is not available here ({build}); install a CUDA build of PyTorch "
+            "(https://pytorch.org/get-started/locally/) or use --device cpu"
+        )
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise click.BadParameter(f"{device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def mask_options(command: F) -> F:
+    """``--mask`` and ``--mask-<role>`` (nonzero = invalid pixel); see :func:`explicit_masks`."""
+    options = [
+        click.option(
+            "--mask",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Mask for every input image (nonzero = invalid); on the fine grid or georeferenced.",
+        )
+    ]
+    for role in ("fine_t1", "coarse_t1", "coarse_t2", "fine_t3", "coarse_t3"):
+        options.append(
+            click.option(
+                "--mask-" + role.replace("_", "-"),
+                type=click.Path(path_type=Path),
+                default=None,
+                help=f"Mask of the {role.replace('_', ' ')} image.",
+            )
+        )
+    return _apply(command, options)
+
+
+def explicit_masks(mask: Path | None, **own: Path | None) -> dict[str, Path]:
+    """Role -> mask file from :func:`mask_options` values (a role's own mask wins over --mask)."""
+    roles = [name.removeprefix("mask_") for name in own]
+    masks = {role: mask for role in roles} if mask is not None else {}
+    masks.update({name.removeprefix("mask_"): path for name, path in own.items() if path is not None})
+    return masks
+
+
+def output_state_options(command: F) -> F:
+    """``--overwrite``, ``--skip-existing`` (resume an interrupted run) and ``--quality``."""
+    return _apply(
+        command,
+        [
+            click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input)."),
+            click.option(
+                "--skip-existing",
+                is_flag=True,
+                help="Keep outputs that exist and are readable (resume an interrupted run).",
+            ),
+            click.option(
+                "--quality",
+                is_flag=True,
+                help="Also write a quality band: 0 = all inputs valid, else the sum of 1 (fine t1 invalid), "
+                "2 (coarse t1), 4 (coarse t2), 8 (coarse t3), 16 (fine t3).",
+            ),
+        ],
+    )
+
+
+def make_output_folder(out: Path) -> Path:
+    """Create an output folder (and parents); InputError if impossible."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; --out needs a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
+    if not os.access(out, os.W_OK):
+        raise InputError(f"{out}: output folder is not writable")
+    return out
+
+
+def refuse_inputs_as_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """InputError if an output is (or resolves to) an input, or two outputs are one file."""
+    resolved_inputs = {_identity(path): path for path in inputs}
+    seen: dict[Any, Path] = {}
+    for out in outputs:
+        key = _identity(out)
+        if key in resolved_inputs:
+            raise InputError(
+                f"{out}: is the input {resolved_inputs[key]}; an output never replaces an input "
+                "(choose another --out)"
+            )
+        if key in seen:
+            raise InputError(f"{out}: two outputs of this run would be the same file ({seen[key]} and {out})")
+        seen[key] = out
+
+
+def _identity(path: Path) -> Any:
+    """The same key for every name of one file (links resolved; (device, inode) when it exists)."""
+    try:
+        stat = path.stat()
+        return (stat.st_dev, stat.st_ino)
+    except OSError:
+        return str(Path(os.path.realpath(path)))
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+def quiet() -> bool:
+    """Whether the user asked for no progress output (``stfusion -q``)."""
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if isinstance(ctx.obj, dict) and "quiet" in ctx.obj:
+            return bool(ctx.obj["quiet"])
+        ctx = ctx.parent
+    return False
+
+
+@contextmanager
+def progress(total: int, description: str, unit: str = "it") -> Iterator[Any]:
+    """A tqdm bar on stderr, shown only on a terminal and never with -q (so logs stay clean)."""
+    from tqdm import tqdm
+
+    disable = True if quiet() else None  # None: tqdm disables itself when stderr is not a terminal
+    bar = tqdm(total=total, desc=description, unit=unit, disable=disable, dynamic_ncols=True, leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def say(text: str) -> None:
+    """A result line on stdout (the final line per output, tables); not silenced by -q."""
+    click.echo(text)

@@ -1,0 +1,260 @@
+"""``stfusion train`` and ``stfusion test``: train MLFF-GAN on a data folder, score a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stfusion import distributed, fusion, scenes, workflows
+from stfusion.checkpoint import load as load_checkpoint
+from stfusion.cli.options import (
+    READING_PARAMETERS,
+    device_option,
+    make_output_folder,
+    make_tiles,
+    one_line_errors,
+    output_state_options,
+    progress,
+    reading_options,
+    say,
+    tile_options,
+)
+from stfusion.errors import InputError
+from stfusion.inputs import ReadOptions
+from stfusion.train import TrainConfig
+
+RESUME_HINT = "rerun with --resume to continue from the last finished epoch (last.ckpt)"
+
+#: Command-line flags of `train` that map to TrainConfig fields of the same name.
+TRAIN_FLAGS: tuple[str, ...] = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "patch_size",
+    "patch_stride",
+    "random_crops",
+    "coarse_factor",
+    "seed",
+    "device",
+    "amp",
+    "num_workers",
+    "date_swap",
+    "flips",
+    "residual",
+    "zero_mean_correction",
+    "val_holdout",
+)
+
+
+def train_config(config_file: Path | None, save_dir: Path, explicit: dict[str, Any]) -> TrainConfig:
+    """Defaults < JSON config file < flags given on the command line; InputError naming a bad key."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = json.loads(Path(config_file).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{config_file}: not a readable JSON training config ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise InputError(f"{config_file}: a training config is a JSON object of options, not {loaded!r}")
+        values.update(loaded)
+    values.update(explicit)
+    values["save_dir"] = str(save_dir)
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        where = config_file if config_file is not None else "training options"
+        raise InputError(f"{where}: {exc}") from exc
+
+
+@contextmanager
+def training_progress(epochs: int, enabled: bool) -> Iterator[dict[str, Any]]:
+    """Callbacks for run_experiment: a bar over epochs with the running losses, one line per epoch."""
+    if not enabled:
+        yield {}
+        return
+    with progress(epochs, "training", unit="epoch") as bar:
+
+        def step(step: int, losses: dict[str, float]) -> None:
+            bar.set_postfix(step=step + 1, g=f"{losses['g_loss']:.4f}", d=f"{losses['d_loss']:.4f}")
+
+        def epoch(record: dict[str, float]) -> None:
+            bar.update(1)
+            bar.write(
+                f"epoch {int(record['epoch'])}: g_loss {record['g_loss']:.4f} d_loss {record['d_loss']:.4f} "
+                f"val_mse {record['val_mse']:.6f}"
+            )
+
+        yield {"on_step": step, "on_epoch": epoch}
+
+
+def run_training(
+    data_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool, ratio: float | None
+) -> workflows.ExperimentResult:
+    """Train, select and test (workflows.run_experiment) with a progress bar on rank 0."""
+    context = distributed.setup(config.device)
+    try:
+        with training_progress(config.epochs, context.is_main) as callbacks:
+            return workflows.run_experiment(
+                data_dir,
+                config,
+                resume=resume,
+                overwrite=overwrite,
+                ratio=ratio,
+                context=context,
+                say=say if context.is_main else lambda _: None,
+                **callbacks,
+            )
+    finally:
+        distributed.teardown(context)
+
+
+@click.command("train")
+@reading_options
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), required=True, help="Paper layout: train/, val/ (, test/)."
+)
+@click.option("--save-dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON training config.")
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Global batch.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option(
+    "--patch-size", type=click.IntRange(min=16), default=256, show_default=True, help="Training patch size."
+)
+@click.option("--patch-stride", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--random-crops",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Crops per case (0: grid).",
+)
+@click.option(
+    "--coarse-factor",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Coarse degradation factor.",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=2020, show_default=True)
+@device_option
+@click.option("--amp", is_flag=True, help="bf16 autocast (CUDA only).")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--date-swap/--no-date-swap", default=True, show_default=True)
+@click.option("--flips/--no-flips", default=False, show_default=True, help="Random flips/rotations.")
+@click.option("--residual/--no-residual", default=False, show_default=True, help="Learn F2 - (F1 + C2 - C1).")
+@click.option(
+    "--zero-mean-correction/--no-zero-mean-correction",
+    default=False,
+    show_default=True,
+    help="Residual mode: the correction has zero mean per band and tile (keeps coarse-delta's mean).",
+)
+@click.option(
+    "--val-holdout",
+    type=click.FloatRange(0.0, 0.9),
+    default=0.0,
+    show_default=True,
+    help="Validate on this bottom fraction of the rows of each training case instead of val/.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --save-dir from its last.ckpt.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --save-dir with a new one.")
+@click.option(
+    "--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="ERGAS pixel-size ratio."
+)
+@click.pass_context
+@one_line_errors(RESUME_HINT)
+def train_command(
+    ctx: click.Context,
+    data_dir: Path,
+    save_dir: Path,
+    config_file: Path | None,
+    resume: bool,
+    overwrite: bool,
+    ratio: float | None,
+    reading: ReadOptions,
+    **flags: Any,
+) -> None:
+    """Train MLFF-GAN on DATA_DIR/train, select on val, test the best model on test.
+
+    Data-parallel on several processes with torchrun, e.g. `torchrun --nproc_per_node 4 -m stfusion
+    train ...` (--batch-size is the global batch, split over the processes).
+    """
+    if resume and overwrite:
+        raise InputError("--resume continues the run in --save-dir, --overwrite replaces it: give one")
+    given = {
+        name
+        for name in (*TRAIN_FLAGS, *READING_PARAMETERS)
+        if config_file is None or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
+    for name in ("resampling", "min_overlap", "fine_scale", "coarse_scale"):
+        if name in given or (name.endswith("_scale") and "scale" in given):
+            explicit[name] = getattr(reading, name)
+    config = train_config(config_file, save_dir, explicit)
+    result = run_training(data_dir, config, resume=resume, overwrite=overwrite, ratio=ratio)
+    if result.test_split is None:
+        return  # not rank 0 of a torchrun job: rank 0 reports
+    say(f"best checkpoint: {result.train.best}")
+    for name, path in result.tables.items():
+        say(f"{name}: {path}")
+
+
+@click.command("test")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Trained model.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--split", default="test", show_default=True, help="Which split of DATA_DIR to predict.")
+@click.option("--baselines", default="coarse-delta,persistence", show_default=True, help="Comma list or ''.")
+@click.option(
+    "--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="ERGAS pixel-size ratio."
+)
+@tile_options
+@device_option
+@output_state_options
+@reading_options
+@one_line_errors("finished outputs are complete; rerun with --skip-existing to do the rest")
+def test_command(
+    data_dir: Path,
+    checkpoint: Path,
+    out: Path,
+    split: str,
+    baselines: str,
+    ratio: float | None,
+    tile: tuple[int, int],
+    overlap: int,
+    batch_size: int,
+    device: str,
+    overwrite: bool,
+    skip_existing: bool,
+    quality: bool,
+    reading: ReadOptions,
+) -> None:
+    """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
+    model = load_checkpoint(checkpoint)
+    cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
+    if not cases:
+        raise InputError(f"{data_dir}: no cases in split {split!r}")
+    model.check_bands(scenes.case_bands(cases[0]), cases[0].fine_t1)
+    runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
+    preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
+    preparers.update({name: fusion.get(name).preparer() for name in baselines.split(",") if name})
+    make_output_folder(out)
+    results = workflows.run_methods(
+        cases,
+        preparers,
+        out_dir=out,
+        ratio=ratio,
+        reading=reading,
+        output=workflows.OutputOptions(overwrite=overwrite, skip_existing=skip_existing, quality=quality),
+    )
+    protocol = {"data": str(data_dir), "split": split, "checkpoint": str(checkpoint)}
+    tables = workflows.write_tables(results, out, protocol=protocol, overwrite=overwrite or skip_existing)
+    if "markdown" in tables:
+        say(tables["markdown"].read_text())
+    for name, path in tables.items():
+        say(f"{name}: {path}")

@@ -1,0 +1,100 @@
+"""Scoring a prediction file against a truth file: grid checks, masks, metric tables.
+
+The job behind ``stfusion evaluate``: both files must lie on one grid (size, CRS and transform; a
+prediction copied into another place or CRS is refused instead of scored), each file is converted to
+reflectance by its own scale (GDAL scale/offset tags, an explicit scale, or the automatic choice of
+:mod:`stfusion.raster`), and the metrics follow docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from stfusion import raster, report, scenes
+from stfusion.errors import InputError
+from stfusion.inputs import check_values
+from stfusion.metrics import MetricReport, compute_metrics
+
+
+def table_outputs(json_path: Path | None, csv_path: Path | None, *, overwrite: bool) -> dict[str, Path]:
+    """The metric files to write ("json", "csv", "sidecar"), checked (writable, distinct) before any work."""
+    outputs: dict[str, Path] = {}
+    if json_path is not None:
+        outputs["json"] = json_path
+    if csv_path is not None:
+        outputs["csv"] = csv_path
+        outputs["sidecar"] = report.sidecar_path(csv_path)
+    seen: dict[Path, str] = {}
+    for kind, path in outputs.items():
+        key = path.resolve()
+        if key in seen:
+            raise InputError(f"{path}: given for both the {seen[key]} and the {kind} output; use two names")
+        seen[key] = kind
+        raster.check_writable(path, overwrite=overwrite)
+    return outputs
+
+
+def _read(path: Path, scale: float | None) -> raster.Raster:
+    if scale is None:
+        return raster.read(path)
+    return raster.read(path, scale=scale)
+
+
+def evaluate_files(
+    pred: Path,
+    truth: Path,
+    *,
+    mask: Path | None = None,
+    ratio: float | None = None,
+    data_range: float = 1.0,
+    ssim_data_range: float = 2.0,
+    pred_scale: float | None = None,
+    truth_scale: float | None = None,
+) -> MetricReport:
+    """Metrics of a prediction GeoTIFF against the truth; InputError naming the file on any mismatch."""
+    pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
+    if pred_info.shape != truth_info.shape:
+        raise InputError(
+            f"{pred}: shape {pred_info.shape} (bands, rows, cols) differs from truth {truth} "
+            f"{truth_info.shape}"
+        )
+    if not raster.same_grid(pred_info, truth_info):
+        raise InputError(
+            f"{pred}: not on the grid of the truth {truth} (CRS {pred_info.crs} vs {truth_info.crs}, "
+            f"transform {pred_info.transform[:6]} vs {truth_info.transform[:6]}); a prediction is scored "
+            "only against the truth of the same place"
+        )
+    if mask is not None:
+        scenes.check_mask_grid(raster.inspect(mask), truth_info)
+    for path in (pred, truth):
+        check_values(path)
+    predicted, true = _read(pred, pred_scale), _read(truth, truth_scale)
+    valid = None
+    if mask is not None:
+        valid = ~raster.read_mask_on_grid(mask, truth_info, resampling="nearest")
+    band_names = [n or f"band{i + 1}" for i, n in enumerate(true.info.band_names)]
+    try:
+        return compute_metrics(
+            predicted.data,
+            true.data,
+            valid=valid,
+            data_range=data_range,
+            ssim_data_range=ssim_data_range,
+            ratio=ratio,
+            band_names=band_names,
+        )
+    except ValueError as exc:
+        raise InputError(f"{pred}: cannot be scored against {truth}: {exc}") from exc
+
+
+def write_reports(reports: Mapping[str, MetricReport], outputs: Mapping[str, Path]) -> list[Path]:
+    """Write the tables :func:`table_outputs` planned; returns the files written."""
+    written = []
+    if "csv" in outputs:
+        report.write_metrics_csv(outputs["csv"], reports)
+        written.append(outputs["csv"])
+    if "json" in outputs:
+        report.write_metrics_json(outputs["json"], reports)
+        written.append(outputs["json"])
+    return written

@@ -1,0 +1,186 @@
+"""Several reference pairs for a method that takes one: one prediction per pair, combined locally.
+
+A case may hold K >= 1 reference pairs (e.g. one before and one after the target date). STARFM and
+ESTARFM use several pairs natively; every other method (coarse-delta, FSDAF, MLFF-GAN, ...) is run once
+per pair, and the K predictions F̂_k are combined pixel by pixel with ESTARFM's temporal weights (Zhu et
+al. 2010, eq. 18), computed from the coarse images in a local window:
+
+    Δ_k(x, b) = mean_{q ∈ N(x)} C2(q, b) − mean_{q ∈ N(x)} C_k(q, b)
+    T_k(x, b) = (1 / (|Δ_k| + ε)) / Σ_j (1 / (|Δ_j| + ε))
+    F̂(x, b)  = Σ_k T_k(x, b) F̂_k(x, b)
+
+N(x) is the (2h + 1)² window around x clipped at the scene's edges (h = :data:`HALF_WINDOW` fine pixels,
+about three MODIS pixels at 30 m, ESTARFM's window), the means are over pixels valid in C2 and C_k, and
+ε = 1e-6 reflectance. The pair whose coarse image changed least towards the target date weighs most.
+A pixel where a pair's prediction (or its Δ) is invalid takes the other pairs' prediction (the weights
+are renormalised over the valid pairs); it is NaN only where every pair is.
+
+Combining streams like any method: rows come from the K per-pair predictions as they are produced, and
+the weights of a block of rows need ``h`` rows of context above and below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from scipy import ndimage
+
+from stfusion.blocks import Block, Prediction, SceneSource
+from stfusion.tiling import Window
+
+#: Half side h of the window of the local coarse means (fine pixels).
+HALF_WINDOW: int = 25
+#: ε of the temporal weights (reflectance): keeps 1 / |Δ| finite when a pair's coarse image is unchanged.
+EPSILON: float = 1e-6
+
+
+class PairView:
+    """One reference pair of a scene, seen as a one-pair scene (a :class:`SceneSource`)."""
+
+    def __init__(self, source: SceneSource, index: int) -> None:
+        if not 0 <= index < source.n_pairs:
+            raise ValueError(f"pair {index} of a scene with {source.n_pairs} pairs")
+        self.source, self.index = source, index
+
+    @property
+    def bands(self) -> int:
+        return self.source.bands
+
+    @property
+    def height(self) -> int:
+        return self.source.height
+
+    @property
+    def width(self) -> int:
+        return self.source.width
+
+    @property
+    def n_pairs(self) -> int:
+        return 1
+
+    def _one(self, block: Block) -> Block:
+        return Block(top=block.top, pairs=(block.pairs[self.index],), coarse_t2=block.coarse_t2)
+
+    def block(self, top: int, stop: int) -> Block:
+        return self._one(self.source.block(top, stop))
+
+    def read_window(self, window: Window) -> Block:
+        return self._one(self.source.read_window(window))
+
+
+def local_mean(image: np.ndarray, half_window: int) -> np.ndarray:
+    """Mean over the finite values of a (2h+1)² window clipped at the edges; NaN where none.
+
+    Args:
+        image: (C, n, W) float, NaN = invalid.
+    Returns:
+        (C, n, W) float64.
+    """
+    valid = np.isfinite(image)
+    size = (1, 2 * half_window + 1, 2 * half_window + 1)
+    sums = ndimage.uniform_filter(np.where(valid, image, 0.0).astype(np.float64), size, mode="constant")
+    counts = ndimage.uniform_filter(valid.astype(np.float64), size, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # uniform_filter returns window means with zeros outside: the ratio is the clipped mean
+        return np.where(counts > 1e-12, sums / np.maximum(counts, 1e-300), np.nan)
+
+
+def temporal_weights(block: Block, half_window: int = HALF_WINDOW) -> np.ndarray:
+    """ESTARFM-style weights T_k of each pair (see module docstring) for every pixel of a block.
+
+    Args:
+        block: rows of every input; the weights of its inner rows are exact when it holds
+            ``half_window`` rows of context above and below them.
+    Returns:
+        (K, C, n, W) float64 weights summing to 1 over k where at least one Δ_k is defined, NaN
+        where a pair's Δ is undefined.
+    """
+    target = local_mean(block.coarse_t2, half_window)
+    inverse = []
+    for pair in block.pairs:
+        delta = target - local_mean(np.where(np.isfinite(block.coarse_t2), pair.coarse, np.nan), half_window)
+        inverse.append(1.0 / (np.abs(delta) + EPSILON))
+    stacked = np.stack(inverse)
+    with np.errstate(invalid="ignore"):
+        return stacked / np.nansum(stacked, axis=0, keepdims=True)
+
+
+def combine(predictions: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Σ_k T_k F̂_k with the weights renormalised over the pairs valid at each pixel.
+
+    Args:
+        predictions: K arrays (C, n, W), NaN where a pair gives no value.
+        weights: (K, C, n, W) from :func:`temporal_weights` (NaN where undefined).
+    Returns:
+        (C, n, W) float32; NaN only where no pair is valid.
+    """
+    stacked = np.stack(predictions).astype(np.float64)
+    usable = np.isfinite(stacked) & np.isfinite(weights)
+    # a pair without a defined weight but with a value still counts when it is the only one
+    weights = np.where(usable, weights, 0.0)
+    total = weights.sum(axis=0)
+    fallback = np.isfinite(stacked) & (total == 0)[None]
+    weights = np.where(fallback, 1.0, weights)
+    total = weights.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        combined = (np.where(weights > 0, stacked, 0.0) * weights).sum(axis=0) / total
+    return np.where(total > 0, combined, np.nan).astype(np.float32)
+
+
+class CombinedPrediction:
+    """K one-pair predictions of one scene combined by :func:`temporal_weights` (a Prediction)."""
+
+    def __init__(self, parts: list[Prediction], views: list[PairView], half_window: int = HALF_WINDOW):
+        self.parts, self.views, self.half_window = parts, views, half_window
+
+    def row_starts(self, height: int, width: int) -> list[int]:
+        return self.parts[0].row_starts(height, width)
+
+    def iter_rows(self, source: SceneSource, first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        streams = [
+            part.iter_rows(view, first, stop) for part, view in zip(self.parts, self.views, strict=True)
+        ]
+        pending: list[list[np.ndarray]] = [[] for _ in streams]
+        ready = [first] * len(streams)  # rows of each stream received up to (exclusive)
+        done = first
+        while done < stop:
+            # pull from the stream that lags most, until every stream has rows beyond `done`
+            lagging = int(np.argmin(ready))
+            row, values = next(streams[lagging])
+            if row != ready[lagging]:
+                raise RuntimeError(f"pair {lagging} yielded rows from {row}, expected {ready[lagging]}")
+            pending[lagging].append(values)
+            ready[lagging] += values.shape[1]
+            common = min(ready)
+            if common > done:
+                parts = [self._take(pending[k], common - done) for k in range(len(streams))]
+                yield done, self._combine(source, parts, done, common)
+                done = common
+
+    @staticmethod
+    def _take(queue: list[np.ndarray], rows: int) -> np.ndarray:
+        taken, need = [], rows
+        while need:
+            head = queue[0]
+            if head.shape[1] <= need:
+                taken.append(queue.pop(0))
+                need -= head.shape[1]
+            else:
+                taken.append(head[:, :need])
+                queue[0] = head[:, need:]
+                need = 0
+        return np.concatenate(taken, axis=1)
+
+    def _combine(self, source: SceneSource, parts: list[np.ndarray], top: int, stop: int) -> np.ndarray:
+        halo = self.half_window
+        read_top, read_stop = max(0, top - halo), min(source.height, stop + halo)
+        weights = temporal_weights(source.block(read_top, read_stop), halo)
+        inner = slice(top - read_top, top - read_top + (stop - top))
+        return combine(parts, weights[:, :, inner])
+
+
+def combine_pairs(source: SceneSource, prepare_one: Callable[[SceneSource], Prediction]) -> Prediction:
+    """A method taking one pair, run on each pair of ``source`` and combined (see module docstring)."""
+    views = [PairView(source, k) for k in range(source.n_pairs)]
+    return CombinedPrediction([prepare_one(view) for view in views], views)
