@@ -638,6 +638,68 @@ def test_compute_metrics_bit_identical_to_previous_composition() -> None:
             assert report.conventions[key] == value, (index, key)
 
 
+# ------------------------------------------------------------------- degenerate truth / prediction
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3])
+def test_truth_without_variation_is_refused(value: float) -> None:
+    # Both images read with a wrong scale (e.g. all zeros) must not be reported as a perfect match.
+    constant = np.full((3, 16, 16), value, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"truth has no variation.*check the scale"):
+        compute_metrics(constant.copy(), constant, ratio=0.05)
+    prediction, _ = _pair(shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="truth has no variation"):
+        compute_metrics(prediction, constant)
+
+
+def test_truth_without_variation_counts_used_pixels_only() -> None:
+    truth = np.full((2, 16, 16), 0.2)
+    prediction = truth.copy()
+    valid = np.ones((16, 16), dtype=bool)
+    valid[0, :] = False
+    truth[:, 0, :] = 0.7  # varies only where masked ...
+    truth[1, 5, 5] = np.nan  # ... or non-finite
+    with pytest.raises(ValueError, match="truth has no variation"):
+        compute_metrics(prediction, truth, valid=valid)
+    # Spread anywhere among the used values is enough: here between bands.
+    truth[1] = 0.4
+    report = compute_metrics(truth + 0.01, truth, valid=valid)
+    assert report.per_band["rmse"] == pytest.approx((0.01, 0.01))
+    # The per-metric functions compute their definitions as they stand; only compute_metrics, the
+    # scene report, refuses a truth without variation.
+    zeros = np.zeros((1, 8, 8))
+    assert rmse(zeros, zeros)[0] == 0.0
+
+
+@pytest.mark.parametrize("value", [0.0, 0.25])
+def test_constant_prediction_is_scored_normally(value: float) -> None:
+    # An all-zero (or constant) prediction against a varying truth gets bad metrics, not an error.
+    _, truth = _pair(shape=(3, 20, 24), dtype=np.float64, seed=14)
+    prediction = np.full_like(truth, value)
+    report = compute_metrics(prediction, truth, ratio=0.05)
+    expected_rmse = np.sqrt(((value - truth) ** 2).mean(axis=(1, 2)))
+    np.testing.assert_allclose(report.per_band["rmse"], expected_rmse, rtol=1e-12)
+    np.testing.assert_allclose(report.per_band["bias"], value - truth.mean(axis=(1, 2)), rtol=1e-12)
+    assert all(v > 0.1 for v in report.per_band["rmse"])
+    assert all(math.isfinite(v) and v < 25 for v in report.per_band["psnr"])
+    assert all(v < 0.5 for v in report.per_band["ssim"])
+    assert all(math.isnan(v) for v in report.per_band["cc"])  # undefined for a constant band
+    assert report.per_band["uiqi"] == (0.0, 0.0, 0.0)  # no covariance in any window
+    expected_ergas = 100 * 0.05 * np.sqrt(np.mean(expected_rmse**2 / truth.mean(axis=(1, 2)) ** 2))
+    assert report.mean["ergas"] == pytest.approx(expected_ergas, rel=1e-12)
+    if value == 0.0:  # every spectrum of the prediction is the zero vector: no angle anywhere
+        assert math.isnan(report.mean["sam"] or 0.0)
+        assert report.conventions["sam_zero_vectors"] == 20 * 24
+    else:
+        assert report.mean["sam"] is not None and report.mean["sam"] > 1.0
+
+
+def test_unpredicted_everywhere_is_an_error() -> None:
+    _, truth = _pair(shape=(2, 16, 16))
+    with pytest.raises(ValueError, match="no valid pixel"):
+        compute_metrics(np.full_like(truth, np.nan), truth)
+
+
 # ------------------------------------------------------------------------------------------ doctests
 
 

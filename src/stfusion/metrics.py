@@ -26,6 +26,10 @@ covariance, K1 = 0.01, K2 = 0.03, mean over the map with a border of 3 pixels cr
 the windows that lie inside the image). Images smaller than a window raise ValueError naming the
 minimum size.
 
+Truth without variation: :func:`compute_metrics` raises ValueError when every used value of every band
+of the truth is one number (e.g. all zeros: both images read with a wrong scale would otherwise score
+RMSE 0 and SSIM 1). The per-metric functions compute their definitions as they stand.
+
 Band means are plain means of the per-band values (so one infinite PSNR makes the mean PSNR
 infinite, one undefined CC makes the mean CC NaN). SAM and ERGAS are cross-band metrics and have only
 a scene value.
@@ -580,6 +584,12 @@ def compute_metrics(
     :func:`cc`, :func:`uiqi`, :func:`sam` and :func:`ergas` with the same arguments (the used-pixel
     mask and the window masks are computed once and shared).
 
+    A truth without variation is refused: if every used value of every band is one number (an
+    all-zero truth, typically read with the wrong scale, band or nodata), a prediction read the same
+    wrong way would score RMSE 0 and SSIM 1. That raises ValueError instead of reporting a perfect
+    score. A constant or all-zero *prediction* against a varying truth is scored normally (and
+    badly).
+
     Args:
         prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
         truth: (C, H, W) float reflectance, same shape.
@@ -597,7 +607,8 @@ def compute_metrics(
 
     Raises:
         ValueError: shapes, ranges or settings are invalid, images are smaller than the SSIM or
-            UIQI window (the message gives the minimum size), or no pixel is valid.
+            UIQI window (the message gives the minimum size), no pixel is valid, or the truth has
+            no variation ("truth has no variation ... check the scale").
         TypeError: non-float images or a non-bool mask.
 
     An 8x8 truth with rows 1/16, 3/16, ..., 15/16 predicted 0.25 too bright:
@@ -625,8 +636,10 @@ def compute_metrics(
     n_nonfinite_truth = int((scene.mask_valid & ~scene.truth_finite).sum())
     n_unpredicted = int((scene.mask_valid & scene.truth_finite & ~scene.pred_finite).sum())
 
+    # Pixel metrics first (cheap): the truth check below must come before the windowed metrics.
     per_band: dict[str, list[float]] = {name: [] for name in BAND_METRICS}
     truth_means: list[float] = []
+    truth_low, truth_high = math.inf, -math.inf
     for band in range(n_bands):
         p64, t64 = scene.values(band)
         diff = _difference(p64, t64)
@@ -636,6 +649,14 @@ def compute_metrics(
         per_band["psnr"].append(_psnr(prediction[band], truth[band], used, scene.all_used, data_range))
         per_band["cc"].append(_pearson(p64, t64))
         truth_means.append(_mean(t64))
+        truth_low = min(truth_low, float(t64.min()))
+        truth_high = max(truth_high, float(t64.max()))
+    if truth_low == truth_high:
+        raise ValueError(
+            f"truth has no variation: all {n_valid} used pixels of its {n_bands} band(s) equal "
+            f"{truth_low:g}, so any prediction read the same way would score as perfect; "
+            "check the scale, the band order and the nodata value of the truth"
+        )
 
     ssim_windows = _window_mask(used, SSIM_WINDOW)
     uiqi_windows = _window_mask(used, uiqi_window)
