@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -698,6 +699,40 @@ def test_unpredicted_everywhere_is_an_error() -> None:
     _, truth = _pair(shape=(2, 16, 16))
     with pytest.raises(ValueError, match="no valid pixel"):
         compute_metrics(np.full_like(truth, np.nan), truth)
+
+
+# ----------------------------------------------------------------------------- images too small
+
+
+def test_images_smaller_than_the_windows() -> None:
+    prediction, truth = _pair(shape=(2, 20, 20))
+    expected = "smaller than the SSIM window (7) or the UIQI window (8); use images of at least 8 pixels"
+    with pytest.raises(ValueError, match=re.escape(f"images of 6x6 pixels are {expected}")):
+        compute_metrics(prediction[:, :6, :6], truth[:, :6, :6])
+    with pytest.raises(ValueError, match=re.escape(f"images of 7x20 pixels are {expected}")):
+        compute_metrics(prediction[:, :7], truth[:, :7])
+    with pytest.raises(ValueError, match="at least 7 pixels per side"):
+        compute_metrics(prediction[:, :, :6], truth[:, :, :6], uiqi_window=5)
+    with pytest.raises(ValueError, match="at least 12 pixels per side"):
+        compute_metrics(prediction[:, :11], truth[:, :11], uiqi_window=12)
+    compute_metrics(prediction[:, :7, :7], truth[:, :7, :7], uiqi_window=5)  # exactly fits
+
+    with pytest.raises(
+        ValueError, match=re.escape("smaller than the SSIM window (7); use images of at least 7")
+    ):
+        ssim(prediction[:, :6], truth[:, :6])
+    assert ssim(prediction[:, :7, :7], truth[:, :7, :7]).shape == (2,)
+    with pytest.raises(
+        ValueError, match=re.escape("smaller than the UIQI window (5); use images of at least 5")
+    ):
+        uiqi(prediction[:, :4], truth[:, :4], window=5)
+    assert uiqi(prediction[:, :5, :5], truth[:, :5, :5], window=5).shape == (2,)
+    with pytest.raises(ValueError, match="at least 8 pixels per side"):
+        uiqi_map(prediction[0, :7], truth[0, :7])
+    with pytest.raises(ValueError, match="window must be >= 2"):
+        uiqi_map(prediction[0], truth[0], window=1)
+    # metrics without a window work on any size
+    assert rmse(prediction[:, :1, :1], truth[:, :1, :1]).shape == (2,)
 
 
 # ------------------------------------------------------------------------------------------ doctests
