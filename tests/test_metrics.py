@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
+import re
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+import stfusion.metrics as metrics_module
 from stfusion.metrics import (
     BAND_METRICS,
     METRIC_COLUMNS,
     MetricReport,
+    bias,
+    cc,
     compute_metrics,
+    ergas,
+    mae,
+    psnr,
+    rmse,
+    sam,
+    ssim,
+    uiqi,
     uiqi_map,
 )
 
@@ -304,3 +319,429 @@ def test_argument_errors() -> None:
         compute_metrics(prediction[:, :6, :6], truth[:, :6, :6])
     with pytest.raises(ValueError, match="no valid pixel"):
         compute_metrics(prediction, truth, valid=np.zeros((16, 16), dtype=bool))
+
+
+# --------------------------------------------------------------------- public per-metric functions
+
+BAND_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    "rmse": rmse,
+    "mae": mae,
+    "bias": bias,
+    "psnr": psnr,
+    "ssim": ssim,
+    "cc": cc,
+    "uiqi": uiqi,
+}
+
+
+def _hex(values: Iterable[float | None]) -> list[str | None]:
+    """Exact bit patterns (NaN compares equal to NaN, -0.0 differs from 0.0)."""
+    return [None if v is None else float(v).hex() for v in values]
+
+
+def _messy_pair(seed: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random (C, H, W) pair and (H, W) mask with NaN/inf in both images, zero spectra, a constant band."""
+    rng = np.random.default_rng(seed)
+    prediction, truth = _pair(shape=(3, 23, 29), dtype=dtype, seed=seed)
+    valid = rng.random((23, 29)) > 0.05
+    valid[2:6, 3:9] = False
+    prediction[1, 10, 10] = np.nan
+    prediction[:, 15, 4] = np.inf
+    truth[2, 20, 20] = np.nan
+    truth[:, 7, 22] = 0.0  # zero spectrum: left out of SAM
+    prediction[2] = np.where(np.isfinite(prediction[2]), prediction.dtype.type(0.25), prediction[2])
+    return prediction, truth, valid
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked", [False, True])
+def test_public_functions_equal_compute_metrics(dtype: type, masked: bool) -> None:
+    prediction, truth, valid = _messy_pair(11, dtype)
+    mask = valid if masked else None
+    report = compute_metrics(
+        prediction, truth, valid=mask, data_range=2.0, ssim_data_range=1.0, ratio=0.05, uiqi_window=5
+    )
+    settings: dict[str, dict[str, Any]] = {
+        "psnr": {"data_range": 2.0},
+        "ssim": {"data_range": 1.0},
+        "uiqi": {"window": 5},
+    }
+    for name, function in BAND_FUNCTIONS.items():
+        values = function(prediction, truth, valid=mask, **settings.get(name, {}))
+        assert isinstance(values, np.ndarray)
+        assert values.dtype == np.float64 and values.shape == (3,)
+        assert _hex(values) == _hex(report.per_band[name]), name
+    scene_sam = sam(prediction, truth, valid=mask)
+    scene_ergas = ergas(prediction, truth, ratio=0.05, valid=mask)
+    assert type(scene_sam) is float and type(scene_ergas) is float
+    assert _hex([scene_sam, scene_ergas]) == _hex([report.mean["sam"], report.mean["ergas"]])
+    assert math.isnan(report.per_band["cc"][2])  # the constant band
+
+
+def test_public_functions_defaults() -> None:
+    # psnr R = 1, ssim R = 2 and uiqi window 8 by default, as in compute_metrics
+    prediction, truth = _pair(shape=(2, 16, 16), seed=12)
+    report = compute_metrics(prediction, truth)
+    for name, function in BAND_FUNCTIONS.items():
+        assert _hex(function(prediction, truth)) == _hex(report.per_band[name]), name
+
+
+def test_public_functions_exclude_pixels_like_compute_metrics() -> None:
+    # A NaN in one band of the prediction removes the pixel from every band, as in compute_metrics.
+    prediction, truth = _pair(shape=(2, 12, 12), dtype=np.float64, seed=13)
+    prediction[1, 3, 4] = np.nan
+    explicit = np.ones((12, 12), dtype=bool)
+    explicit[3, 4] = False
+    cleaned = prediction.copy()
+    cleaned[1, 3, 4] = 123.0
+    for name, function in BAND_FUNCTIONS.items():
+        assert _hex(function(prediction, truth)) == _hex(function(cleaned, truth, valid=explicit)), name
+    assert sam(prediction, truth) == sam(cleaned, truth, valid=explicit)
+    assert ergas(prediction, truth, ratio=0.1) == ergas(cleaned, truth, ratio=0.1, valid=explicit)
+    # and the value at a masked pixel never matters
+    cleaned[:, 3, 4] = -7.0
+    assert _hex(rmse(prediction, truth)) == _hex(rmse(cleaned, truth, valid=explicit))
+
+
+def test_public_function_errors() -> None:
+    prediction, truth = _pair(shape=(2, 16, 16))
+    functions: list[Callable[..., Any]] = [*BAND_FUNCTIONS.values(), sam, partial(ergas, ratio=0.05)]
+    for function in functions:
+        with pytest.raises(ValueError, match="one shape"):
+            function(prediction[:, :8], truth)
+        with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+            function(prediction[0], truth[0])
+        with pytest.raises(TypeError, match="to_reflectance"):
+            function((prediction * 1e4).astype(np.int16), (truth * 1e4).astype(np.int16))
+        with pytest.raises(TypeError, match="bool"):
+            function(prediction, truth, valid=np.ones((16, 16), dtype=np.uint8))
+        with pytest.raises(ValueError, match="valid must have shape"):
+            function(prediction, truth, valid=np.ones((16, 15), dtype=bool))
+        with pytest.raises(ValueError, match="no valid pixel"):
+            function(prediction, truth, valid=np.zeros((16, 16), dtype=bool))
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="data_range"):
+            psnr(prediction, truth, data_range=bad)
+        with pytest.raises(ValueError, match="data_range"):
+            ssim(prediction, truth, data_range=bad)
+        with pytest.raises(ValueError, match="ratio"):
+            ergas(prediction, truth, ratio=bad)
+    with pytest.raises(TypeError, match="ratio"):
+        ergas(prediction, truth)  # type: ignore[call-arg]  # required: no hidden default
+    with pytest.raises(ValueError, match="window must be >= 2"):
+        uiqi(prediction, truth, window=1)
+    with pytest.raises(TypeError, match="window must be an int"):
+        uiqi(prediction, truth, window=8.0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------ bit-identity with the previous compute_metrics
+#
+# A frozen copy of the numerical core of compute_metrics as it was before the per-metric functions
+# existed (commit 86f6ad3), kept self-contained (NumPy, SciPy and scikit-image only) so that a change
+# to any shared kernel in stfusion.metrics shows up here. Comparing with a recomputation rather than
+# with stored numbers keeps the test exact on every platform and library version (log10, arctan2 and
+# summation may round differently elsewhere, but identically for both copies on one machine).
+
+
+def _previous_compute_metrics(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    valid: np.ndarray | None,
+    data_range: float,
+    ssim_data_range: float,
+    ratio: float | None,
+    uiqi_window: int,
+) -> tuple[dict[str, list[float]], dict[str, float | None], dict[str, int]]:
+    from scipy import ndimage
+
+    def window_mask(used: np.ndarray, window: int) -> np.ndarray:
+        height, width = used.shape
+        inside = np.zeros_like(used)
+        half = window // 2
+        inside[half : height - window + half + 1, half : width - window + half + 1] = True
+        if used.all():
+            return inside
+        clean = ndimage.minimum_filter(used.astype(np.uint8), size=window, mode="constant", cval=0)
+        return inside & clean.astype(bool)
+
+    def constant_windows(x: np.ndarray, window: int) -> np.ndarray:
+        hi = ndimage.maximum_filter(x, size=window, mode="nearest")
+        lo = ndimage.minimum_filter(x, size=window, mode="nearest")
+        return np.asarray(hi == lo)
+
+    def uiqi_full(p_band: np.ndarray, t_band: np.ndarray, window: int) -> np.ndarray:
+        p = p_band.astype(np.float64)
+        t = t_band.astype(np.float64)
+
+        def box(x: np.ndarray) -> np.ndarray:
+            return ndimage.uniform_filter(x, size=window, mode="constant", cval=0.0)
+
+        mu_p = box(p)
+        mu_t = box(t)
+        pc = p - float(np.mean(p))
+        tc = t - float(np.mean(t))
+        mpc = box(pc)
+        mtc = box(tc)
+        var_p = np.maximum(box(pc * pc) - mpc * mpc, 0.0)
+        var_t = np.maximum(box(tc * tc) - mtc * mtc, 0.0)
+        cov = box(pc * tc) - mpc * mtc
+        const_p = constant_windows(p, window)
+        const_t = constant_windows(t, window)
+        var_p[const_p] = 0.0
+        var_t[const_t] = 0.0
+        cov[const_p | const_t] = 0.0
+        d_sigma = var_p + var_t
+        d_mu = mu_p * mu_p + mu_t * mu_t
+        q = np.ones_like(mu_p)
+        both = (d_sigma > 0) & (d_mu > 0)
+        q[both] = 4.0 * cov[both] * mu_p[both] * mu_t[both] / (d_sigma[both] * d_mu[both])
+        only_mu = (d_sigma == 0) & (d_mu > 0)
+        q[only_mu] = 2.0 * mu_p[only_mu] * mu_t[only_mu] / d_mu[only_mu]
+        only_sigma = (d_sigma > 0) & (d_mu == 0)
+        q[only_sigma] = 2.0 * cov[only_sigma] / d_sigma[only_sigma]
+        return q
+
+    n_bands, height, width = truth.shape
+    mask_valid = np.ones((height, width), dtype=bool) if valid is None else valid
+    truth_finite = np.isfinite(truth).all(axis=0)
+    pred_finite = np.isfinite(prediction).all(axis=0)
+    used = mask_valid & truth_finite & pred_finite
+    n_valid = int(used.sum())
+    all_used = n_valid == height * width
+
+    per_band: dict[str, list[float]] = {name: [] for name in BAND_METRICS}
+    truth_means: list[float] = []
+    ssim_windows = window_mask(used, 7)
+    uiqi_windows = window_mask(used, uiqi_window)
+    for band in range(n_bands):
+        t_band = truth[band]
+        p_band = prediction[band]
+        t64 = t_band[used].astype(np.float64)
+        p64 = p_band[used].astype(np.float64)
+        diff = p64 - t64
+        mse = float(np.mean(diff * diff))
+        per_band["rmse"].append(math.sqrt(mse))
+        per_band["mae"].append(float(np.mean(np.abs(diff))))
+        per_band["bias"].append(float(np.mean(diff)))
+        # PSNR
+        float_type = np.result_type(p_band.dtype, t_band.dtype, np.float32)
+        d = t_band.astype(float_type, copy=False) - p_band.astype(float_type, copy=False)
+        squared = d * d if all_used else (d * d)[used]
+        mse_psnr = float(np.mean(squared, dtype=np.float64))
+        per_band["psnr"].append(
+            math.inf if mse_psnr == 0.0 else float(10.0 * np.log10(data_range**2 / mse_psnr))
+        )
+        # CC
+        pc = p64 - p64.mean()
+        tc = t64 - t64.mean()
+        denom = math.sqrt(float(np.dot(pc, pc)) * float(np.dot(tc, tc)))
+        per_band["cc"].append(math.nan if denom == 0.0 else float(np.dot(pc, tc)) / denom)
+        truth_means.append(float(np.mean(t64)))
+        # SSIM and UIQI on bands with excluded pixels set to 0
+        if all_used:
+            t_fill, p_fill = t_band, p_band
+        else:
+            t_fill = np.where(used, t_band, np.zeros((), dtype=t_band.dtype))
+            p_fill = np.where(used, p_band, np.zeros((), dtype=p_band.dtype))
+        mssim, ssim_map = structural_similarity(
+            t_fill, p_fill, data_range=ssim_data_range, win_size=7, K1=0.01, K2=0.03, full=True
+        )
+        if all_used:
+            per_band["ssim"].append(float(mssim))
+        elif not ssim_windows.any():
+            per_band["ssim"].append(math.nan)
+        else:
+            per_band["ssim"].append(float(np.mean(ssim_map[ssim_windows], dtype=np.float64)))
+        if not uiqi_windows.any():
+            per_band["uiqi"].append(math.nan)
+        else:
+            q = uiqi_full(p_fill, t_fill, uiqi_window)
+            per_band["uiqi"].append(float(np.mean(q[uiqi_windows], dtype=np.float64)))
+
+    # SAM
+    p = prediction[:, used].astype(np.float64)
+    t = truth[:, used].astype(np.float64)
+    p_norm = np.sqrt(np.sum(p * p, axis=0))
+    t_norm = np.sqrt(np.sum(t * t, axis=0))
+    nonzero = (p_norm > 0) & (t_norm > 0)
+    sam_zero = int((~nonzero).sum())
+    sam_value = math.nan
+    if nonzero.any():
+        u = p[:, nonzero] / p_norm[nonzero]
+        v = t[:, nonzero] / t_norm[nonzero]
+        angle = 2.0 * np.arctan2(np.sqrt(np.sum((u - v) ** 2, axis=0)), np.sqrt(np.sum((u + v) ** 2, axis=0)))
+        sam_value = float(np.degrees(np.mean(angle)))
+    # ERGAS
+    ergas_value: float | None = None
+    if ratio is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.asarray(per_band["rmse"]) ** 2 / np.asarray(truth_means) ** 2
+        ergas_value = float(100.0 * ratio * np.sqrt(np.mean(terms)))
+
+    scene: dict[str, float | None] = {"sam": sam_value, "ergas": ergas_value}
+    mean = {
+        metric: float(np.mean(np.asarray(per_band[metric], dtype=np.float64)))
+        if metric in per_band
+        else scene[metric]
+        for metric in METRIC_COLUMNS
+    }
+    counts = {
+        "n_valid": n_valid,
+        "sam_zero_vectors": sam_zero,
+        "ssim_n_windows": int(ssim_windows.sum()),
+        "uiqi_n_windows": int(uiqi_windows.sum()),
+    }
+    return per_band, mean, counts
+
+
+def _identity_cases() -> Iterable[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+    """Clean, masked, NaN/inf, zero-spectrum, constant-band and all-masked-window inputs."""
+    for dtype in (np.float32, np.float64):
+        prediction, truth = _pair(shape=(4, 32, 40), dtype=dtype, seed=20)
+        yield prediction, truth, {}
+        yield truth.copy(), truth, {"ratio": 0.05}
+        yield prediction, truth, {"ratio": 0.05, "data_range": 2.0, "ssim_data_range": 1.0}
+        messy_p, messy_t, valid = _messy_pair(21, dtype)
+        yield messy_p, messy_t, {"valid": valid, "ratio": 0.05}
+        yield messy_p, messy_t, {"ratio": 0.1, "uiqi_window": 5}
+        yield messy_p, messy_t, {"valid": valid, "uiqi_window": 2}
+        sparse = np.random.default_rng(22).random((23, 29)) > 0.7  # no clean 7x7 window: SSIM nan
+        yield messy_p, messy_t, {"valid": sparse, "ratio": 0.05}
+    for seed in range(30, 42):  # random sizes, settings and masks
+        rng = np.random.default_rng(seed)
+        shape = (int(rng.integers(1, 6)), int(rng.integers(8, 30)), int(rng.integers(8, 30)))
+        dtype = (np.float32, np.float64)[seed % 2]
+        prediction, truth = _pair(shape=shape, dtype=dtype, seed=seed)
+        prediction[rng.random(shape) < 0.002] = np.nan
+        truth[rng.random(shape) < 0.001] = np.nan
+        valid = rng.random(shape[1:]) > rng.choice([0.0, 0.02, 0.3])
+        yield prediction, truth, {"valid": valid, "ratio": 0.05, "uiqi_window": int(rng.choice([3, 8]))}
+
+
+def test_compute_metrics_bit_identical_to_previous_composition() -> None:
+    for index, (prediction, truth, settings) in enumerate(_identity_cases()):
+        settings = {"data_range": 1.0, "ssim_data_range": 2.0, "ratio": None, "uiqi_window": 8} | settings
+        report = compute_metrics(prediction, truth, **settings)
+        per_band, mean, counts = _previous_compute_metrics(
+            prediction,
+            truth,
+            settings.get("valid"),
+            settings["data_range"],
+            settings["ssim_data_range"],
+            settings["ratio"],
+            settings["uiqi_window"],
+        )
+        for metric in BAND_METRICS:
+            assert _hex(report.per_band[metric]) == _hex(per_band[metric]), (index, metric)
+        for metric in METRIC_COLUMNS:
+            assert _hex([report.mean[metric]]) == _hex([mean[metric]]), (index, metric)
+        for key, value in counts.items():
+            assert report.conventions[key] == value, (index, key)
+
+
+# ------------------------------------------------------------------- degenerate truth / prediction
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3])
+def test_truth_without_variation_is_refused(value: float) -> None:
+    # Both images read with a wrong scale (e.g. all zeros) must not be reported as a perfect match.
+    constant = np.full((3, 16, 16), value, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"truth has no variation.*check the scale"):
+        compute_metrics(constant.copy(), constant, ratio=0.05)
+    prediction, _ = _pair(shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="truth has no variation"):
+        compute_metrics(prediction, constant)
+
+
+def test_truth_without_variation_counts_used_pixels_only() -> None:
+    truth = np.full((2, 16, 16), 0.2)
+    prediction = truth.copy()
+    valid = np.ones((16, 16), dtype=bool)
+    valid[0, :] = False
+    truth[:, 0, :] = 0.7  # varies only where masked ...
+    truth[1, 5, 5] = np.nan  # ... or non-finite
+    with pytest.raises(ValueError, match="truth has no variation"):
+        compute_metrics(prediction, truth, valid=valid)
+    # Spread anywhere among the used values is enough: here between bands.
+    truth[1] = 0.4
+    report = compute_metrics(truth + 0.01, truth, valid=valid)
+    assert report.per_band["rmse"] == pytest.approx((0.01, 0.01))
+    # The per-metric functions compute their definitions as they stand; only compute_metrics, the
+    # scene report, refuses a truth without variation.
+    zeros = np.zeros((1, 8, 8))
+    assert rmse(zeros, zeros)[0] == 0.0
+
+
+@pytest.mark.parametrize("value", [0.0, 0.25])
+def test_constant_prediction_is_scored_normally(value: float) -> None:
+    # An all-zero (or constant) prediction against a varying truth gets bad metrics, not an error.
+    _, truth = _pair(shape=(3, 20, 24), dtype=np.float64, seed=14)
+    prediction = np.full_like(truth, value)
+    report = compute_metrics(prediction, truth, ratio=0.05)
+    expected_rmse = np.sqrt(((value - truth) ** 2).mean(axis=(1, 2)))
+    np.testing.assert_allclose(report.per_band["rmse"], expected_rmse, rtol=1e-12)
+    np.testing.assert_allclose(report.per_band["bias"], value - truth.mean(axis=(1, 2)), rtol=1e-12)
+    assert all(v > 0.1 for v in report.per_band["rmse"])
+    assert all(math.isfinite(v) and v < 25 for v in report.per_band["psnr"])
+    assert all(v < 0.5 for v in report.per_band["ssim"])
+    assert all(math.isnan(v) for v in report.per_band["cc"])  # undefined for a constant band
+    assert report.per_band["uiqi"] == (0.0, 0.0, 0.0)  # no covariance in any window
+    expected_ergas = 100 * 0.05 * np.sqrt(np.mean(expected_rmse**2 / truth.mean(axis=(1, 2)) ** 2))
+    assert report.mean["ergas"] == pytest.approx(expected_ergas, rel=1e-12)
+    if value == 0.0:  # every spectrum of the prediction is the zero vector: no angle anywhere
+        assert math.isnan(report.mean["sam"] or 0.0)
+        assert report.conventions["sam_zero_vectors"] == 20 * 24
+    else:
+        assert report.mean["sam"] is not None and report.mean["sam"] > 1.0
+
+
+def test_unpredicted_everywhere_is_an_error() -> None:
+    _, truth = _pair(shape=(2, 16, 16))
+    with pytest.raises(ValueError, match="no valid pixel"):
+        compute_metrics(np.full_like(truth, np.nan), truth)
+
+
+# ----------------------------------------------------------------------------- images too small
+
+
+def test_images_smaller_than_the_windows() -> None:
+    prediction, truth = _pair(shape=(2, 20, 20))
+    expected = "smaller than the SSIM window (7) or the UIQI window (8); use images of at least 8 pixels"
+    with pytest.raises(ValueError, match=re.escape(f"images of 6x6 pixels are {expected}")):
+        compute_metrics(prediction[:, :6, :6], truth[:, :6, :6])
+    with pytest.raises(ValueError, match=re.escape(f"images of 7x20 pixels are {expected}")):
+        compute_metrics(prediction[:, :7], truth[:, :7])
+    with pytest.raises(ValueError, match="at least 7 pixels per side"):
+        compute_metrics(prediction[:, :, :6], truth[:, :, :6], uiqi_window=5)
+    with pytest.raises(ValueError, match="at least 12 pixels per side"):
+        compute_metrics(prediction[:, :11], truth[:, :11], uiqi_window=12)
+    compute_metrics(prediction[:, :7, :7], truth[:, :7, :7], uiqi_window=5)  # exactly fits
+
+    with pytest.raises(
+        ValueError, match=re.escape("smaller than the SSIM window (7); use images of at least 7")
+    ):
+        ssim(prediction[:, :6], truth[:, :6])
+    assert ssim(prediction[:, :7, :7], truth[:, :7, :7]).shape == (2,)
+    with pytest.raises(
+        ValueError, match=re.escape("smaller than the UIQI window (5); use images of at least 5")
+    ):
+        uiqi(prediction[:, :4], truth[:, :4], window=5)
+    assert uiqi(prediction[:, :5, :5], truth[:, :5, :5], window=5).shape == (2,)
+    with pytest.raises(ValueError, match="at least 8 pixels per side"):
+        uiqi_map(prediction[0, :7], truth[0, :7])
+    with pytest.raises(ValueError, match="window must be >= 2"):
+        uiqi_map(prediction[0], truth[0], window=1)
+    # metrics without a window work on any size
+    assert rmse(prediction[:, :1, :1], truth[:, :1, :1]).shape == (2,)
+
+
+# ------------------------------------------------------------------------------------------ doctests
+
+
+def test_doctests() -> None:
+    public = [rmse, mae, bias, psnr, ssim, cc, uiqi, sam, ergas, uiqi_map, compute_metrics]
+    for function in public:
+        assert ">>> " in (function.__doc__ or ""), f"{function.__name__} has no example"
+    result = doctest.testmod(metrics_module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted >= len(public)

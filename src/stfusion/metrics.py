@@ -7,6 +7,12 @@ Every metric is computed on the whole scene from one documented definition, and 
 Inputs are the prediction ``P`` and the truth ``T``, float reflectance (0..1) of shape (C, H, W), and an
 optional boolean validity mask (H, W).
 
+Public functions: one per metric, :func:`rmse`, :func:`mae`, :func:`bias`, :func:`psnr`, :func:`ssim`,
+:func:`cc` and :func:`uiqi` (per-band values, a (C,) float64 array) and :func:`sam` and :func:`ergas`
+(one float for the scene), plus :func:`uiqi_map`. :func:`compute_metrics` composes them into a
+:class:`MetricReport`: the same private kernels, with the used-pixel and window masks computed once, so
+its values equal theirs bit for bit. Every function checks its inputs and applies the rules below.
+
 Pixel exclusion (every metric): a pixel is used only if it is valid in the mask, finite in every band of
 the truth and finite in every band of the prediction. Pixels that are valid and finite in the truth but
 non-finite in the prediction (e.g. NaN where a method cannot predict) are counted as ``n_unpredicted``.
@@ -17,7 +23,12 @@ windows that lie entirely inside the image and contain no excluded pixel. The va
 therefore never change any metric. With no excluded pixel, SSIM is exactly
 ``skimage.metrics.structural_similarity(T_b, P_b, data_range=R_ssim)`` (7x7 uniform window, sample
 covariance, K1 = 0.01, K2 = 0.03, mean over the map with a border of 3 pixels cropped, i.e. over
-the windows that lie inside the image).
+the windows that lie inside the image). Images smaller than a window raise ValueError naming the
+minimum size.
+
+Truth without variation: :func:`compute_metrics` raises ValueError when every used value of every band
+of the truth is one number (e.g. all zeros: both images read with a wrong scale would otherwise score
+RMSE 0 and SSIM 1). The per-metric functions compute their definitions as they stand.
 
 Band means are plain means of the per-band values (so one infinite PSNR makes the mean PSNR
 infinite, one undefined CC makes the mean CC NaN). SAM and ERGAS are cross-band metrics and have only
@@ -173,7 +184,386 @@ def _json_safe(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Public entry point
+# Checked inputs shared by every metric of one evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """Checked images and the used-pixel mask, computed once and shared by the metric kernels.
+
+    ``prediction`` and ``truth`` are (C, H, W) float arrays; ``mask_valid``, ``truth_finite``,
+    ``pred_finite`` and ``used`` are (H, W) bool; ``all_used`` is ``used.all()``.
+    """
+
+    prediction: np.ndarray
+    truth: np.ndarray
+    mask_valid: np.ndarray
+    truth_finite: np.ndarray
+    pred_finite: np.ndarray
+    used: np.ndarray
+    all_used: bool
+
+    @property
+    def n_bands(self) -> int:
+        return int(self.truth.shape[0])
+
+    def values(self, band: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float64 prediction and truth values of the used pixels of one band."""
+        p64 = self.prediction[band][self.used].astype(np.float64)
+        t64 = self.truth[band][self.used].astype(np.float64)
+        return p64, t64
+
+    def filled(self, band: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W) truth and prediction of one band with excluded pixels set to 0 (windowed metrics)."""
+        t_band = self.truth[band]
+        p_band = self.prediction[band]
+        if self.all_used:
+            return t_band, p_band
+        t_fill, p_fill = _fill(t_band, p_band, self.used)
+        return t_fill, p_fill
+
+
+def _scene(prediction: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> _Scene:
+    """Apply the pixel-exclusion rule of the module docstring; images already checked."""
+    mask_valid = _check_mask(valid, truth.shape[1:])
+    truth_finite = np.isfinite(truth).all(axis=0)
+    pred_finite = np.isfinite(prediction).all(axis=0)
+    used = mask_valid & truth_finite & pred_finite
+    n_used = int(used.sum())
+    if n_used == 0:
+        raise ValueError("no valid pixel: every pixel is masked or non-finite in the truth or the prediction")
+    return _Scene(
+        prediction=prediction,
+        truth=truth,
+        mask_valid=mask_valid,
+        truth_finite=truth_finite,
+        pred_finite=pred_finite,
+        used=used,
+        all_used=n_used == used.size,
+    )
+
+
+def _checked_scene(prediction: np.ndarray, truth: np.ndarray, valid: np.ndarray | None) -> _Scene:
+    prediction, truth = _check_images(prediction, truth)
+    return _scene(prediction, truth, valid)
+
+
+def _band_array(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public metric functions
+# --------------------------------------------------------------------------------------------------
+
+
+def rmse(prediction: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Root-mean-square error per band, ``sqrt(mean((P_b - T_b)^2))`` over the used pixels.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+
+    Returns:
+        (C,) float64, reflectance units.
+
+    Raises:
+        ValueError: bad shapes, or no used pixel. TypeError: non-float images or a non-bool mask.
+
+    Errors of +-0.125 on every pixel give an RMSE of 0.125:
+
+    >>> truth = np.array([[[0.25, 0.5], [0.75, 0.5]]])
+    >>> prediction = truth + np.array([[[0.125, -0.125], [0.125, -0.125]]])
+    >>> rmse(prediction, truth)
+    array([0.125])
+    """
+    scene = _checked_scene(prediction, truth, valid)
+    return _band_array([_rmse(_difference(*scene.values(b))) for b in range(scene.n_bands)])
+
+
+def mae(prediction: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Mean absolute error per band, ``mean(abs(P_b - T_b))`` over the used pixels.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+
+    Returns:
+        (C,) float64, reflectance units.
+
+    Raises:
+        ValueError: bad shapes, or no used pixel. TypeError: non-float images or a non-bool mask.
+
+    Errors of +0.25 on two pixels and 0 on the other two: MAE = (0.25 + 0.25) / 4 = 0.125
+    (RMSE would be sqrt(0.125 / 4) = 0.177):
+
+    >>> truth = np.array([[[0.25, 0.5], [0.75, 0.5]]])
+    >>> prediction = truth + np.array([[[0.25, 0.0], [0.25, 0.0]]])
+    >>> mae(prediction, truth)
+    array([0.125])
+    """
+    scene = _checked_scene(prediction, truth, valid)
+    return _band_array([_mae(_difference(*scene.values(b))) for b in range(scene.n_bands)])
+
+
+def bias(prediction: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Mean difference per band, ``mean(P_b - T_b)`` over the used pixels (prediction minus truth).
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+
+    Returns:
+        (C,) float64, reflectance units; positive when the prediction is too bright.
+
+    Raises:
+        ValueError: bad shapes, or no used pixel. TypeError: non-float images or a non-bool mask.
+
+    A prediction 0.125 too bright everywhere except one masked pixel (whose value is ignored):
+
+    >>> truth = np.array([[[0.25, 0.5], [0.75, 0.5]]])
+    >>> prediction = truth + 0.125
+    >>> prediction[0, 1, 1] = 9.0
+    >>> bias(prediction, truth, valid=np.array([[True, True], [True, False]]))
+    array([0.125])
+    """
+    scene = _checked_scene(prediction, truth, valid)
+    return _band_array([_bias(_difference(*scene.values(b))) for b in range(scene.n_bands)])
+
+
+def psnr(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    data_range: float = 1.0,
+) -> np.ndarray:
+    """Peak signal-to-noise ratio per band, ``10 log10(data_range^2 / MSE_b)`` over the used pixels.
+
+    With no excluded pixel it equals ``skimage.metrics.peak_signal_noise_ratio(T_b, P_b,
+    data_range=data_range)``; ``inf`` where the band is reproduced exactly (MSE 0).
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+        data_range: R, reflectance units (default 1.0, the 0..1 reflectance range).
+
+    Returns:
+        (C,) float64, decibels.
+
+    Raises:
+        ValueError: bad shapes, non-positive data_range, or no used pixel. TypeError: non-float
+        images, a non-numeric data_range or a non-bool mask.
+
+    Errors of +-0.125 everywhere: MSE = 1/64, PSNR = 10 log10(64) = 18.0618 dB; a second band
+    equal to the truth has PSNR inf:
+
+    >>> truth = np.array([[[0.25, 0.5], [0.75, 0.5]]] * 2)
+    >>> prediction = truth + np.array([[[0.125, -0.125], [0.125, -0.125]], [[0.0, 0.0], [0.0, 0.0]]])
+    >>> psnr(prediction, truth).round(4)
+    array([18.0618,     inf])
+    """
+    prediction, truth = _check_images(prediction, truth)
+    data_range = _check_positive("data_range", data_range)
+    scene = _scene(prediction, truth, valid)
+    return _band_array(
+        [_psnr(prediction[b], truth[b], scene.used, scene.all_used, data_range) for b in range(scene.n_bands)]
+    )
+
+
+def ssim(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    data_range: float = 2.0,
+) -> np.ndarray:
+    """Structural similarity per band: scikit-image's SSIM (7x7 uniform window) on the used windows.
+
+    With no excluded pixel the value is exactly ``skimage.metrics.structural_similarity(T_b, P_b,
+    data_range=data_range)``; otherwise the SSIM map is averaged over the windows that lie inside
+    the image and contain no excluded pixel (NaN if there is none), see the module docstring.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1), H and W >= 7; NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+        data_range: scikit-image's ``data_range`` (default 2.0, the MLFF-GAN paper's -1..1
+            convention; 1.0 is the 0..1 reflectance convention).
+
+    Returns:
+        (C,) float64, dimensionless (1 for a perfect prediction).
+
+    Raises:
+        ValueError: bad shapes, images smaller than the window, non-positive data_range, or no used
+        pixel. TypeError: non-float images, a non-numeric data_range or a non-bool mask.
+
+    A 7x7 image has a single window. Rows 1/8 .. 7/8 (mean 0.5) predicted 0.25 too bright: the
+    contrast and structure terms are 1 and SSIM is the luminance term
+    (2 * 0.75 * 0.5 + C1) / (0.75^2 + 0.5^2 + C1) with C1 = (0.01 * 2)^2, i.e. 0.7504 / 0.8129:
+
+    >>> truth = np.repeat(np.arange(1, 8) / 8, 7).reshape(1, 7, 7)
+    >>> ssim(truth + 0.25, truth).round(6)
+    array([0.923115])
+    """
+    prediction, truth = _check_images(prediction, truth)
+    data_range = _check_positive("data_range", data_range)
+    _check_size(truth.shape, {"SSIM": SSIM_WINDOW})
+    scene = _scene(prediction, truth, valid)
+    windows = _window_mask(scene.used, SSIM_WINDOW)
+    return _band_array(
+        [_ssim(*scene.filled(b), windows, scene.all_used, data_range) for b in range(scene.n_bands)]
+    )
+
+
+def cc(prediction: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Pearson correlation coefficient of ``P_b`` and ``T_b`` per band over the used pixels.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+
+    Returns:
+        (C,) float64 in -1..1, dimensionless; NaN for a band that is constant in either image.
+
+    Raises:
+        ValueError: bad shapes, or no used pixel. TypeError: non-float images or a non-bool mask.
+
+    Truth 1, 2, 3, 4 (eighths) against 1, 3, 2, 4: centred values (-1.5, -0.5, 0.5, 1.5) and
+    (-1.5, 0.5, -0.5, 1.5), so CC = (2.25 - 0.25 - 0.25 + 2.25) / 5 = 0.8:
+
+    >>> truth = np.array([[[1.0, 2.0], [3.0, 4.0]]]) / 8
+    >>> prediction = np.array([[[1.0, 3.0], [2.0, 4.0]]]) / 8
+    >>> cc(prediction, truth).round(12)
+    array([0.8])
+    """
+    scene = _checked_scene(prediction, truth, valid)
+    return _band_array([_pearson(*scene.values(b)) for b in range(scene.n_bands)])
+
+
+def uiqi(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    window: int = 8,
+) -> np.ndarray:
+    """Wang-Bovik universal image quality index per band, averaged over ``window`` x ``window`` windows.
+
+    Q is computed in every window position that lies inside the image and contains no excluded
+    pixel (see :func:`uiqi_map` for Q and its degenerate windows) and averaged; NaN if there is no
+    such window.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1), H and W >= window; NaN/inf mark unpredicted
+            pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+        window: side of the square sliding window in pixels (default 8, Wang and Bovik 2002).
+
+    Returns:
+        (C,) float64 in -1..1, dimensionless (1 for a perfect prediction).
+
+    Raises:
+        ValueError: bad shapes, images smaller than the window, window < 2, or no used pixel.
+        TypeError: non-float images, a non-int window or a non-bool mask.
+
+    An 8x8 image has a single window. Rows 1/16, 3/16, ..., 15/16 (mean 0.5) predicted 0.25 too
+    bright: variances and covariance are equal, so Q = 2 * 0.75 * 0.5 / (0.75^2 + 0.5^2) = 12/13:
+
+    >>> truth = np.repeat(np.arange(1, 16, 2) / 16, 8).reshape(1, 8, 8)
+    >>> uiqi(truth + 0.25, truth).round(6)
+    array([0.923077])
+    """
+    prediction, truth = _check_images(prediction, truth)
+    window = _check_window("window", window)
+    _check_size(truth.shape, {"UIQI": window})
+    scene = _scene(prediction, truth, valid)
+    windows = _window_mask(scene.used, window)
+    return _band_array([_uiqi_band(scene, b, windows, window) for b in range(scene.n_bands)])
+
+
+def sam(prediction: np.ndarray, truth: np.ndarray, *, valid: np.ndarray | None = None) -> float:
+    """Spectral angle mapper: mean over used pixels of the angle between the C-band vectors.
+
+    Pixels where either vector is all zero have no angle and are left out (``compute_metrics``
+    counts them as ``sam_zero_vectors``); NaN if every used pixel has a zero vector.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+
+    Returns:
+        The scene's mean spectral angle, degrees (0 for a perfect prediction).
+
+    Raises:
+        ValueError: bad shapes, or no used pixel. TypeError: non-float images or a non-bool mask.
+
+    Two bands; the truth spectrum (0.5, 0.5) predicted as (0.5, 0): 45 degrees at every pixel:
+
+    >>> truth = np.full((2, 2, 2), 0.5)
+    >>> prediction = truth.copy()
+    >>> prediction[1] = 0.0
+    >>> round(sam(prediction, truth), 9)
+    45.0
+    """
+    scene = _checked_scene(prediction, truth, valid)
+    value, _ = _sam(scene.prediction, scene.truth, scene.used)
+    return value
+
+
+def ergas(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    *,
+    ratio: float,
+    valid: np.ndarray | None = None,
+) -> float:
+    """ERGAS, ``100 * ratio * sqrt(mean_b(RMSE_b^2 / mean(T_b)^2))`` over the used pixels.
+
+    Args:
+        prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
+        truth: (C, H, W) float reflectance, same shape.
+        ratio: h / l = fine pixel size / coarse pixel size, e.g. 25 / 500 = 0.05 for
+            Landsat-MODIS. Required: there is no meaningful default.
+        valid: optional (H, W) bool mask, True where the pixel is valid.
+
+    Returns:
+        The scene's ERGAS, dimensionless (percent-scaled; 0 for a perfect prediction; inf if a
+        band of the truth has mean 0 and a non-zero RMSE).
+
+    Raises:
+        ValueError: bad shapes, non-positive ratio, or no used pixel. TypeError: non-float images,
+        a non-numeric ratio or a non-bool mask.
+
+    One band of mean 0.5 with RMSE 0.125 and ratio 0.05: 100 * 0.05 * 0.125 / 0.5 = 1.25:
+
+    >>> truth = np.array([[[0.25, 0.5], [0.75, 0.5]]])
+    >>> prediction = truth + np.array([[[0.125, -0.125], [0.125, -0.125]]])
+    >>> ergas(prediction, truth, ratio=0.05)
+    1.25
+    """
+    prediction, truth = _check_images(prediction, truth)
+    ratio = _check_positive("ratio", ratio)
+    scene = _scene(prediction, truth, valid)
+    rmse_values: list[float] = []
+    truth_means: list[float] = []
+    for band in range(scene.n_bands):
+        p64, t64 = scene.values(band)
+        rmse_values.append(_rmse(_difference(p64, t64)))
+        truth_means.append(_mean(t64))
+    return _ergas(np.asarray(rmse_values), np.asarray(truth_means), ratio)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every metric of a scene
 # --------------------------------------------------------------------------------------------------
 
 
@@ -189,6 +579,16 @@ def compute_metrics(
     band_names: Sequence[str] | None = None,
 ) -> MetricReport:
     """Compute every METRICS.md metric of ``prediction`` against ``truth``.
+
+    The values are those of :func:`rmse`, :func:`mae`, :func:`bias`, :func:`psnr`, :func:`ssim`,
+    :func:`cc`, :func:`uiqi`, :func:`sam` and :func:`ergas` with the same arguments (the used-pixel
+    mask and the window masks are computed once and shared).
+
+    A truth without variation is refused: if every used value of every band is one number (an
+    all-zero truth, typically read with the wrong scale, band or nodata), a prediction read the same
+    wrong way would score RMSE 0 and SSIM 1. That raises ValueError instead of reporting a perfect
+    score. A constant or all-zero *prediction* against a varying truth is scored normally (and
+    badly).
 
     Args:
         prediction: (C, H, W) float reflectance (0..1); NaN/inf mark unpredicted pixels.
@@ -206,76 +606,76 @@ def compute_metrics(
         A :class:`MetricReport`.
 
     Raises:
-        ValueError: shapes, ranges or settings are invalid, or no pixel is valid.
+        ValueError: shapes, ranges or settings are invalid, images are smaller than the SSIM or
+            UIQI window (the message gives the minimum size), no pixel is valid, or the truth has
+            no variation ("truth has no variation ... check the scale").
         TypeError: non-float images or a non-bool mask.
+
+    An 8x8 truth with rows 1/16, 3/16, ..., 15/16 predicted 0.25 too bright:
+
+    >>> truth = np.repeat(np.arange(1, 16, 2) / 16, 8).reshape(1, 8, 8)
+    >>> report = compute_metrics(truth + 0.25, truth, ratio=0.05)
+    >>> report.per_band["rmse"], report.per_band["bias"], round(report.mean["ergas"], 9)
+    ((0.25,), (0.25,), 2.5)
     """
-    prediction = np.asarray(prediction)
-    truth = np.asarray(truth)
-    _check_images(prediction, truth)
+    prediction, truth = _check_images(prediction, truth)
     n_bands, height, width = truth.shape
     data_range = _check_positive("data_range", data_range)
     ssim_data_range = _check_positive("ssim_data_range", ssim_data_range)
     if ratio is not None:
         ratio = _check_positive("ratio", ratio)
-    if isinstance(uiqi_window, bool) or not isinstance(uiqi_window, int | np.integer):
-        raise TypeError(f"uiqi_window must be an int, got {uiqi_window!r}")
-    uiqi_window = int(uiqi_window)
-    if uiqi_window < 2:
-        raise ValueError(f"uiqi_window must be >= 2 pixels, got {uiqi_window}")
-    if min(height, width) < max(SSIM_WINDOW, uiqi_window):
-        raise ValueError(
-            f"images of {height}x{width} pixels are smaller than the SSIM window ({SSIM_WINDOW}) "
-            f"or the UIQI window ({uiqi_window}); use images of at least "
-            f"{max(SSIM_WINDOW, uiqi_window)} pixels per side"
-        )
+    uiqi_window = _check_window("uiqi_window", uiqi_window)
+    _check_size(truth.shape, {"SSIM": SSIM_WINDOW, "UIQI": uiqi_window})
     names = _band_names(band_names, n_bands)
+    scene = _scene(prediction, truth, valid)
+    used = scene.used
 
-    mask_valid = _check_mask(valid, (height, width))
-    truth_finite = np.isfinite(truth).all(axis=0)
-    pred_finite = np.isfinite(prediction).all(axis=0)
-    used = mask_valid & truth_finite & pred_finite
     n_pixels = height * width
     n_valid = int(used.sum())
-    if n_valid == 0:
-        raise ValueError("no valid pixel: every pixel is masked or non-finite in the truth or the prediction")
-    n_masked = int((~mask_valid).sum())
-    n_nonfinite_truth = int((mask_valid & ~truth_finite).sum())
-    n_unpredicted = int((mask_valid & truth_finite & ~pred_finite).sum())
-    all_used = n_valid == n_pixels
+    n_masked = int((~scene.mask_valid).sum())
+    n_nonfinite_truth = int((scene.mask_valid & ~scene.truth_finite).sum())
+    n_unpredicted = int((scene.mask_valid & scene.truth_finite & ~scene.pred_finite).sum())
 
+    # Pixel metrics first (cheap): the truth check below must come before the windowed metrics.
     per_band: dict[str, list[float]] = {name: [] for name in BAND_METRICS}
     truth_means: list[float] = []
+    truth_low, truth_high = math.inf, -math.inf
+    for band in range(n_bands):
+        p64, t64 = scene.values(band)
+        diff = _difference(p64, t64)
+        per_band["rmse"].append(_rmse(diff))
+        per_band["mae"].append(_mae(diff))
+        per_band["bias"].append(_bias(diff))
+        per_band["psnr"].append(_psnr(prediction[band], truth[band], used, scene.all_used, data_range))
+        per_band["cc"].append(_pearson(p64, t64))
+        truth_means.append(_mean(t64))
+        truth_low = min(truth_low, float(t64.min()))
+        truth_high = max(truth_high, float(t64.max()))
+    if truth_low == truth_high:
+        raise ValueError(
+            f"truth has no variation: all {n_valid} used pixels of its {n_bands} band(s) equal "
+            f"{truth_low:g}, so any prediction read the same way would score as perfect; "
+            "check the scale, the band order and the nodata value of the truth"
+        )
+
     ssim_windows = _window_mask(used, SSIM_WINDOW)
     uiqi_windows = _window_mask(used, uiqi_window)
     for band in range(n_bands):
-        t_band = truth[band]
-        p_band = prediction[band]
-        t64 = t_band[used].astype(np.float64)
-        p64 = p_band[used].astype(np.float64)
-        diff = p64 - t64
-        mse = float(np.mean(diff * diff))
-        per_band["rmse"].append(math.sqrt(mse))
-        per_band["mae"].append(float(np.mean(np.abs(diff))))
-        per_band["bias"].append(float(np.mean(diff)))
-        per_band["psnr"].append(_psnr(p_band, t_band, used, all_used, data_range))
-        per_band["cc"].append(_pearson(p64, t64))
-        truth_means.append(float(np.mean(t64)))
-        t_fill, p_fill = (t_band, p_band) if all_used else _fill(t_band, p_band, used)
-        per_band["ssim"].append(_ssim(t_fill, p_fill, ssim_windows, all_used, ssim_data_range))
+        t_fill, p_fill = scene.filled(band)
+        per_band["ssim"].append(_ssim(t_fill, p_fill, ssim_windows, scene.all_used, ssim_data_range))
         per_band["uiqi"].append(_uiqi(p_fill, t_fill, uiqi_windows, uiqi_window))
 
     sam_value, sam_zero = _sam(prediction, truth, used)
-    rmse_arr = np.asarray(per_band["rmse"])
     ergas_value: float | None = None
     if ratio is not None:
-        ergas_value = _ergas(rmse_arr, np.asarray(truth_means), ratio)
+        ergas_value = _ergas(_band_array(per_band["rmse"]), _band_array(truth_means), ratio)
 
-    scene: dict[str, float | None] = {"sam": sam_value, "ergas": ergas_value}
+    scene_values: dict[str, float | None] = {"sam": sam_value, "ergas": ergas_value}
     mean: dict[str, float | None] = {
         metric: (
             float(np.mean(np.asarray(per_band[metric], dtype=np.float64)))
             if metric in per_band
-            else scene[metric]
+            else scene_values[metric]
         )
         for metric in METRIC_COLUMNS
     }
@@ -332,7 +732,9 @@ def compute_metrics(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_images(prediction: np.ndarray, truth: np.ndarray) -> None:
+def _check_images(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    prediction = np.asarray(prediction)
+    truth = np.asarray(truth)
     for name, image in (("prediction", prediction), ("truth", truth)):
         if image.ndim != 3:
             raise ValueError(
@@ -350,6 +752,7 @@ def _check_images(prediction: np.ndarray, truth: np.ndarray) -> None:
         )
     if truth.shape[0] < 1:
         raise ValueError(f"images need at least one band, got shape {truth.shape}")
+    return prediction, truth
 
 
 def _check_positive(name: str, value: float) -> float:
@@ -361,7 +764,28 @@ def _check_positive(name: str, value: float) -> float:
     return value
 
 
-def _check_mask(valid: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+def _check_window(name: str, window: int) -> int:
+    if isinstance(window, bool) or not isinstance(window, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {window!r}")
+    window = int(window)
+    if window < 2:
+        raise ValueError(f"{name} must be >= 2 pixels, got {window}")
+    return window
+
+
+def _check_size(shape: tuple[int, ...], windows: Mapping[str, int]) -> None:
+    """Images (..., H, W) must hold at least one of each named square window."""
+    height, width = shape[-2:]
+    needed = max(windows.values())
+    if min(height, width) < needed:
+        which = " or ".join(f"the {name} window ({size})" for name, size in windows.items())
+        raise ValueError(
+            f"images of {height}x{width} pixels are smaller than {which}; "
+            f"use images of at least {needed} pixels per side"
+        )
+
+
+def _check_mask(valid: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     if valid is None:
         return np.ones(shape, dtype=bool)
     valid = np.asarray(valid)
@@ -391,8 +815,29 @@ def _band_names(band_names: Sequence[str] | None, n_bands: int) -> tuple[str, ..
 
 
 # --------------------------------------------------------------------------------------------------
-# Metrics
+# Metric kernels: one formula each, on checked inputs (1-D float64 values of the used pixels, or
+# (H, W) bands with the used / window masks computed by the caller)
 # --------------------------------------------------------------------------------------------------
+
+
+def _difference(p64: np.ndarray, t64: np.ndarray) -> np.ndarray:
+    return p64 - t64
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+def _rmse(diff: np.ndarray) -> float:
+    return math.sqrt(float(np.mean(diff * diff)))
+
+
+def _mae(diff: np.ndarray) -> float:
+    return float(np.mean(np.abs(diff)))
+
+
+def _bias(diff: np.ndarray) -> float:
+    return float(np.mean(diff))
 
 
 def _psnr(
@@ -488,15 +933,20 @@ def uiqi_map(prediction: np.ndarray, truth: np.ndarray, *, window: int = 8) -> n
     """Wang-Bovik universal image quality index in every ``window`` x ``window`` position.
 
     Args:
-        prediction: (H, W) float image, finite.
+        prediction: (H, W) float image, finite, H and W >= window.
         truth: (H, W) float image, finite, same shape.
-        window: side of the square sliding window.
+        window: side of the square sliding window (>= 2).
 
     Returns:
         (H - window + 1, W - window + 1) float64 map; entry [i, j] is Q of the window whose top-left
         pixel is (i, j). Q = 4 s_pt m_p m_t / ((s_p^2 + s_t^2)(m_p^2 + m_t^2)); windows where this
         is 0/0 follow Wang and Bovik's reference code: both windows constant ->
         2 m_p m_t / (m_p^2 + m_t^2); both zero-mean -> 2 s_pt / (s_p^2 + s_t^2); both all-zero -> 1.
+
+    Both windows constant, means 0.25 and 0.5: Q = 2 * 0.25 * 0.5 / (0.25^2 + 0.5^2) = 0.8:
+
+    >>> uiqi_map(np.full((8, 9), 0.25), np.full((8, 9), 0.5)).round(12)
+    array([[0.8, 0.8]])
     """
     prediction = np.asarray(prediction)
     truth = np.asarray(truth)
@@ -504,10 +954,17 @@ def uiqi_map(prediction: np.ndarray, truth: np.ndarray, *, window: int = 8) -> n
         raise ValueError(
             f"prediction and truth must be (H, W) of one shape, got {prediction.shape}, {truth.shape}"
         )
+    window = _check_window("window", window)
+    _check_size(truth.shape, {"UIQI": window})
     full = _uiqi_full(prediction, truth, window)
     half = window // 2
     height, width = truth.shape
     return full[half : height - window + half + 1, half : width - window + half + 1]
+
+
+def _uiqi_band(scene: _Scene, band: int, windows: np.ndarray, window: int) -> float:
+    t_fill, p_fill = scene.filled(band)
+    return _uiqi(p_fill, t_fill, windows, window)
 
 
 def _uiqi(p_band: np.ndarray, t_band: np.ndarray, windows: np.ndarray, window: int) -> float:
