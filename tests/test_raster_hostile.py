@@ -4,6 +4,9 @@ ENVI file) written with rasterio in tmp_path."""
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,8 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from stfusion import raster
-from stfusion.errors import InputError
+from stfusion.atomic import OutputError
+from stfusion.errors import InputError, OutputExistsError
 from tests.conftest import TEST_CRS, TEST_TRANSFORM
 
 HEIGHT, WIDTH = 12, 16
@@ -413,3 +417,186 @@ def test_unusable_scale_tags_are_ignored(tmp_path: Path) -> None:
     path = write_file(tmp_path / "in.tif", stored, scales=[0.0])
     assert raster.resolve_scaling(path).source == "auto"
     assert raster.read(path).data[0, 0, 0] == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs: a nodata the dtype holds, never equal to a valid value, scale tags
+
+
+@pytest.mark.parametrize("case", list(NODATA_CASES))
+def test_predictions_from_any_nodata_write_back(tmp_path: Path, rng: np.random.Generator, case: str) -> None:
+    """int16 and float32 outputs declare a nodata value they can hold (used to raise ValueError)."""
+    path, _, invalid = hostile_file(tmp_path, rng, case)
+    per_unit = NODATA_CASES[case][2]
+    image = raster.read(path, scale=1.0 / per_unit if per_unit == 100.0 else None)
+    prediction = image.data.copy()
+    for dtype, expected_nodata in (("int16", -32768), ("float32", float("nan"))):
+        info = raster.inspect(path)
+        if dtype == "int16" and info.dtype == "int16" and info.nodata is not None:
+            expected_nodata = int(info.nodata)  # the same dtype keeps its own nodata
+        out = raster.write_like(tmp_path / f"out_{dtype}.tif", prediction, info, dtype=dtype)
+        with rasterio.open(out) as src:
+            assert src.dtypes[0] == dtype
+            if invalid.any():
+                np.testing.assert_equal(src.nodata, expected_nodata)
+            elif info.nodata is None:
+                assert src.nodata is None
+        back = raster.read(out)
+        np.testing.assert_array_equal(np.isnan(back.data), invalid)
+        np.testing.assert_allclose(back.data[~invalid], prediction[~invalid], atol=0.5e-4 + 1e-7)
+
+
+def test_alpha_band_is_not_written(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored, cloud = masked_scene(rng)
+    alpha = np.where(cloud, 0, 255).astype(np.int16)[None]
+    interp = [ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined, ColorInterp.alpha]
+    path = write_file(tmp_path / "in.tif", np.concatenate([stored, alpha]), colorinterp=interp)
+    image = raster.read(path)
+    out = raster.write_like(tmp_path / "out.tif", image.data, image.info)
+    with rasterio.open(out) as src:
+        assert src.count == 3 and src.nodata == -32768
+    np.testing.assert_array_equal(np.isnan(raster.read(out).data), np.isnan(image.data))
+
+
+def test_int16_output_has_scale_tags_and_reads_back_the_same(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    path, _, invalid = hostile_file(tmp_path, rng, "float32 -3.4e38 (R/terra, ENVI)")
+    image = raster.read(path)
+    prediction = image.data.copy()
+    prediction[0, 0, 0] = -3.2768  # stores -32768, the nodata value: nudged to -32767
+    prediction[0, 0, 1] = -9.0  # clipped to the int16 range, then off nodata too
+    prediction[0, 0, 2] = 4.0  # clipped to 32767
+    out = raster.write_like(tmp_path / "out.tif", prediction, image.info)  # used to raise ValueError
+    with rasterio.open(out) as src:
+        assert src.nodata == -32768 and src.scales == (1e-4,) * 3 and src.offsets == (0.0,) * 3
+        stored = src.read()
+    assert stored[0, 0, :3].tolist() == [-32767, -32767, 32767]
+    assert (stored[invalid] == -32768).all() and (stored[~invalid] != -32768).all()
+    back = raster.read(out, scale=1.0)  # the tags say 1e-4, and they win
+    assert back.scaling is not None and back.scaling.source == "tags"
+    np.testing.assert_array_equal(np.isnan(back.data), invalid)
+    np.testing.assert_allclose(back.data[:, 1:], prediction[:, 1:], atol=0.5e-4 + 1e-7)
+
+
+def test_valid_values_are_nudged_off_a_copied_nodata(tmp_path: Path, rng: np.random.Generator) -> None:
+    path, _, invalid = hostile_file(tmp_path, rng, "int16 0")  # int16 nodata 0: kept by int16 outputs
+    info = raster.inspect(path)
+    prediction = raster.read(path).data
+    prediction[2, 0, 0] = 0.0  # dark water: valid, but stored 0 = nodata; becomes 1 (reflectance 1e-4)
+    out = raster.write_like(tmp_path / "out.tif", prediction, info)
+    with rasterio.open(out) as src:
+        assert src.nodata == 0 and src.read(3)[0, 0] == 1
+    back = raster.read(out).data
+    np.testing.assert_array_equal(np.isnan(back), invalid)
+    floats = raster.write_like(tmp_path / "f.tif", prediction, info, dtype="float32", nodata=0.0)
+    with rasterio.open(floats) as src:
+        assert src.nodata == 0.0 and 0 < src.read(3)[0, 0] < 1e-30  # the next float32 after 0
+        assert (src.read()[invalid] == 0).all()
+
+
+def test_callers_nodata_must_fit_the_dtype(tmp_path: Path, rng: np.random.Generator) -> None:
+    path, _, _ = hostile_file(tmp_path, rng, "uint16 65535")
+    info = raster.inspect(path)
+    prediction = raster.read(path).data
+    with pytest.raises(InputError, match="nodata 65535: a int16 output cannot store it"):
+        raster.write_like(tmp_path / "out.tif", prediction, info, nodata=65535)
+    out = raster.write_like(tmp_path / "out.tif", prediction, info, nodata=-9999)
+    assert raster.inspect(out).nodata == -9999
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+
+
+def test_row_writer_and_joined_parts_from_a_float_nan_reference(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    path, _, invalid = hostile_file(tmp_path, rng, "float32 NaN (GDAL's usual)")
+    reference = raster.inspect(path)
+    prediction = raster.read(path).data
+    with raster.row_writer(tmp_path / "whole.tif", reference, count=3, scale=1.0) as write:
+        write(0, prediction[:, :7])
+        write(7, prediction[:, 7:])
+    parts = []
+    for index, (first, stop) in enumerate([(0, 5), (5, HEIGHT)]):
+        part = tmp_path / f"part{index}.tif"
+        with raster.row_writer(part, reference, count=3, rows=(first, stop)) as write:
+            write(first, prediction[:, first:stop])
+        parts.append((part, (first, stop)))
+    joined = raster.join_row_parts(parts, tmp_path / "joined.tif", reference, cog=True)
+    for out in (tmp_path / "whole.tif", joined):
+        with rasterio.open(out) as src:
+            assert src.nodata == -32768 and src.scales == (1e-4,) * 3
+        back = raster.read(out).data
+        np.testing.assert_array_equal(np.isnan(back), invalid)
+        np.testing.assert_allclose(back[~invalid], prediction[~invalid], atol=0.5e-4 + 1e-7)
+
+
+# --------------------------------------------------------------------------------------------------
+# writes that fail: one-line errors, nothing left behind
+
+
+def _write_big_under_size_limit(folder: str, limit: int, layout: str, report: int) -> None:
+    """Child process: write a GeoTIFF larger than the file size limit; on the expected error, write its
+    message to the file descriptor ``report`` and exit 3 (GDAL's own messages go to stderr)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so the write gets EFBIG instead of a core dump
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    rng = np.random.default_rng(0)
+    reference = raster.inspect(Path(folder) / "ref.tif")
+    prediction = rng.uniform(0, 1, size=(2, 512, 512)).astype(np.float32)  # incompressible
+    try:
+        if layout == "write_like":
+            raster.write_like(Path(folder) / "out.tif", prediction, reference)
+        else:
+            with raster.row_writer(
+                Path(folder) / "out.tif", reference, count=2, cog=layout == "cog"
+            ) as write:
+                for top in range(0, 512, 64):
+                    write(top, prediction[:, top : top + 64])
+    except OutputError as exc:
+        os.write(report, str(exc).encode())
+        os._exit(3)
+    os._exit(0)
+
+
+@pytest.mark.parametrize("layout", ["write_like", "row_writer", "cog"])
+def test_file_size_limit_is_a_one_line_error_and_leaves_nothing(tmp_path: Path, layout: str) -> None:
+    write_file(tmp_path / "ref.tif", np.zeros((2, 512, 512), np.int16))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read_end)
+        _write_big_under_size_limit(str(tmp_path), 64 * 1024, layout, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        message = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, message
+    assert message.startswith(f"{tmp_path / 'out.tif'}: file too large") and "\n" not in message
+    assert "ulimit -f: 65536 bytes" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.tif"]
+
+
+def test_check_writable_refuses_folders_long_names_and_other_suffixes(tmp_path: Path) -> None:
+    (tmp_path / "out.tif").mkdir()
+    with pytest.raises(InputError, match=r"out\.tif: is a folder; give a file name"):
+        raster.check_writable(tmp_path / "out.tif", overwrite=True)
+    with pytest.raises(InputError, match=r"file name too long for the filesystem \(304 bytes; at most 255\)"):
+        raster.check_writable(tmp_path / ("x" * 300 + ".tif"), overwrite=False)
+    with pytest.raises(InputError, match=r"out\.png: the output must be a GeoTIFF named \*\.tif or \*\.tiff"):
+        raster.check_writable(tmp_path / "out.png", overwrite=False, suffixes=(".tif", ".tiff"))
+    assert raster.check_writable(tmp_path / "OUT.TIFF", overwrite=False, suffixes=(".tif", ".tiff"))
+    assert raster.check_writable(tmp_path / "out.png", overwrite=False)  # any suffix by default
+
+
+def test_output_written_meanwhile_by_another_run_is_kept(tmp_path: Path, rng: np.random.Generator) -> None:
+    path, _, _ = hostile_file(tmp_path, rng, "int16 none")
+    reference = raster.inspect(path)
+    prediction = raster.read(path).data
+    out = tmp_path / "out.tif"
+    with (
+        pytest.raises(OutputExistsError, match="another run wrote it meanwhile"),
+        raster.row_writer(out, reference, count=3) as write,
+    ):
+        write(0, prediction)
+        raster.write_like(out, prediction * 0 + 0.5, reference)  # the other run finishes first
+    assert np.allclose(raster.read(out).data, 0.5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]

@@ -114,7 +114,8 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return removed
 
 
-def _file_size_limit() -> int | None:
+def file_size_limit() -> int | None:
+    """This process's file size limit in bytes (``ulimit -f``), or None when unlimited."""
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
@@ -126,7 +127,7 @@ def output_error(path: Path, exc: OSError) -> OutputError:
     if code == errno.ENOSPC:
         problem = "no space left on the device (disk full); free some space or write elsewhere"
     elif code == errno.EFBIG:
-        limit = _file_size_limit()
+        limit = file_size_limit()
         problem = "file too large for the filesystem" + (
             f" or the file size limit (ulimit -f: {limit} bytes)" if limit is not None else ""
         )

@@ -15,9 +15,11 @@ checked, then published; exclusive unless overwriting) so no partial output is e
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +38,7 @@ from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, Ra
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from stfusion.atomic import atomic_path
+from stfusion.atomic import OutputError, atomic_path, file_size_limit, output_error
 from stfusion.errors import InputError, OutputExistsError
 from stfusion.transforms import REFLECTANCE_SCALE, from_reflectance
 
@@ -943,6 +945,77 @@ def has_valid_pixel(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------------------------------
+# output: nodata valid for the output dtype, atomic and checked writes
+
+
+def _holds(dtype: str, value: float) -> bool:
+    """Whether ``dtype`` can store ``value`` exactly (NaN only in floats)."""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        with np.errstate(over="ignore"):
+            return not math.isfinite(value) or bool(np.isfinite(np.dtype(dtype).type(value)))
+    if math.isnan(value) or not float(value).is_integer():
+        return False
+    limits = np.iinfo(np.dtype(dtype))
+    return bool(limits.min <= value <= limits.max)
+
+
+def _output_nodata(reference: RasterInfo, dtype: str, nodata: float | None = None) -> float:
+    """The nodata value of an output of ``dtype`` on the reference's grid.
+
+    The caller's ``nodata`` when given (InputError if ``dtype`` cannot hold it); else, for float outputs,
+    NaN; for integer outputs, the reference's nodata when the reference has the same dtype (same kind of
+    values, e.g. -9999 of an int16 reflectance x 10000 product), else -32768 (int16; the dtype's minimum
+    for other signed integers, its maximum for unsigned ones). An input's nodata of another dtype
+    (NaN, -3.4e38, 65535) is never copied: the output dtype may not hold it, and its units differ.
+    """
+    if nodata is not None:
+        if not _holds(dtype, nodata):
+            raise InputError(f"nodata {nodata}: a {dtype} output cannot store it; choose a {dtype} value")
+        return float(nodata)
+    if np.dtype(dtype).kind == "f":
+        return float("nan")
+    if reference.nodata is not None and reference.dtype == dtype and _holds(dtype, reference.nodata):
+        return float(reference.nodata)
+    limits = np.iinfo(np.dtype(dtype))
+    if dtype == "int16":
+        return float(DEFAULT_INT16_NODATA)
+    return float(limits.min if limits.min < 0 else limits.max)
+
+
+def _default_nodata(reference: RasterInfo, dtype: str) -> float:
+    """The nodata value of an output when the caller gives none (see :func:`_output_nodata`)."""
+    return _output_nodata(reference, dtype)
+
+
+def _stored(block: np.ndarray, *, dtype: str, nodata: float | None) -> np.ndarray:
+    """Stored values of reflectance: integer outputs hold round(reflectance x 10000) clipped to the
+    dtype, float outputs reflectance; NaN pixels become ``nodata``, and a valid value equal to
+    ``nodata`` is nudged by one step (one unit, one float ulp) towards the dtype's other values."""
+    stored = from_reflectance(block, scale=REFLECTANCE_SCALE, dtype=dtype)
+    if nodata is None or math.isnan(nodata):
+        return stored
+    missing = np.isnan(block)
+    collide = (stored == stored.dtype.type(nodata)) & ~missing
+    if collide.any():
+        if stored.dtype.kind == "f":
+            toward = np.inf if nodata <= 0 else -np.inf
+            stored[collide] = np.nextafter(stored.dtype.type(nodata), stored.dtype.type(toward))
+        else:
+            up = nodata < np.iinfo(stored.dtype).max
+            stored[collide] = int(nodata) + (1 if up else -1)
+    stored[missing] = nodata
+    return stored
+
+
+def _ignored_scale(scale: float | None) -> None:
+    if scale is not None and scale != REFLECTANCE_SCALE:
+        log.debug(
+            "output scale %g ignored: integer outputs store reflectance x 10000 (scale tags 1e-4)", scale
+        )
+
+
 def write_quality(
     path: str | os.PathLike[str],
     flags: np.ndarray,
@@ -961,9 +1034,13 @@ def write_quality(
     profile = output_profile(reference, count=1, dtype="uint8")
     profile["nodata"] = None
     tags = {"QUALITY": description} if description else None
-    with _open_output(path, profile, band_names=["quality"], tags=tags) as dst:
-        dst.write(flags.astype(np.uint8)[None])
+    with _open_output(path, profile, band_names=["quality"], tags=tags, overwrite=overwrite) as dst:
+        _write(path, dst, flags.astype(np.uint8)[None])
     return path
+
+
+# profile keys of the reference that must not carry over to an output of another dtype / band count
+_SOURCE_ONLY_KEYS = ("photometric", "alpha", "nbits", "jpeg_quality", "jpegtablesmode", "quality", "zlevel")
 
 
 def output_profile(
@@ -974,11 +1051,16 @@ def output_profile(
     nodata: float | None = None,
     blocksize: int = 256,
 ) -> dict[str, Any]:
-    """A GeoTIFF profile for an output on the reference's grid: CRS, transform and nodata copied.
+    """A GeoTIFF profile for an output on the reference's grid: CRS and transform copied.
 
-    Tiled (``blocksize`` square, when the image is at least that large) and DEFLATE-compressed.
+    Tiled (``blocksize`` square, when the image is at least that large) and DEFLATE-compressed. Nodata
+    is ``nodata`` when given, else none when the reference declares none, else a value ``dtype`` can
+    hold (:func:`_output_nodata`: the reference's own only for the same dtype; NaN for floats, -32768
+    for int16).
     """
     profile = dict(reference.profile)
+    for key in _SOURCE_ONLY_KEYS:
+        profile.pop(key, None)
     profile.update(
         driver="GTiff",
         count=count,
@@ -993,16 +1075,36 @@ def output_profile(
         profile.update(tiled=False)
         profile.pop("blockxsize", None)
         profile.pop("blockysize", None)
-    profile["nodata"] = nodata if nodata is not None else reference.nodata
+    if nodata is not None:
+        profile["nodata"] = _output_nodata(reference, dtype, nodata)
+    else:
+        profile["nodata"] = _output_nodata(reference, dtype) if reference.nodata is not None else None
     return profile
 
 
-def check_writable(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Refuse an existing output (unless ``overwrite``) or an unwritable folder, before any work."""
+def check_writable(
+    path: str | os.PathLike[str], *, overwrite: bool, suffixes: Sequence[str] | None = None
+) -> Path:
+    """Refuse an output that cannot be written, before any work: an existing file (unless
+    ``overwrite``), a folder, a missing or unwritable folder, a name too long for the filesystem, and
+    (when ``suffixes`` is given, e.g. ``(".tif", ".tiff")``) a name with another suffix."""
     path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in {s.lower() for s in suffixes}:
+        raise InputError(f"{path}: the output must be a GeoTIFF named *{' or *'.join(suffixes)}")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255
+    except (OSError, ValueError):  # not reported by this filesystem / platform
+        name_max = 255
+    if len(os.fsencode(path.name)) > name_max:  # checked first: stat() of such a name fails
+        raise InputError(
+            f"{path.parent / (path.name[:40] + '...')}: file name too long for the filesystem "
+            f"({len(os.fsencode(path.name))} bytes; at most {name_max}); give a shorter name"
+        )
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: output exists; pass --overwrite to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{path}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -1016,17 +1118,31 @@ def write_like(
     reference: RasterInfo,
     *,
     dtype: str = "int16",
-    scale: float = REFLECTANCE_SCALE,
+    scale: float | None = None,
     overwrite: bool = False,
     band_names: Sequence[str | None] | None = None,
     tags: dict[str, str] | None = None,
+    nodata: float | None = None,
 ) -> Path:
     """Write a (C, H, W) reflectance array on the reference's grid, atomically.
 
-    Integer dtypes store round(reflectance / scale) clipped to the dtype's range; float dtypes store
-    reflectance itself. NaN pixels become nodata: the reference's nodata, or -32768 for int16 (NaN for
-    floats) when the reference declares none.
+    Integer dtypes store round(reflectance x 10000) clipped to the dtype's range, with GDAL scale 1e-4
+    and offset 0 tags (so GDAL-aware tools and :func:`read` get reflectance back); float dtypes store
+    reflectance itself. NaN pixels become nodata, declared when there are some or the reference declares
+    one: ``nodata`` when given, else a value the dtype holds (:func:`_output_nodata`: NaN for floats,
+    -32768 for int16 unless the reference is int16 with its own). Valid values never equal it (nudged
+    by one step). Without ``overwrite``, the write fails if the output appeared meanwhile.
+
+    Args:
+        scale: ignored (kept for compatibility): integer outputs always hold reflectance x 10000,
+            whatever the inputs' scale.
+        nodata: the output's nodata value; a value ``dtype`` cannot hold is an InputError.
+    Raises:
+        OutputExistsError: ``path`` exists (or appeared during the write) and not ``overwrite``.
+        OutputError: the file cannot be written (disk full, file size limit, permission...); nothing is
+            left behind.
     """
+    _ignored_scale(scale)
     path = check_writable(path, overwrite=overwrite)
     if reflectance.ndim != 3:
         raise ValueError(f"write_like expects (C, H, W), got shape {reflectance.shape}")
@@ -1035,33 +1151,113 @@ def write_like(
             f"{path}: array size {reflectance.shape[1:]} differs from the reference "
             f"{reference.path} size {(reference.height, reference.width)}"
         )
-    # a nodata value is declared only when needed: the reference's, or a default when there are gaps
-    has_gaps = bool(np.isnan(reflectance).any())
-    nodata = _default_nodata(reference, dtype) if has_gaps else reference.nodata
-    stored = _stored(reflectance, dtype=dtype, scale=scale, nodata=nodata)
-    profile = output_profile(reference, count=reflectance.shape[0], dtype=dtype, nodata=nodata)
+    # a nodata value is declared only when needed: gaps, a reference that declares one, or the caller's
+    declare = nodata is not None or reference.nodata is not None or bool(np.isnan(reflectance).any())
+    out_nodata = _output_nodata(reference, dtype, nodata) if declare else None
+    stored = _stored(reflectance, dtype=dtype, nodata=out_nodata)
+    count = reflectance.shape[0]
+    profile = output_profile(reference, count=count, dtype=dtype)
+    profile["nodata"] = out_nodata
     names = band_names if band_names is not None else reference.band_names
-    with _open_output(path, profile, band_names=names[: reflectance.shape[0]], tags=tags) as dst:
-        dst.write(stored)
+    with _open_output(
+        path, profile, band_names=names[:count], tags=tags, overwrite=overwrite, **_scale_tags(dtype, count)
+    ) as dst:
+        _write(path, dst, stored)
     return path
 
 
+def _scale_tags(dtype: str, count: int) -> dict[str, Any]:
+    """GDAL scale/offset tags of an output: reflectance x 10000 for integer dtypes, none for floats."""
+    if np.dtype(dtype).kind not in "iu":
+        return {}
+    return {"scales": [REFLECTANCE_SCALE] * count, "offsets": [0.0] * count}
+
+
 # --------------------------------------------------------------------------------------------------
-# streaming output: rows written as they are finished
+# write failures: one-line errors, and a check of the written file before it is published
+
+_ERRNO_TEXTS = {
+    code: os.strerror(code) for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS)
+}
 
 
-def _default_nodata(reference: RasterInfo, dtype: str) -> float:
-    if reference.nodata is not None:
-        return reference.nodata
-    return float("nan") if np.dtype(dtype).kind == "f" else DEFAULT_INT16_NODATA
+def _write_failure(path: Path, written: Path, exc: BaseException | None) -> OutputError:
+    """A one-line OutputError for a failed GeoTIFF write of ``path`` (temporary file ``written``).
+
+    GDAL rarely passes the system's reason on ("Write failed", "Write error at scanline"), so the reason
+    is looked for in its messages, then in the circumstances: the file size limit (``ulimit -f``) reached,
+    or the disk full.
+    """
+    messages: list[str] = []
+    seen = exc
+    while seen is not None:
+        messages.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(messages)
+    for code, words in _ERRNO_TEXTS.items():
+        if words.lower() in text.lower():
+            return output_error(path, OSError(code, words))
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        size = written.stat().st_size
+    except OSError:
+        size = 0
+    limit = file_size_limit()
+    if limit is not None and size >= limit - 65536:  # within a write of the limit: it stopped there
+        return output_error(path, OSError(errno.EFBIG, os.strerror(errno.EFBIG)))
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    except OSError:
+        pass
+    reason = next((m.splitlines()[0] for m in messages if m), "incomplete file")
+    return OutputError(
+        f"{path}: writing failed ({reason}); check free disk space, quota and file size limits"
+    )
 
 
-def _stored(block: np.ndarray, *, dtype: str, scale: float, nodata: float | None) -> np.ndarray:
-    """Stored values of reflectance (rounded, clipped); NaN pixels of integer outputs become nodata."""
-    stored = from_reflectance(block, scale=scale, dtype=dtype)
-    if np.dtype(dtype).kind != "f" and nodata is not None:
-        stored[np.isnan(block)] = nodata
-    return stored
+class _IncompleteWriteError(Exception):
+    """The written GeoTIFF misses blocks: GDAL reported a write error without raising it."""
+
+
+def _check_written(written: Path) -> None:
+    """Raise if a closed GeoTIFF is not complete: every block of every band must lie inside the file.
+
+    GDAL flushes its block cache when the file is closed, and rasterio does not raise the write errors
+    met then (disk full, file size limit): the file is then truncated or holds blocks never written.
+    Reading the block offsets costs ~10 microseconds per block, no decoding.
+    """
+    size = written.stat().st_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(written)
+    with src:
+        for band in src.indexes:
+            block_height, block_width = src.block_shapes[band - 1]
+            for y in range(math.ceil(src.height / block_height)):
+                for x in range(math.ceil(src.width / block_width)):
+                    start = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                    length = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                    if not start or not length or int(start) + int(length) > size:
+                        raise _IncompleteWriteError(f"block {x},{y} of band {band} missing or truncated")
+
+
+_CHECK_ERRORS: tuple[type[Exception], ...] = (*_GDAL_ERRORS, _IncompleteWriteError)
+
+
+def _write(path: Path, dst: Any, stored: np.ndarray, window: Window | None = None) -> None:
+    """``dst.write`` with GDAL's write errors turned into a one-line OutputError naming ``path``."""
+    try:
+        dst.write(stored, window=window)
+    except _GDAL_ERRORS as exc:
+        raise _write_failure(path, Path(dst.name), exc) from exc
+
+
+def _close_quietly(dst: Any) -> None:
+    try:
+        dst.close()
+    except Exception:  # the file is discarded; its own error would hide the one being reported
+        log.debug("%s: error closing a discarded output", dst.name, exc_info=True)
 
 
 @contextmanager
@@ -1072,26 +1268,53 @@ def _open_output(
     band_names: Sequence[str | None],
     tags: dict[str, str] | None,
     cog: bool = False,
+    overwrite: bool = True,
+    scales: Sequence[float] | None = None,
+    offsets: Sequence[float] | None = None,
 ) -> Iterator[Any]:
-    """An open rasterio writer on a temporary file, renamed onto ``path`` when the block succeeds.
+    """An open rasterio writer on a temporary file, published onto ``path`` when the block succeeds.
 
-    Band descriptions and tags are set after the caller's writes; ``cog`` converts the file to a
-    Cloud Optimized GeoTIFF (GDAL's COG driver, with overviews) before the rename.
+    Band descriptions, tags and GDAL scale/offset tags are set after the caller's writes; the closed
+    file is checked (every block written: GDAL does not raise errors met when it flushes at close), and
+    ``cog`` converts it to a Cloud Optimized GeoTIFF (GDAL's COG driver, with overviews) before
+    publication (exclusive unless ``overwrite``: see :class:`~stfusion.atomic.atomic_path`). A write
+    that fails raises OutputError and leaves no file.
     """
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
+    with warnings.catch_warnings(), atomic_path(path, overwrite=overwrite) as tmp:
         # a reference without georeferencing (e.g. the ESTARFM test data) gives an output without it
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         target = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
         try:
-            with rasterio.open(target, "w", **profile) as dst:
+            try:
+                dst = rasterio.open(target, "w", **profile)
+            except _GDAL_ERRORS as exc:
+                raise _write_failure(path, target, exc) from exc
+            try:
                 yield dst
+            except BaseException:
+                _close_quietly(dst)  # the caller's error is the one to report
+                raise
+            try:
                 for index, name in enumerate(band_names, start=1):
                     if name:
                         dst.set_band_description(index, name)
                 if tags:
                     dst.update_tags(**tags)
-            if cog:
-                rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
+                if scales is not None:
+                    dst.scales = tuple(scales)
+                if offsets is not None:
+                    dst.offsets = tuple(offsets)
+                dst.close()
+            except _GDAL_ERRORS as exc:
+                _close_quietly(dst)
+                raise _write_failure(path, target, exc) from exc
+            try:
+                _check_written(target)
+                if cog:
+                    rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
+                    _check_written(tmp)
+            except _CHECK_ERRORS as exc:
+                raise _write_failure(path, tmp, exc) from exc
         finally:
             if cog:
                 target.unlink(missing_ok=True)
@@ -1104,26 +1327,30 @@ def row_writer(
     *,
     count: int,
     dtype: str = "int16",
-    scale: float = REFLECTANCE_SCALE,
+    scale: float | None = None,
     rows: tuple[int, int] | None = None,
     overwrite: bool = False,
     band_names: Sequence[str | None] | None = None,
     tags: dict[str, str] | None = None,
     cog: bool = False,
+    nodata: float | None = None,
 ) -> Iterator[Callable[[int, np.ndarray], None]]:
     """Open a GeoTIFF on the reference's grid and yield ``write(first_row, block)`` for row blocks.
 
     ``block`` is (C, n, W) float32 reflectance (NaN = nodata) for scene rows [first_row, first_row + n).
     ``rows`` restricts the file to scene rows [rows[0], rows[1]) (its transform is shifted to match),
     for one process's part of a scene. Stored like :func:`write_like` (rounded, clipped, tiled,
-    DEFLATE); nodata is the reference's, else -32768 for integers / NaN for floats. The file appears
-    under ``path`` only when the ``with`` block ends without an exception; ``cog`` converts it to a
-    Cloud Optimized GeoTIFF (GDAL's COG driver, with overviews) before that.
+    DEFLATE, scale tags; ``scale`` is ignored); nodata is ``nodata`` when given, else a value the dtype
+    holds (NaN for floats; -32768 for int16 unless the reference is int16 with its own). The file
+    appears under ``path`` only when the ``with`` block ends without an exception (and, without
+    ``overwrite``, only if no other run wrote ``path`` meanwhile); ``cog`` converts it to a Cloud
+    Optimized GeoTIFF (GDAL's COG driver, with overviews) before that.
     """
+    _ignored_scale(scale)
     path = check_writable(path, overwrite=overwrite)
     first, stop = rows if rows is not None else (0, reference.height)
-    nodata = _default_nodata(reference, dtype)
-    profile = output_profile(reference, count=count, dtype=dtype, nodata=nodata)
+    out_nodata = _output_nodata(reference, dtype, nodata)
+    profile = output_profile(reference, count=count, dtype=dtype, nodata=out_nodata)
     a, b, c, d, e, f = reference.transform
     profile.update(height=stop - first, transform=Affine(a, b, c + b * first, d, e, f + e * first))
     if stop - first < 256:
@@ -1131,7 +1358,15 @@ def row_writer(
         profile.pop("blockxsize", None)
         profile.pop("blockysize", None)
     names = band_names if band_names is not None else reference.band_names
-    with _open_output(path, profile, band_names=names[:count], tags=tags, cog=cog) as dst:
+    with _open_output(
+        path,
+        profile,
+        band_names=names[:count],
+        tags=tags,
+        cog=cog,
+        overwrite=overwrite,
+        **_scale_tags(dtype, count),
+    ) as dst:
 
         def write(row: int, block: np.ndarray) -> None:
             if block.shape[0] != count or block.shape[2] != reference.width:
@@ -1140,8 +1375,9 @@ def row_writer(
                 raise ValueError(f"rows {row}..{row + block.shape[1]} outside {first}..{stop}")
             for top in range(0, block.shape[1], 256):  # in chunks: the conversion's temporaries stay small
                 chunk = block[:, top : top + 256]
-                stored = _stored(chunk, dtype=dtype, scale=scale, nodata=nodata)
-                dst.write(stored, window=Window(0, row - first + top, reference.width, chunk.shape[1]))
+                stored = _stored(chunk, dtype=dtype, nodata=out_nodata)
+                window = Window(0, row - first + top, reference.width, chunk.shape[1])
+                _write(path, dst, stored, window)
 
         yield write
 
@@ -1157,7 +1393,8 @@ def join_row_parts(
 ) -> Path:
     """Join row parts written by :func:`row_writer` (path, (first_row, stop)) into one GeoTIFF.
 
-    Parts must tile the scene's rows exactly; pixels are copied unchanged, block by block.
+    Parts must tile the scene's rows exactly; pixels are copied unchanged, block by block, with the
+    parts' nodata (when the dtype holds it), band descriptions, tags and scale/offset tags.
     """
     spans = sorted(rows for _, rows in parts)
     expected = 0
@@ -1171,13 +1408,30 @@ def join_row_parts(
         count, dtype, nodata = src.count, src.dtypes[0], src.nodata
         names = src.descriptions
         tags = src.tags()
-    profile = output_profile(reference, count=count, dtype=dtype, nodata=nodata)
+        scales, offsets = list(src.scales), list(src.offsets)
+    if nodata is not None and not _holds(dtype, nodata):
+        nodata = None  # not one of ours: the output declares a valid one instead
+    profile = output_profile(reference, count=count, dtype=dtype)
+    profile["nodata"] = nodata if nodata is not None else _output_nodata(reference, dtype)
     path = check_writable(path, overwrite=overwrite)
-    with _open_output(path, profile, band_names=names, tags=tags, cog=cog) as dst:
+    tagged = any(s != 1.0 for s in scales) or any(o != 0.0 for o in offsets)
+    with _open_output(
+        path,
+        profile,
+        band_names=names,
+        tags=tags,
+        cog=cog,
+        overwrite=overwrite,
+        scales=scales if tagged else None,
+        offsets=offsets if tagged else None,
+    ) as dst:
         for part, (first, stop) in parts:
             with _open(part) as src:
                 for top in range(0, stop - first, rows_per_block):
                     n = min(rows_per_block, stop - first - top)
-                    block = src.read(window=Window(0, top, reference.width, n))
-                    dst.write(block, window=Window(0, first + top, reference.width, n))
+                    try:
+                        block = src.read(window=Window(0, top, reference.width, n))
+                    except RasterioIOError as exc:
+                        raise _read_error(part, exc) from exc
+                    _write(path, dst, block, Window(0, first + top, reference.width, n))
     return path
