@@ -181,17 +181,23 @@ def test_suspicious_values_warn(
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "b.tif").exit_code == 0
     assert "coarse_20010201.tif: values look like digital numbers" in caplog.text
-    # float reflectance 0..1 read with the default scale 1e-4
+    # float reflectance 0..1: read as reflectance (automatic scale 1), the same prediction as x 10000
+    # integers, no warning; forced through --scale 0.0001 it is warned about
     caplog.clear()
-    for role in files:
-        write_tif(files[role], random_scene(rng).astype(np.float32) * 1e-4)
+    integers = {role: random_scene(rng) for role in files}
+    for role, values in integers.items():
+        write_tif(files[role], values.astype(np.float32) * np.float32(1e-4))
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "c.tif").exit_code == 0
-    assert "look like reflectance already" in caplog.text and "pass --scale 1" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        assert predict(runner, files, tmp_path / "d.tif", "--scale", "1", "--dtype", "float32").exit_code == 0
     assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert predict(runner, files, tmp_path / "d.tif", "--scale", "0.0001").exit_code == 0
+    assert "every value is below reflectance 0.002" in caplog.text and "--fine-scale 1" in caplog.text
+    for role, values in integers.items():
+        write_tif(files[role], values)
+    assert predict(runner, files, tmp_path / "e.tif").exit_code == 0
+    with rasterio.open(tmp_path / "c.tif") as c, rasterio.open(tmp_path / "e.tif") as e:
+        assert np.abs(c.read().astype(int) - e.read().astype(int)).max() <= 1
 
 
 def test_unknown_resampling_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:

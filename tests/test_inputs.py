@@ -338,15 +338,14 @@ def test_value_checks_warn_and_refuse(tmp_path: Path, caplog: pytest.LogCaptureF
     dn = write_tif(tmp_path / "dn.tif", (random_scene(rng) * 10).astype(np.uint16))
     with caplog.at_level(logging.WARNING):
         check_values(dn)
-    assert "dn.tif: values look like digital numbers" in caplog.text and "set --scale" in caplog.text
+    assert "dn.tif: values look like digital numbers" in caplog.text and "--fine-scale" in caplog.text
     caplog.clear()
     floats = write_tif(tmp_path / "float.tif", random_scene(rng).astype(np.float32) * 1e-4)
     with caplog.at_level(logging.WARNING):
-        check_values(floats)
-        assert "look like reflectance already" in caplog.text and "pass --scale 1" in caplog.text
-        caplog.clear()
-        check_values(floats, scale=1.0)
-        assert not caplog.records
+        sample = check_values(floats)  # reflectance floats: automatic scale 1, nothing to warn about
+        assert not caplog.records and sample.scaling is not None and sample.scaling.scale == 1.0
+        check_values(floats, scale=1e-4)
+        assert "every value is below reflectance 0.002" in caplog.text and "--fine-scale 1" in caplog.text
     with_nan = random_scene(rng).astype(np.float32)
     with_nan[0, 0, :3] = [np.nan, np.inf, -np.inf]
     with caplog.at_level(logging.WARNING):

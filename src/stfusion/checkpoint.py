@@ -33,6 +33,7 @@ from stfusion import __version__
 from stfusion.atomic import atomic_path
 from stfusion.errors import InputError
 from stfusion.models import MODELS
+from stfusion.transforms import REFLECTANCE_SCALE
 
 FORMAT = "stfusion-checkpoint/1"
 
@@ -81,7 +82,7 @@ class Checkpoint:
     generator: dict[str, torch.Tensor]
     coarse_factor: int
     band_names: list[str] = field(default_factory=list)
-    scale: float = 1e-4
+    scale: float = REFLECTANCE_SCALE
     config: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     best_val: float | None = None
@@ -169,7 +170,7 @@ class Checkpoint:
             raise InputError(
                 f"{where}: checkpoint coarse_factor must be >= 1, got {content['coarse_factor']}"
             )
-        scale = content.get("scale", 1e-4)
+        scale = content.get("scale", REFLECTANCE_SCALE)
         if not isinstance(scale, int | float) or not scale > 0:
             raise InputError(f"{where}: checkpoint 'scale' must be a positive number, got {scale!r}")
         names = content.get("band_names") or []

@@ -30,7 +30,6 @@ from stfusion.scenes import (
     pair_roles,
 )
 from stfusion.tiling import Window
-from stfusion.transforms import REFLECTANCE_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,10 @@ log = logging.getLogger(__name__)
 QUALITY_BITS: dict[str, int] = {"fine_t1": 1, "coarse_t1": 2, "coarse_t2": 4}
 #: Reflectance above which values look like digital numbers (or a wrong --scale), not reflectance.
 DN_LIKE_REFLECTANCE = 1.5
+#: Reflectance below which a whole image looks like reflectance floats divided by 10000 once more.
+TINY_REFLECTANCE = 0.002
+#: Ratio of typical levels above which a date's fine and coarse images look differently scaled.
+SCALE_MISMATCH_RATIO = 3.0
 
 
 def row_windows(height: int, width: int, rows: int = 256) -> list[Window]:
@@ -135,17 +138,20 @@ class CaseReader:
                 self.options.resampling,
             )
         if self.options.check_values:
-            for role, info in self.infos.items():
-                check_values(info.path, scale=self._scale(role))
+            samples = {
+                role: check_values(info.path, scale=self._scale(role)) for role, info in self.infos.items()
+            }
+            for index in range(self.n_pairs):
+                coarse_role, fine_role = pair_roles(index)
+                check_scales_agree(samples[fine_role], samples[coarse_role])
 
     @property
     def roles(self) -> tuple[str, ...]:
         """The roles this case has (``fine_t2`` only when the truth is known)."""
         return tuple(self.case.paths())
 
-    def _scale(self, role: str) -> float:
-        scale = self.options.scale_for(role)
-        return REFLECTANCE_SCALE if scale is None else scale
+    def _scale(self, role: str) -> float | None:
+        return self.options.scale_for(role)
 
     @property
     def n_pairs(self) -> int:
@@ -229,21 +235,22 @@ def quality_flags(images: dict[str, np.ndarray]) -> np.ndarray:
     return flags
 
 
-def check_values(path: str | os.PathLike[str], *, scale: float = REFLECTANCE_SCALE) -> raster.ValueSample:
+def check_values(path: str | os.PathLike[str], *, scale: float | None = None) -> raster.ValueSample:
     """Sanity checks of a raster's values on a sample of its pixels (cheap on any size).
 
-    Raises InputError when no pixel is valid (all nodata / non-finite; confirmed on every pixel). Logs a
-    warning when NaN/inf values that are not the declared nodata are present (they are treated as
-    invalid), when more than half of the valid values exceed reflectance 1.5 at ``scale`` (digital
-    numbers, or a wrong ``--scale``), or when a float raster holds values within -1.5..1.5 and ``scale``
-    is below 1 (already reflectance: ``--scale 1``).
+    The file's reflectance is ``stored x scale + offset`` by its GDAL scale/offset tags, else by
+    ``scale``, else by the automatic choice of :func:`stfusion.raster.resolve_scaling` (logged).
+    Raises InputError when no pixel is valid (all nodata / non-finite / masked; confirmed on every
+    pixel). Logs a warning when NaN/inf values that are not the declared nodata are present (they are
+    treated as invalid), when most values exceed reflectance 1.5 (digital numbers, or a wrong scale) and
+    when every value is below reflectance 0.002 in magnitude (reflectance floats read as x 10000).
     """
-    sample = raster.sample_values(path)
+    sample = raster.sample_values(path, scale=scale)
     if sample.values.size == 0 and (sample.complete or not raster.has_valid_pixel(path)):
         nodata = f"nodata = {sample.nodata}" if sample.nodata is not None else "no nodata declared"
         raise InputError(
-            f"{path}: no valid pixel (every value is nodata or NaN/inf; {nodata}); check the file, or its "
-            "nodata value (e.g. gdal_edit.py -a_nodata)"
+            f"{path}: no valid pixel (every value is nodata, masked or NaN/inf; {nodata}); check the file, "
+            "or its nodata value (e.g. gdal_edit.py -a_nodata)"
         )
     if sample.n_nonfinite:
         log.warning(
@@ -254,27 +261,53 @@ def check_values(path: str | os.PathLike[str], *, scale: float = REFLECTANCE_SCA
         )
     if sample.values.size == 0:
         return sample
-    reflectance = sample.values * scale
-    if float(np.median(reflectance)) > DN_LIKE_REFLECTANCE:
+    if sample.scaling is not None:
+        log.info("%s", sample.scaling)
+    reflectance = sample.reflectance.astype(np.float64)
+    median = float(np.median(reflectance))
+    how = f"read as {sample.scaling}" if sample.scaling is not None else "as read"
+    if median > DN_LIKE_REFLECTANCE:
         log.warning(
-            "%s: values look like digital numbers, not reflectance x %g (median reflectance %.2f with "
-            "--scale %g); use surface reflectance products or set --scale",
+            "%s: values look like digital numbers, not reflectance (median reflectance %.2f, %s); use "
+            "surface reflectance products, or give the file's scale (--fine-scale / --coarse-scale, or "
+            "GDAL scale/offset tags)",
             path,
-            1 / scale,
-            float(np.median(reflectance)),
-            scale,
+            median,
+            how,
         )
-    elif (
-        np.dtype(sample.dtype).kind == "f"
-        and scale < 1
-        and np.abs(sample.values).max() <= DN_LIKE_REFLECTANCE
-    ):
+    elif np.abs(reflectance).max() < TINY_REFLECTANCE:
         log.warning(
-            "%s: float values within 0..%.2f look like reflectance already, but --scale %g makes them "
-            "0..%.5f; pass --scale 1",
+            "%s: every value is below reflectance %g (%s): reflectance floats read as x 10000? give "
+            "--fine-scale 1 / --coarse-scale 1",
             path,
-            float(np.abs(sample.values).max()),
-            scale,
-            float(np.abs(sample.values).max() * scale),
+            TINY_REFLECTANCE,
+            how,
         )
     return sample
+
+
+def check_scales_agree(fine: raster.ValueSample, coarse: raster.ValueSample) -> None:
+    """Warn when a pair's fine and coarse images of one date differ by more than 3x in typical level.
+
+    Same date, same bands: their median reflectances should be close. A large ratio means one file was
+    read with a wrong scale (e.g. Landsat Collection 2 digital numbers without their scale tags).
+    """
+    if fine.reflectance.size == 0 or coarse.reflectance.size == 0:
+        return
+    level_fine = float(np.median(np.abs(fine.reflectance)))
+    level_coarse = float(np.median(np.abs(coarse.reflectance)))
+    if min(level_fine, level_coarse) <= 0:
+        return
+    ratio = max(level_fine, level_coarse) / min(level_fine, level_coarse)
+    if ratio > SCALE_MISMATCH_RATIO:
+        log.warning(
+            "%s (median reflectance %.3f) and %s (%.3f), one date's fine and coarse images, differ %.1fx: "
+            "is one of them read with a wrong scale? (%s; %s)",
+            fine.path,
+            level_fine,
+            coarse.path,
+            level_coarse,
+            ratio,
+            fine.scaling,
+            coarse.scaling,
+        )
