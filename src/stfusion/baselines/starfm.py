@@ -351,22 +351,22 @@ def make_config(config: StarfmConfig | None = None, **options: Any) -> StarfmCon
                 f"window_size={size} and half_window={options['half_window']} disagree; give one of them"
             )
         options["half_window"] = half
-    try:
-        for key in ("sigma_fine", "sigma_coarse", "similarity_tol"):
-            if key in options and options[key] is not None and not np.isscalar(options[key]):
-                options[key] = tuple(float(v) for v in np.ravel(options[key]))
-        if options.get("similarity_bands") is not None:
-            options["similarity_bands"] = tuple(int(b) for b in options["similarity_bands"])
-        if "valid_range" in options:
-            options["valid_range"] = tuple(float(v) for v in options["valid_range"])
-            if len(options["valid_range"]) != 2:
-                raise ValueError
-    except (TypeError, ValueError):
-        listed = ("sigma_fine", "sigma_coarse", "similarity_tol", "similarity_bands", "valid_range")
-        bad = next(k for k in listed if k in options)
-        raise ValueError(
-            f"STARFM option {bad}={options[bad]!r} is invalid; see OPTION_HELP[{bad!r}]: {OPTION_HELP[bad]}"
-        ) from None
+    converters: dict[str, Any] = {
+        "sigma_fine": _float_or_tuple,
+        "sigma_coarse": _float_or_tuple,
+        "similarity_tol": _float_or_tuple,
+        "similarity_bands": lambda v: tuple(int(b) for b in v),
+        "valid_range": _float_pair,
+    }
+    for key, convert in converters.items():
+        if options.get(key) is None:
+            continue
+        try:
+            options[key] = convert(options[key])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"STARFM option {key}={options[key]!r} is invalid; expected {OPTION_HELP[key]}"
+            ) from None
     preset = options.pop("preset", None if config is not None else "starfm_v121")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown STARFM preset: preset={preset!r}; choose from {sorted(PRESETS)}")
@@ -412,6 +412,15 @@ OPTION_HELP: dict[str, str] = {
     "num_threads": "threads for the engine; empty = engine default",
     "device": "torch device for engine=torch (cpu, cuda, ...)",
 }
+
+
+def _float_or_tuple(value: Any) -> Any:
+    return float(value) if np.isscalar(value) else tuple(float(v) for v in np.ravel(value))
+
+
+def _float_pair(value: Any) -> tuple[float, float]:
+    low, high = (float(v) for v in value)
+    return low, high
 
 
 def halo_rows(config: StarfmConfig) -> int:
