@@ -2,7 +2,7 @@
 
 Each case runs in a fresh subprocess; the parent prints one JSON line per case and preset with the
 wall time of the prediction, its throughput (scene megapixels per second, all bands), the child's own
-peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read at its end) and the hole counts.
+peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read at its end), its CPU time and the hole counts.
 
 Only the package's public API is used: ``stfusion.baselines.starfm.prepare`` on a
 ``stfusion.blocks.SceneSource`` (the method-registry path), ``stfusion.blocks.predict_scene`` /
@@ -244,7 +244,11 @@ def child(args: argparse.Namespace) -> None:
         result = run_stream_case(Path(args.workdir), height, args.rows, options)
     else:
         result = run_memory_case(height, width, options)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    # CPU seconds of the whole child (import, warm-up, input synthesis included): on a shared machine
+    # wall time depends on the load, CPU time much less.
+    result["process_cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))
 
 
