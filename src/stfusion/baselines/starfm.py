@@ -414,8 +414,10 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
-def _float_or_tuple(value: Any) -> Any:
-    return float(value) if np.isscalar(value) else tuple(float(v) for v in np.ravel(value))
+def _float_or_tuple(value: Any) -> float | tuple[float, ...]:
+    if np.ndim(value) == 0:
+        return float(value)
+    return tuple(float(v) for v in np.ravel(value))
 
 
 def _float_pair(value: Any) -> tuple[float, float]:
