@@ -1,16 +1,30 @@
-"""Speed and peak-memory benchmark of STARFM (window 31, 4 classes, 6 bands). Not a test.
+"""Speed and peak-memory benchmark of STARFM presets (6 bands). Not a test.
 
-Each case runs in a fresh subprocess; the parent prints one JSON line per case with the wall time of
-the prediction and the child's own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read at its end).
+Each case runs in a fresh subprocess; the parent prints one JSON line per case and preset with the
+wall time of the prediction, its throughput (scene megapixels per second, all bands), the child's own
+peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read at its end), its CPU time and the hole counts.
 
-Cases (``--sizes``): ``608x595`` and ``2040x1720`` run in memory on synthetic scenes (smooth fields +
-class patches + noise); ``10980x10980`` writes three synthetic int16 tiled GeoTIFFs into ``--workdir``
-and predicts them streaming: row blocks with a halo are read with rasterio windows and the output
-rows are written to a tiled GeoTIFF as they complete, so memory depends on the block, not the scene.
-``--rows N`` limits a streaming case to its first N output rows (a throughput measurement).
+Only the package's public API is used: ``stfusion.baselines.starfm.prepare`` on a
+``stfusion.blocks.SceneSource`` (the method-registry path), ``stfusion.blocks.predict_scene`` /
+``Prediction.iter_rows``, ``stfusion.raster`` for GeoTIFF windows and the row writer.
 
-    python benchmarks/bench_starfm.py --sizes 608x595,2040x1720
-    python benchmarks/bench_starfm.py --sizes 10980x10980 --workdir /tmp/starfm-bench
+Cases (``--sizes``): ``608x595`` and ``2040x1720`` run in memory (``ArraySource``) on synthetic scenes
+(smooth fields + class patches + noise); ``10980x10980`` writes three synthetic int16 tiled GeoTIFFs
+into ``--workdir`` and predicts them streaming: row blocks with a halo are read as GeoTIFF windows
+and the output rows are written to a tiled GeoTIFF as they complete, so memory depends on the block,
+not the scene. ``--rows N`` limits a streaming case to its first N output rows (a throughput
+measurement). Each preset runs with its own defaults unless ``--options`` (JSON) overrides them.
+
+    python benchmarks/bench_starfm.py --sizes 608x595,2040x1720 --presets starfm_v121,starfm4py
+    python benchmarks/bench_starfm.py --presets starfm_v121 --options '{"window_size": 31, "n_classes": 4}'
+    python benchmarks/bench_starfm.py --sizes 10980x10980 --rows 512 --workdir /tmp/starfm-bench
+
+``--accuracy`` instead prints a Markdown table of RMSE on the bundled real datasets
+(``stfusion.sample.DATASETS``, one reference pair each) for every preset x window x classes x
+fill_holes; RMSE per band over the pixels valid in the inputs and the truth and predicted in every
+band (as ``stfusion.metrics.compute_metrics`` selects them), then the mean over bands:
+
+    python benchmarks/bench_starfm.py --accuracy
 """
 
 from __future__ import annotations
@@ -24,13 +38,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-OPTIONS = {"window_size": 31, "n_classes": 4}
 
-
-def synthetic_scene(height: int, width: int, bands: int = 6, seed: int = 0, rows: slice | None = None):  # type: ignore[no-untyped-def]
+def synthetic_scene(
+    height: int, width: int, bands: int = 6, rows: slice | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(coarse_t1, fine_t1, coarse_t2) float32 reflectance for rows ``rows`` of a synthetic scene.
 
     Deterministic per pixel (depends on absolute coordinates), so blocks of a big scene can be made
@@ -56,16 +71,33 @@ def synthetic_scene(height: int, width: int, bands: int = 6, seed: int = 0, rows
     return out[0], out[1], out[2]
 
 
-def run_memory_case(height: int, width: int) -> dict:
-    from stfusion.baselines.starfm import starfm
+def holes_of(prediction: Any) -> dict[str, list[int]]:
+    return {
+        "holes_no_candidate": prediction.holes.no_candidate.tolist(),
+        "holes_out_of_range": prediction.holes.out_of_range.tolist(),
+    }
+
+
+def run_memory_case(height: int, width: int, options: dict[str, Any]) -> dict[str, Any]:
+    from stfusion.baselines.starfm import prepare
+    from stfusion.blocks import ArraySource, predict_scene
 
     c1, f1, c2 = synthetic_scene(height, width)
+    source = ArraySource([(c1, f1)], c2)
     start = time.perf_counter()
-    pred = starfm(c1, f1, c2, **OPTIONS)
-    return {"seconds": time.perf_counter() - start, "nan_fraction": float(np.isnan(pred).mean())}
+    prediction = prepare(source, **options)
+    result = predict_scene(prediction, source)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "megapixels_per_s": height * width / 1e6 / seconds,
+        "nan_fraction": float(np.isnan(result).mean()),
+        **holes_of(prediction),
+    }
 
 
 def make_geotiffs(folder: Path, size: int) -> list[Path]:
+    """Three synthetic int16 (x 1e4) tiled GeoTIFFs (set-up, not measured; rasterio directly)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -90,102 +122,187 @@ def make_geotiffs(folder: Path, size: int) -> list[Path]:
     return paths
 
 
-def run_stream_case(folder: Path, size: int, rows_limit: int | None, block: int = 64) -> dict:
-    import rasterio
-    from rasterio.windows import Window
+class GeoTiffSource:
+    """A one-pair :class:`stfusion.blocks.SceneSource` reading row windows of three GeoTIFFs."""
 
-    from stfusion.baselines.starfm import (
-        FineStdAccumulator,
-        halo_rows,
-        make_config,
-        starfm_block,
-        tolerances_from_std,
-    )
+    def __init__(self, coarse_t1: Path, fine_t1: Path, coarse_t2: Path) -> None:
+        from stfusion import raster
 
-    paths = make_geotiffs(folder, size)
-    cfg = make_config(**OPTIONS)
-    halo = halo_rows(cfg)
-    srcs = [rasterio.open(p) for p in paths]
+        self.paths = (coarse_t1, fine_t1, coarse_t2)
+        self.info = raster.inspect(fine_t1)
+
+    @property
+    def bands(self) -> int:
+        return self.info.count
+
+    @property
+    def height(self) -> int:
+        return self.info.height
+
+    @property
+    def width(self) -> int:
+        return self.info.width
+
+    @property
+    def n_pairs(self) -> int:
+        return 1
+
+    def block(self, top: int, stop: int) -> Any:
+        from stfusion import raster
+        from stfusion.blocks import Block, ReferencePair
+
+        window = raster.make_window(top, 0, stop - top, self.width)
+        c1, f1, c2 = (raster.read(p, scale=1e-4, window=window).data for p in self.paths)
+        return Block(top=top, pairs=(ReferencePair(coarse=c1, fine=f1),), coarse_t2=c2)
+
+
+def run_stream_case(
+    folder: Path, size: int, rows_limit: int | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    from stfusion import raster
+    from stfusion.baselines.starfm import prepare
+
+    source = GeoTiffSource(*make_geotiffs(folder, size))
     start = time.perf_counter()
-    acc = FineStdAccumulator()  # pass 1: global std of the fine image (the tolerance, spec eq. 7)
-    for r0 in range(0, size, 128):
-        win = Window(0, r0, size, min(128, size - r0))
-        acc.update([srcs[1].read(window=win).astype(np.float32) * np.float32(1e-4)])
-    tolerances = tolerances_from_std(acc.std, cfg)
+    prediction = prepare(source, **{"block_rows": 64, **options})  # pass 1: global std, if any
     stats_seconds = time.perf_counter() - start
     n_rows = min(size, rows_limit or size)
-    profile = srcs[1].profile | {"dtype": "int16", "nodata": -9999, "height": n_rows}
     out_path = folder / f"starfm_{size}.tif"
-    with rasterio.open(out_path, "w", **profile) as dst:
-        for r0 in range(0, n_rows, block):
-            r1 = min(n_rows, r0 + block)
-            a, b = max(0, r0 - halo), min(size, r1 + halo)
-            win = Window(0, a, size, b - a)
-            c1, f1, c2 = (s.read(window=win).astype(np.float32) * np.float32(1e-4) for s in srcs)
-            pred = starfm_block(
-                [c1], [f1], c2, tolerances=tolerances, halo_top=r0 - a, halo_bottom=b - r1, config=cfg
-            )
-            stored = np.where(np.isnan(pred), -9999, np.rint(pred * 1e4)).astype(np.int16)
-            dst.write(stored, window=Window(0, r0, size, r1 - r0))
+    rows = None if n_rows == size else (0, n_rows)
+    with raster.row_writer(out_path, source.info, count=source.bands, rows=rows, overwrite=True) as write:
+        for row, block in prediction.iter_rows(source, 0, n_rows):
+            write(row, block)
     seconds = time.perf_counter() - start
-    for s in srcs:
-        s.close()
     return {
         "seconds": seconds,
         "stats_seconds": stats_seconds,
         "rows": n_rows,
         "megapixels_per_s": n_rows * size / 1e6 / (seconds - stats_seconds),
+        **holes_of(prediction),
     }
 
 
+#: (dataset, reference date, target date) of the accuracy table: one reference pair each.
+ACCURACY_CASES = (
+    ("cia-crop", "20011008", "20011017"),
+    ("cia-crop", "20011017", "20011102"),
+    ("estarfm-site", "20010524", "20010711"),
+    ("lgc-flood", "20041126", "20041228"),
+)
+
+
+def accuracy_table(presets: list[str], windows: list[int], classes: list[int]) -> None:
+    """Print the RMSE table (Markdown) of every preset / window / classes / fill_holes combination."""
+    from stfusion import raster
+    from stfusion.baselines.starfm import prepare
+    from stfusion.blocks import ArraySource, predict_scene
+    from stfusion.sample import DATASETS
+
+    header = ["preset", "window", "classes", "fill_holes"]
+    rows: dict[tuple[str, int, int, bool], list[str]] = {}
+    for name, ref, target in ACCURACY_CASES:
+        header.append(f"{name} {ref[4:]}->{target[4:]}")
+
+        def read(role: str, date: str, name: str = name) -> np.ndarray:
+            return raster.read(DATASETS[name] / f"{role}_{date}.tif", scale=1e-4).data
+
+        c1, f1, c2, truth = (
+            read("coarse", ref),
+            read("fine", ref),
+            read("coarse", target),
+            read("fine", target),
+        )
+        valid = np.isfinite(np.stack([c1, f1, c2, truth])).all(axis=(0, 1))
+        source = ArraySource([(c1, f1)], c2)
+        for preset in presets:
+            for window in windows:
+                for n_classes in classes:
+                    for fill in (True, False):
+                        options = {"preset": preset, "window_size": window, "n_classes": n_classes}
+                        prediction = prepare(source, fill_holes=fill, **options)
+                        pred = predict_scene(prediction, source)
+                        used = valid & np.isfinite(pred).all(axis=0)
+                        rmse = np.sqrt(np.mean((pred[:, used] - truth[:, used]) ** 2, axis=1)).mean()
+                        dropped = int(valid.sum() - used.sum())
+                        cell = f"{rmse:.5f}" + (f" ({dropped} px dropped)" if dropped else "")
+                        cell += f" [{prediction.holes.total} holes]" if prediction.holes.total else ""
+                        rows.setdefault((preset, window, n_classes, fill), []).append(cell)
+                        print(name, ref, target, preset, window, n_classes, fill, cell, file=sys.stderr)
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for (preset, window, n_classes, fill), cells in rows.items():
+        print(f"| {preset} | {window} | {n_classes} | {fill} | " + " | ".join(cells) + " |")
+
+
 def child(args: argparse.Namespace) -> None:
-    # GDAL's block cache defaults to 5% of RAM; bound it so peak RSS reflects STARFM's blocks.
-    os.environ.setdefault("GDAL_CACHEMAX", "128")
     height, width = (int(v) for v in args.child.split("x"))
     if args.generate:
         make_geotiffs(Path(args.workdir), height)
         return
+    options = json.loads(args.options)
     if height >= 4096:
-        result = run_stream_case(Path(args.workdir), height, args.rows)
+        result = run_stream_case(Path(args.workdir), height, args.rows, options)
     else:
-        result = run_memory_case(height, width)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = run_memory_case(height, width, options)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    # CPU seconds of the whole child (import, warm-up, input synthesis included): on a shared machine
+    # wall time depends on the load, CPU time much less.
+    result["process_cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--sizes", default="608x595,2040x1720", help="comma-separated HxW cases")
+    parser.add_argument(
+        "--presets", default=None, help="comma-separated presets (default: v121, starfm4py; accuracy: all)"
+    )
+    parser.add_argument("--options", default="{}", help="JSON options applied to every preset")
     parser.add_argument("--workdir", default=None, help="folder for the big synthetic GeoTIFFs")
     parser.add_argument("--rows", type=int, default=None, help="limit streaming cases to N rows")
+    parser.add_argument("--accuracy", action="store_true", help="RMSE table on the bundled datasets")
+    parser.add_argument("--windows", default="31,51", help="window sizes of the accuracy table")
+    parser.add_argument("--classes", default="4,40", help="class counts of the accuracy table")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    if args.accuracy:
+        windows, classes = (list(map(int, v.split(","))) for v in (args.windows, args.classes))
+        accuracy_table((args.presets or "starfm_v121,gao2006,starfm4py").split(","), windows, classes)
+        return
+    from stfusion.baselines.starfm import make_config
+
     workdir = args.workdir or tempfile.mkdtemp(prefix="starfm-bench-")
-    # Warm the numba on-disk cache so that compile time is not charged to the first case.
-    warm = [sys.executable, __file__, "--child", "64x64"]
-    subprocess.run(warm, check=True, capture_output=True)
-    for size in args.sizes.split(","):
-        cmd = [sys.executable, __file__, "--child", size, "--workdir", workdir]
-        if int(size.split("x")[0]) >= 4096:  # make the GeoTIFFs in their own process (not measured)
-            subprocess.run([*cmd, "--generate"], check=True, capture_output=True)
-        if args.rows:
-            cmd += ["--rows", str(args.rows)]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        total = time.perf_counter() - start
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        record = {
-            "case": f"{size}x6",
-            "window": 31,
-            "n_classes": 4,
-            **result,
-            "process_seconds": total,
-        }
-        print(json.dumps(record), flush=True)
+    for preset in (args.presets or "starfm_v121,starfm4py").split(","):
+        options = {"preset": preset, **json.loads(args.options)}
+        config = make_config(**options)
+        # Warm the numba on-disk cache so that compile time is not charged to the first case.
+        warm = [sys.executable, __file__, "--child", "64x64", "--options", json.dumps(options)]
+        subprocess.run(warm, check=True, capture_output=True)
+        for size in args.sizes.split(","):
+            cmd = [sys.executable, __file__, "--child", size, "--workdir", workdir]
+            if int(size.split("x")[0]) >= 4096:  # make the GeoTIFFs in their own process (not measured)
+                subprocess.run([*cmd, "--generate"], check=True, capture_output=True)
+            cmd += ["--options", json.dumps(options)]
+            if args.rows:
+                cmd += ["--rows", str(args.rows)]
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+            total = time.perf_counter() - start
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            record = {
+                "case": f"{size}x6",
+                "preset": preset,
+                "window": 2 * config.half_window + 1,
+                "n_classes": config.n_classes,
+                **result,
+                "process_seconds": total,
+            }
+            print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

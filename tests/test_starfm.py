@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
+from stfusion import raster
 from stfusion.baselines import starfm as st
 from stfusion.baselines.starfm import (
+    OPTION_HELP,
     FineStdAccumulator,
+    HoleCounter,
     StarfmConfig,
     halo_rows,
     make_config,
+    prepare,
     similarity_tolerances,
     starfm,
     starfm_block,
     starfm_multi,
 )
+from stfusion.blocks import ArraySource, predict_scene
+from stfusion.sample import DATASETS
 
 ENGINES = ["torch"] + (["numba"] if st.numba is not None else [])
 
@@ -392,9 +399,18 @@ def test_streaming_block_api() -> None:
 def test_out_of_range_nodata() -> None:
     coarse, fine, c0 = random_scene(np.random.default_rng(18))
     keep = starfm(coarse[0], fine[0], c0 - 0.2, **{**SMALL, "out_of_range": "keep"})
-    nodata = starfm(coarse[0], fine[0], c0 - 0.2, **{**SMALL, "out_of_range": "nodata"})
+    holes = HoleCounter()
+    faithful = starfm(
+        coarse[0], fine[0], c0 - 0.2, holes=holes, **{**SMALL, "out_of_range": "nodata", "fill_holes": False}
+    )
+    outside = ~((keep > 0) & (keep < 1))
     assert (keep <= 0).any()
-    np.testing.assert_array_equal(np.isnan(nodata), ~((keep > 0) & (keep < 1)))
+    np.testing.assert_array_equal(np.isnan(faithful), outside)
+    np.testing.assert_array_equal(holes.out_of_range, outside.sum(axis=(1, 2)))
+    assert holes.no_candidate.tolist() == [0, 0] and holes.total == outside.sum()
+    # fill_holes (default): the out-of-range estimate is clipped to the closed valid range.
+    filled = starfm(coarse[0], fine[0], c0 - 0.2, **{**SMALL, "out_of_range": "nodata"})
+    np.testing.assert_array_equal(filled, np.clip(keep, 0.0, 1.0))
 
 
 def test_float32_interface() -> None:
@@ -455,3 +471,270 @@ def test_presets_and_window_alias() -> None:
     assert default.preset == "starfm_v121" and default.half_window == 25
     assert default.n_classes == 40 and default.fallback == "nodata"
     assert make_config(default, n_classes=4).n_classes == 4
+
+
+def test_presets_are_complete() -> None:
+    # Every preset sets every switch that defines it, so none inherits another's window or units.
+    keys = {frozenset(preset) for preset in st.PRESETS.values()}
+    assert len(keys) == 1
+    for name in st.PRESETS:
+        assert make_config(preset=name).preset == name
+    # A preset given with a config applies the preset's switches to it.
+    cfg = make_config(make_config(preset="gao2006"), preset="starfm4py", n_classes=8)
+    assert cfg.preset == "starfm4py" and cfg.half_window == 15 and cfg.n_classes == 8
+    assert cfg.filter_logic == "spectral" and cfg.dn_scale == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The starfm4py preset (spec [S4P]: sections 3.3, 5, 6.1)
+# ---------------------------------------------------------------------------------------------
+
+
+def starfm4py_loop(  # type: ignore[no-untyped-def]
+    coarse, fine, c0, *, half_window, n_classes=4, sigma=0.03, a=150.0, b=1.0, temp=False, zeros=True
+):
+    """Per-pixel starfm4py as STARFM.md describes it (one pair, all inputs valid), plain loops.
+
+    Zero padding; tolerance 2 * std / m with the population std of the window's non-zero fine
+    values; strict similarity; spectral filter S <= S(x) + sqrt(2) sigma (and T if ``temp``);
+    weight 1 / ((B S + 1)(B T + 1)(1 + d / a)); centre-only prediction when S(x) or T(x) is 0.
+    ``zeros=False`` drops the padding from the candidates (truncated window).
+    """
+    h = half_window
+    side = 2 * h + 1
+    dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
+    dist = 1 + np.hypot(dy, dx) / a
+    bound = np.sqrt(sigma**2 + sigma**2)
+    out = np.full(c0.shape, np.nan)
+    for band in range(c0.shape[0]):
+        f, c1, c2, inside = (
+            np.pad(x, h) for x in (fine[band], coarse[band], c0[band], np.ones(c0.shape[1:]))
+        )
+        for r, c in itertools.product(range(c0.shape[1]), range(c0.shape[2])):
+            win = (slice(r, r + side), slice(c, c + side))
+            wf, wc1, wc2 = f[win], c1[win], c2[win]
+            s, t, v = np.abs(wf - wc1), np.abs(wc1 - wc2), wf + wc2 - wc1
+            if s[h, h] == 0 or t[h, h] == 0:
+                out[band, r, c] = v[h, h]
+                continue
+            tol = 2 * np.std(wf[wf != 0]) / n_classes
+            similar = np.abs(wf - wf[h, h]) < tol
+            similar[h, h] = True
+            keep = similar & (s <= s[h, h] + bound)
+            if temp:
+                keep &= t <= t[h, h] + bound
+            if not zeros:
+                keep &= inside[win] > 0
+            w = np.where(keep, 1 / ((b * s + 1) * (b * t + 1) * dist), 0.0)
+            out[band, r, c] = (w * v).sum() / w.sum()
+    return out
+
+
+def starfm4py_scene(seed: int, shape=(2, 7, 7)):  # type: ignore[no-untyped-def]
+    """A random scene with dark pixels at the edges (the padding defect) and zero differences."""
+    coarse, fine, c0 = random_scene(np.random.default_rng(seed), shape=shape)
+    c1, f1 = coarse[0], fine[0]
+    f1[:, 0, :3] = [0.01, 0.015, 0.02]  # dark pixels at the top edge: padded zeros become similar
+    f1[:, -2:, -1] = 0.012
+    c1[:, 3, 3] = f1[:, 3, 3]  # S = 0 at the centre: centre-only prediction
+    c0[:, 2, 4] = c1[:, 2, 4]  # T = 0
+    return c1, f1, c0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_starfm4py_hand_example(engine: str) -> None:
+    # 5 x 5, one band, 3 x 3 window; target (0, 0): its window holds 4 scene pixels + 5 padded zeros.
+    f1, c1, c0 = np.full((5, 5), 0.3), np.full((5, 5), 0.32), np.full((5, 5), 0.35)
+    f1[:2, :2] = [[0.010, 0.012], [0.011, 0.150]]
+    c1[:2, :2] = [[0.020, 0.030], [0.070, 0.140]]
+    c0[:2, :2] = [[0.050, 0.045], [0.080, 0.170]]
+    # std of the non-zero window values {0.010, 0.012, 0.011, 0.150} = 0.0601929, so tol = 2 std / 4
+    # = 0.0300964: (0, 1), (1, 0) and the five zeros are similar to 0.010, (1, 1) is not. Spectral
+    # bound S(x) + sqrt(2) * 0.03 = 0.010 + 0.0424264: (1, 0) has S = 0.059 and is filtered out.
+    assert np.std([0.010, 0.012, 0.011, 0.150]) / 2 == pytest.approx(0.0300964, abs=1e-7)
+    d1, d2 = 1 + 1 / 150, 1 + np.sqrt(2) / 150  # D of edge / corner neighbours (A = 150 px)
+    w_centre = 1 / ((0.010 + 1) * (0.030 + 1) * 1)  # S, T of (0, 0); local value 0.040
+    w_right = 1 / ((0.018 + 1) * (0.015 + 1) * d1)  # S, T of (0, 1); local value 0.027
+    w_zeros = 2 / d1 + 3 / d2  # padded zeros: S = T = 0, local value 0
+    expected_zeros = (0.040 * w_centre + 0.027 * w_right) / (w_centre + w_right + w_zeros)
+    expected_truncated = (0.040 * w_centre + 0.027 * w_right) / (w_centre + w_right)
+    assert expected_zeros == pytest.approx(0.0093597, abs=1e-7)  # pulled to 0 by the padding
+    assert expected_truncated == pytest.approx(0.0334996, abs=1e-7)
+    args = (c1[None], f1[None], c0[None])
+    out = starfm(*args, preset="starfm4py", window_size=3, engine=engine)
+    assert out[0, 0, 0] == pytest.approx(expected_zeros, abs=1e-9)
+    out = starfm(*args, preset="starfm4py", window_size=3, border="truncate", engine=engine)
+    assert out[0, 0, 0] == pytest.approx(expected_truncated, abs=1e-9)
+    # Centre rule: S(x) = 0 or T(x) = 0 gives the centre's local value F1 + C2 - C1 alone.
+    c1[2, 2], c0[3, 3] = f1[2, 2], c1[3, 3]
+    out = starfm(c1[None], f1[None], c0[None], preset="starfm4py", window_size=3, engine=engine)
+    assert out[0, 2, 2] == c0[2, 2] and out[0, 3, 3] == f1[3, 3]
+    np.testing.assert_allclose(out, starfm4py_loop(c1[None], f1[None], c0[None], half_window=1), atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("window", [3, 5, 31])
+def test_starfm4py_matches_loop(engine: str, window: int) -> None:
+    c1, f1, c0 = starfm4py_scene(window)
+    expected = starfm4py_loop(c1, f1, c0, half_window=window // 2)
+    got = starfm(c1, f1, c0, preset="starfm4py", window_size=window, engine=engine)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    got32 = starfm(*(x.astype(np.float32) for x in (c1, f1, c0)), preset="starfm4py", window_size=window)
+    np.testing.assert_allclose(got32, expected, rtol=0, atol=1e-6)
+    # Its `temp` flag (S and T filter) and the truncated window (no padding defect).
+    for opts, loop in (({"filter_logic": "and"}, {"temp": True}), ({"border": "truncate"}, {"zeros": False})):
+        got = starfm(c1, f1, c0, preset="starfm4py", window_size=window, engine=engine, **opts)
+        expected = starfm4py_loop(c1, f1, c0, half_window=window // 2, **loop)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_starfm4py_units_and_padding_defect() -> None:
+    c1, f1, c0 = starfm4py_scene(40, shape=(1, 7, 7))
+    # starfm4py fed DN x 10000 (its 0.03 uncertainty then is 0.03 DN) == our preset with B = 1e4.
+    dn = starfm4py_loop(c1 * 1e4, f1 * 1e4, c0 * 1e4, half_window=2) / 1e4
+    ours = starfm(
+        c1, f1, c0, preset="starfm4py", window_size=5, dn_scale=1e4, sigma_fine=3e-6, sigma_coarse=3e-6
+    )
+    np.testing.assert_allclose(ours, dn, atol=1e-12)
+    reflectance = starfm(c1, f1, c0, preset="starfm4py", window_size=5)
+    assert np.abs(ours - reflectance).max() > 1e-3  # the "+1" means different things in the two units
+    # The defect: dark edge pixels accept padded zeros (local value 0); interior pixels do not see them.
+    truncated = starfm(c1, f1, c0, preset="starfm4py", window_size=5, border="truncate")
+    assert reflectance[0, 0, 0] < truncated[0, 0, 0] - 0.005
+    np.testing.assert_array_equal(reflectance[:, 2:-2, 2:-2], truncated[:, 2:-2, 2:-2])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("block_rows", [1, 4])
+def test_starfm4py_blocked_and_duplicate_pairs(engine: str, block_rows: int) -> None:
+    coarse, fine, c0 = random_scene(np.random.default_rng(41), shape=(2, 13, 8))
+    opts = {"preset": "starfm4py", "window_size": 5, "engine": engine}
+    whole = starfm_multi(coarse, fine, c0, block_rows=100, **opts)
+    np.testing.assert_array_equal(starfm_multi(coarse, fine, c0, block_rows=block_rows, **opts), whole)
+    # K = 2 pools the pairs; a duplicated pair changes nothing (T is always in its weight).
+    two = starfm_multi(coarse * 2, fine * 2, c0, block_rows=block_rows, **opts)
+    np.testing.assert_allclose(two, whole, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# No silent holes (fill_holes) and the hole counter
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fill_holes_without_candidates() -> None:
+    # Two pairs, "and" filter, sigma 0, no window: each centre fails the other pair's bound, so no
+    # pixel has a candidate (spec 3.9). Pixel 1 is pixel 0 shifted by -0.3 (local value < 0).
+    f = np.array([[[0.20, -0.10]]]), np.array([[[0.22, -0.08]]])
+    c = np.array([[[0.17, -0.13]]]), np.array([[[0.21, -0.09]]])
+    c0 = np.array([[[0.18, -0.12]]])
+    opts = {
+        "preset": "gao2006", "fallback": "nodata", "copy_on_zero_diff": False, "use_spatial": False,
+        "sigma_fine": 0.0, "sigma_coarse": 0.0, "out_of_range": "nodata",
+    }  # fmt: skip
+    holes = HoleCounter()
+    faithful = starfm_multi(c, f, c0, fill_holes=False, holes=holes, **opts)
+    assert np.isnan(faithful).all() and holes.no_candidate.tolist() == [2] and holes.total == 2
+    holes = HoleCounter()
+    filled = starfm_multi(c, f, c0, holes=holes, **opts)
+    # Mean local value F_k + C_0 - C_k over the pairs: (0.21 + 0.19) / 2, then -0.10 clipped to 0.
+    np.testing.assert_allclose(filled[0, 0], [0.20, 0.0], atol=1e-12)
+    assert holes.no_candidate.tolist() == [2]
+    kept = starfm_multi(c, f, c0, **{**opts, "out_of_range": "keep"})
+    np.testing.assert_allclose(kept[0, 0], [0.20, -0.10], atol=1e-12)
+    # Invalid inputs stay NaN: no pair valid at the pixel, or C_0 invalid.
+    c0_nan = c0.copy()
+    c0_nan[0, 0, 0] = np.nan
+    out = starfm_multi(c, f, c0_nan, **opts)
+    assert np.isnan(out[0, 0, 0]) and np.isfinite(out[0, 0, 1])
+
+
+CIA = DATASETS["cia-crop"]
+
+
+@pytest.fixture(scope="module")
+def cia_1017_1102() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CIA crop (int16 x 1e4): pair 2001-10-17, coarse 2001-11-02, truth 2001-11-02."""
+    names = ("coarse_20011017", "fine_20011017", "coarse_20011102", "fine_20011102")
+    c1, f1, c2, truth = (raster.read(CIA / f"{name}.tif", scale=1e-4).data for name in names)
+    return c1, f1, c2, truth
+
+
+def test_cia_crop_default_preset_leaves_no_holes(cia_1017_1102: tuple[np.ndarray, ...]) -> None:
+    c1, f1, c2, truth = cia_1017_1102
+    valid = np.isfinite(c1) & np.isfinite(f1) & np.isfinite(c2)
+    holes = HoleCounter()
+    filled = starfm(c1, f1, c2, holes=holes)
+    assert make_config().preset == "starfm_v121" and valid.all()
+    assert not np.isnan(filled[valid]).any()
+    faithful = starfm(c1, f1, c2, fill_holes=False)
+    n_nan = np.isnan(faithful).sum(axis=(1, 2))
+    # Measured: 0, 0, 0, 60, 769, 762 holes (predictions <= 0 where the SWIR fine image is dark).
+    assert n_nan[3:].min() > 0
+    np.testing.assert_array_equal(n_nan, holes.no_candidate + holes.out_of_range)
+    kept = ~np.isnan(faithful)
+    np.testing.assert_array_equal(filled[kept], faithful[kept])
+    # The filled values are the predictions bounded to [0, 1]: no worse than leaving them out.
+    err_filled = np.abs(filled - truth)[~kept]
+    assert np.all((filled[~kept] == 0.0) | (filled[~kept] == 1.0)) and np.nanmean(err_filled) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming entry point: prepare(SceneSource) -> Prediction
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["starfm_v121", "gao2006", "starfm4py"])
+@pytest.mark.parametrize("n_pairs", [1, 2])
+def test_prepare_equals_starfm_multi(monkeypatch: pytest.MonkeyPatch, preset: str, n_pairs: int) -> None:
+    monkeypatch.setattr(st, "_STATS_ROWS", 6)  # several blocks in the statistics pass too
+    coarse, fine, c0 = random_scene(np.random.default_rng(50 + n_pairs), shape=(2, 23, 9), n_pairs=n_pairs)
+    coarse, fine = [x.astype(np.float32) for x in coarse], [x.astype(np.float32) for x in fine]
+    c0 = (c0 - 0.12).astype(np.float32)  # some predictions fall below 0: holes to fill for v121
+    fine[0][1, 4, 2] = np.nan
+    c0[0, 10, 3] = np.nan
+    opts = {"preset": preset, "window_size": 5, "n_classes": 4}
+    source = ArraySource(list(zip(coarse, fine, strict=True)), c0)
+    prediction = prepare(source, block_rows=4, **opts)
+    assert prediction.row_starts(23, 9) == [0, 4, 8, 12, 16, 20] and prediction.halo == 2
+    got = predict_scene(prediction, source)
+    holes = HoleCounter()
+    expected = starfm_multi(coarse, fine, c0, block_rows=7, holes=holes, **opts)
+    assert isinstance(expected, np.ndarray) and expected.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(prediction.holes.no_candidate, holes.no_candidate)
+    np.testing.assert_array_equal(prediction.holes.out_of_range, holes.out_of_range)
+    assert (holes.total > 0) == (preset == "starfm_v121")
+    assert (prediction.tolerances is None) == (preset == "starfm4py")
+    # Rows predicted in any range equal the whole scene's.
+    part = np.concatenate([v for _, v in prediction.iter_rows(source, 8, 17)], axis=1)
+    np.testing.assert_array_equal(part, expected[:, 8:17])
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"preset": "starfm5"}, r"preset='starfm5'.*starfm4py"),
+        ({"window_size": 30}, r"window_size.*odd.*30"),
+        ({"half_window": 2.5}, r"half_window.*integer >= 0.*2\.5"),
+        ({"n_classes": 0}, r"n_classes.*>= 1.*0"),
+        ({"fill_holes": "yes"}, r"fill_holes='yes'.*True or False"),
+        ({"border": "mirror"}, r"border='mirror'.*'truncate', 'zeros'"),
+        ({"similarity_std": "window"}, r"similarity_std='window'.*'global', 'local'"),
+        ({"filter_logic": "xor"}, r"filter_logic='xor'.*'spectral'"),
+        ({"engine": "cuda"}, r"engine='cuda'.*'numba'"),
+        ({"block_rows": 0}, r"block_rows.*>= 1.*0"),
+        ({"valid_range": 5}, r"valid_range=5"),
+        ({"windowsize": 31}, r"windowsize=31.*valid options.*window_size"),
+        ({"sigma_fine": [0.01, 0.02, 0.03]}, r"sigma_fine has 3 values.*2 bands"),
+    ],
+)
+def test_prepare_option_errors(options: dict, pattern: str) -> None:
+    coarse, fine, c0 = random_scene(np.random.default_rng(60))
+    with pytest.raises(ValueError, match=pattern):
+        prepare(ArraySource([(coarse[0], fine[0])], c0), **options)
+
+
+def test_option_help() -> None:
+    fields = {f.name for f in dataclasses.fields(StarfmConfig)}
+    assert set(OPTION_HELP) == fields | {"window_size"}
+    assert all(text and "\n" not in text for text in OPTION_HELP.values())

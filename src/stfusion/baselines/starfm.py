@@ -2,12 +2,23 @@
 
 Implements ``shared/spec/STARFM.md`` (section numbers below refer to it). Arrays are reflectance
 (0..1) on the fine grid, bands first: ``(C, H, W)``. A pixel is invalid where it is NaN or where an
-explicit mask says False; the prediction is NaN where STARFM cannot predict.
+explicit mask says False.
 
-Presets (spec section 4): ``"starfm_v121"`` (default; Feng Gao's distributed program v1.2.1) and
-``"gao2006"`` (the paper). Every switch of the spec is a field of :class:`StarfmConfig` and a
-keyword option of :func:`starfm` / :func:`starfm_multi` (``A`` is ``distance_scale``, ``B`` is
-``dn_scale``; ``window_size`` = 2 * ``half_window`` + 1 is accepted as an alias).
+Presets (spec section 4, table 5): ``"starfm_v121"`` (default; Feng Gao's distributed program
+v1.2.1), ``"gao2006"`` (the paper) and ``"starfm4py"`` (the starfm4py package: 31 x 31 window with
+zero padding, window-local similarity tolerance, spectral-only filter, weights in input units; see
+:data:`PRESETS` for its choices). Every switch of the spec is a field of :class:`StarfmConfig` and a
+keyword option of :func:`starfm` / :func:`starfm_multi` / :func:`prepare` (``A`` is
+``distance_scale``, ``B`` is ``dn_scale``; ``window_size`` = 2 * ``half_window`` + 1 is accepted as
+an alias); :data:`OPTION_HELP` has one line of help per option.
+
+No silent holes (ours, not in any reference): where the faithful rules leave a pixel unpredicted
+although its inputs are valid (no candidate with ``fallback="nodata"``, or a prediction outside
+``valid_range`` with ``out_of_range="nodata"``), ``fill_holes=True`` (default) fills it, see
+:class:`StarfmConfig`; ``fill_holes=False`` restores the faithful NaN. A :class:`HoleCounter` passed
+as ``holes=`` counts those pixels either way; :func:`prepare` keeps one in its result. The
+prediction is NaN only where the inputs are invalid (no pair valid at the pixel, or invalid
+``coarse_t2``).
 
 Computation is a sum over window offsets ("shift and accumulate", spec section 8): per-pixel images
 (similarity key, S, T, weight factors, local values V) are computed once per row block, then every
@@ -16,15 +27,19 @@ compute that sum: ``"numba"`` (a compiled loop, parallel over bands x rows; the 
 ``"torch"`` (vectorised per window row, runs on CPU threads or a GPU). ``"auto"`` picks numba when it
 is importable. Both give the same result up to float summation order.
 
-Memory is bounded by row blocks: :func:`starfm_multi` processes ``block_rows`` output rows at a time
-from a slice of the inputs that includes ``halo_rows(config)`` extra rows above and below, through
-the public :func:`starfm_block`. A caller streaming a large GeoTIFF does the same:
+Memory is bounded by row blocks. :func:`prepare` is the streaming entry point (the block contract of
+:mod:`stfusion.blocks`): one pass over a :class:`~stfusion.blocks.SceneSource` for the global
+similarity tolerances (:class:`FineStdAccumulator`; none for presets using the window-local std),
+then a :class:`~stfusion.blocks.RowBlocks` prediction calling :func:`starfm_block` on row blocks
+with ``halo_rows(config)`` rows of context. :func:`starfm_multi` does the same on arrays in memory
+(with masks and class maps) and gives identical values. A caller driving :func:`starfm_block`
+itself:
 
-1. compute the global similarity tolerances once, with :class:`FineStdAccumulator` (one pass over
+1. computes the global similarity tolerances once, with :class:`FineStdAccumulator` (one pass over
    the fine images, block by block) and :func:`tolerances_from_std`, or :func:`similarity_tolerances`
-   when the fine images fit in memory (class-map mode needs none);
-2. for each output row range ``[r0, r1)`` read rows ``[max(0, r0 - halo), min(H, r1 + halo))``
-   with ``halo = halo_rows(config)`` and call :func:`starfm_block` with ``halo_top = r0 - max(0,
+   when the fine images fit in memory (class-map mode and ``similarity_std="local"`` need none);
+2. for each output row range ``[r0, r1)`` reads rows ``[max(0, r0 - halo), min(H, r1 + halo))``
+   with ``halo = halo_rows(config)`` and calls :func:`starfm_block` with ``halo_top = r0 - max(0,
    r0 - halo)`` and ``halo_bottom = min(H, r1 + halo) - r1``; it returns exactly rows ``[r0, r1)``
    of the whole-image result.
 """
@@ -34,13 +49,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from stfusion.blocks import check_fusion_inputs
+from stfusion.blocks import Block, RowBlocks, SceneSource, check_fusion_inputs, iter_source_blocks
+
+logger = logging.getLogger(__name__)
 
 
 def _load_numba() -> Any:
@@ -54,16 +72,48 @@ def _load_numba() -> Any:
 numba: Any = _load_numba()
 
 Weighting = Literal["direct", "log"]
-FilterLogic = Literal["or", "and"]
+FilterLogic = Literal["or", "and", "spectral"]
 CenterReference = Literal["min", "max"]
 Fallback = Literal["local", "nodata"]
 OutOfRange = Literal["keep", "nodata"]
 Engine = Literal["auto", "numba", "torch"]
+SimilarityStd = Literal["global", "local"]
+Border = Literal["truncate", "zeros"]
 FloatOrPerBand = float | tuple[float, ...]
 
-#: Preset switches (spec section 4.1); everything else keeps the StarfmConfig defaults.
+#: Preset switches (spec sections 4 and 5); everything else keeps the StarfmConfig defaults. Every
+#: preset lists all the switches that define it, so a preset never inherits another's window or
+#: units. ``starfm4py`` reproduces the starfm4py package as the spec documents it ([S4P] in
+#: sections 3.3, 5 and 6.1); where the spec leaves a detail open the choice is marked "open":
+#:
+#: - window 31 x 31 (h = 15), A = ``spatImp`` = 150 used in pixels, m = 4 classes;
+#: - similarity tolerance 2 * std / m with the std of the fine image's *window* (population std,
+#:   ddof = 0, open: numpy's default), exact zeros and invalid pixels left out of it (starfm4py turns
+#:   zeros into NaN for it); similarity test strict ``<`` (open: as spec eq. 9);
+#: - zero padding (``border="zeros"``): outside the scene F = C_1 = C_0 = 0, so those pixels have
+#:   S = T = 0 (maximal weight 1/D), local value 0, and are similar when |F(x)| < tol(x): the
+#:   package's defect, reproduced; ``border="truncate"`` removes it;
+#: - weights 1 / ((S + 1)(T + 1) D) "in the units it is fed", T always in the weight: we feed it
+#:   reflectance 0..1 (its 0.03 uncertainty is a reflectance), i.e. ``dn_scale`` B = 1. Emulate it
+#:   fed DN x 10000 with ``dn_scale=10000, sigma_fine=3e-6, sigma_coarse=3e-6`` (0.03 DN);
+#: - spectral filter only, S(p) <= S(x) + sigma_S with sigma_S = sqrt(0.03^2 + 0.03^2) (spec
+#:   eq. 4; open: "<=" as the spec's other presets, it differs from "<" on exact ties only);
+#:   starfm4py's ``temp`` flag (S and T filter) is ``filter_logic="and"``;
+#: - centre-only prediction when the centre's S or T is 0: the copy rule (spec eq. 8), which for
+#:   one pair is exactly the centre's local value F_1 + C_0 - C_1; applied whatever the filter;
+#: - no range check, no fallback (the centre always passes its own filters, so none is needed).
+#: starfm4py takes one pair; with K >= 2 this preset pools the pairs like the others (open: an
+#: extension, with the min-over-pairs centre reference and the paper's copy rule).
 PRESETS: dict[str, dict[str, Any]] = {
     "starfm_v121": {
+        "half_window": 25,
+        "distance_scale": None,
+        "n_classes": 40,
+        "sigma_fine": 0.005,
+        "sigma_coarse": 0.005,
+        "dn_scale": 10000.0,
+        "similarity_std": "global",
+        "border": "truncate",
         "temporal_weight": "auto",
         "filter_logic": "or",
         "center_reference": "min",
@@ -75,6 +125,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "valid_range": (0.0, 1.0),
     },
     "gao2006": {
+        "half_window": 25,
+        "distance_scale": None,
+        "n_classes": 40,
+        "sigma_fine": 0.005,
+        "sigma_coarse": 0.005,
+        "dn_scale": 10000.0,
+        "similarity_std": "global",
+        "border": "truncate",
         "temporal_weight": True,
         "filter_logic": "and",
         "center_reference": "min",
@@ -85,17 +143,55 @@ PRESETS: dict[str, dict[str, Any]] = {
         "out_of_range": "keep",
         "valid_range": (0.0, 1.0),
     },
+    "starfm4py": {
+        "half_window": 15,
+        "distance_scale": 150.0,
+        "n_classes": 4,
+        "sigma_fine": 0.03,
+        "sigma_coarse": 0.03,
+        "dn_scale": 1.0,
+        "similarity_std": "local",
+        "border": "zeros",
+        "temporal_weight": True,
+        "filter_logic": "spectral",
+        "center_reference": "min",
+        "uncertainty_max_weight": False,
+        "copy_on_zero_diff": True,
+        "weighting": "direct",
+        "fallback": "nodata",
+        "out_of_range": "keep",
+        "valid_range": (0.0, 1.0),
+    },
 }
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "weighting": ("direct", "log"),
     "temporal_weight": ("auto", True, False),
-    "filter_logic": ("or", "and"),
+    "filter_logic": ("or", "and", "spectral"),
     "center_reference": ("min", "max"),
     "fallback": ("local", "nodata"),
     "out_of_range": ("keep", "nodata"),
+    "similarity_std": ("global", "local"),
+    "border": ("truncate", "zeros"),
     "engine": ("auto", "numba", "torch"),
 }
+
+_BOOL_OPTIONS = ("uncertainty_max_weight", "copy_on_zero_diff", "use_spatial", "fill_holes")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return bool(float(value) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
+#: Rows per chunk of the global-statistics pass (as stfusion.blocks.iter_source_blocks reads them).
+_STATS_ROWS = 256
 
 #: Working-set budget used to choose ``block_rows`` automatically (bytes of per-block arrays).
 _BLOCK_BUDGET_BYTES = 64 * 2**20
@@ -112,20 +208,34 @@ class StarfmConfig:
         n_classes: m, the similarity tolerance is 2 * std(F_k) / m (per pair and band).
         sigma_fine, sigma_coarse: uncertainties of fine / coarse reflectance (0..1 units); a float
             or one value per band.
-        dn_scale: B, digital numbers per reflectance unit (10000); fixes the "+1 DN" terms.
+        dn_scale: B, digital numbers per reflectance unit (10000); fixes the "+1 DN" terms. B = 1
+            puts the "+1" in reflectance units (starfm4py fed reflectance).
         weighting: "direct" (eq. 15) or "log" (eq. 16).
         temporal_weight: use T in the weight; "auto" means only when K >= 2.
-        filter_logic: "or" (reference) or "and" (paper) for the S/T candidate filter (eq. 11).
+        filter_logic: candidate filter (eq. 11): "or" (reference), "and" (paper) or "spectral"
+            (S test only, starfm4py).
         center_reference: "min" or "max" over pairs of the centre S and T (eq. 10).
         uncertainty_max_weight: rule (17), weight 1 when S^ * T^ < B * sigma_sum (direct only).
         copy_on_zero_diff: rule (8), copy F_k (T = 0) or C_0 (S = 0) at the centre.
         fallback: "local" (mean centre local value) or "nodata" when no candidate.
         use_spatial: False keeps only the centre pixel of each pair (section 3.11).
         similarity_tol: explicit tolerance(s) replacing 2 sigma / m: a float, one value per band,
-            or K x C values (flattened, pair-major); reflectance units.
+            or K x C values (flattened, pair-major); reflectance units. Wins over
+            ``similarity_std``.
+        similarity_std: "global" (eq. 7: std of the whole fine image) or "local" (std of the fine
+            image in the target's window, valid non-zero pixels only; starfm4py).
+        border: "truncate" (spec 6.1: only in-scene pixels are candidates) or "zeros" (starfm4py:
+            outside the scene F = C = 0, valid candidates with local value 0).
         similarity_bands: None (per-band test) or the 0-based bands that must all pass (joint test).
         valid_range: (low, high), exclusive, for ``out_of_range="nodata"``.
         out_of_range: "keep" or "nodata" (NaN outside the open valid_range).
+        fill_holes: ours, in no reference. Where the rules above leave a pixel-band NaN although
+            its inputs are valid (C_0 and at least one pair valid there): a prediction outside
+            ``valid_range`` (``out_of_range="nodata"``) is clipped to the closed range (the
+            method's own estimate, only bounded); a pixel without candidates
+            (``fallback="nodata"``) gets the mean over valid pairs of its local value
+            F_k + C_0 - C_k (the ``"local"`` fallback), clipped to the closed range when
+            ``out_of_range="nodata"``. False: the faithful NaN.
         engine: "auto", "numba" or "torch" (same results; speed only).
         block_rows: output rows per block (None: chosen from a ~64 MiB working-set budget).
         num_threads: threads for the engine (None: the engine's default); does not change results.
@@ -148,9 +258,12 @@ class StarfmConfig:
     fallback: Fallback = "nodata"
     use_spatial: bool = True
     similarity_tol: FloatOrPerBand | None = None
+    similarity_std: SimilarityStd = "global"
+    border: Border = "truncate"
     similarity_bands: tuple[int, ...] | None = None
     valid_range: tuple[float, float] = (0.0, 1.0)
     out_of_range: OutOfRange = "nodata"
+    fill_holes: bool = True
     engine: Engine = "auto"
     block_rows: int | None = None
     num_threads: int | None = None
@@ -161,37 +274,50 @@ class StarfmConfig:
             value = getattr(self, name)
             if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
                 raise ValueError(f"STARFM option {name}={value!r} is invalid; choose from {choices}")
+        for name in _BOOL_OPTIONS:
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise ValueError(f"STARFM option {name}={value!r} is invalid; choose True or False")
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown STARFM preset {self.preset!r}; choose from {sorted(PRESETS)}")
-        if not isinstance(self.half_window, int | np.integer) or self.half_window < 0:
-            raise ValueError(f"half_window must be an integer >= 0, got {self.half_window!r}")
-        if self.distance_scale is not None and not self.distance_scale > 0:
-            raise ValueError(f"distance_scale (A) must be > 0 pixels, got {self.distance_scale!r}")
-        if not isinstance(self.n_classes, int | np.integer) or self.n_classes < 1:
-            raise ValueError(f"n_classes must be an integer >= 1, got {self.n_classes!r}")
+            raise ValueError(f"unknown STARFM preset: preset={self.preset!r}; choose from {sorted(PRESETS)}")
+        if not _is_int(self.half_window) or self.half_window < 0:
+            raise ValueError(f"STARFM option half_window must be an integer >= 0, got {self.half_window!r}")
+        if self.distance_scale is not None and not _positive(self.distance_scale):
+            raise ValueError(
+                f"STARFM option distance_scale (A) must be > 0 pixels or None, got {self.distance_scale!r}"
+            )
+        if not _is_int(self.n_classes) or self.n_classes < 1:
+            raise ValueError(f"STARFM option n_classes must be an integer >= 1, got {self.n_classes!r}")
         for name in ("sigma_fine", "sigma_coarse"):
             values = np.atleast_1d(np.asarray(getattr(self, name), dtype=float))
             if values.size == 0 or not np.all(values >= 0):
-                raise ValueError(f"{name} must be >= 0 (a float or one per band), got {values}")
-        if not self.dn_scale > 0:
-            raise ValueError(f"dn_scale (B) must be > 0, got {self.dn_scale!r}")
+                raise ValueError(f"STARFM option {name} must be >= 0 (a float or one per band), got {values}")
+        if not _positive(self.dn_scale):
+            raise ValueError(f"STARFM option dn_scale (B) must be > 0, got {self.dn_scale!r}")
         if self.similarity_tol is not None:
             values = np.atleast_1d(np.asarray(self.similarity_tol, dtype=float))
             if values.size == 0 or not np.all(values >= 0):
-                raise ValueError(f"similarity_tol must be >= 0, got {values}")
+                raise ValueError(f"STARFM option similarity_tol must be >= 0 or None, got {values}")
         if self.similarity_bands is not None and (
             len(self.similarity_bands) == 0 or min(self.similarity_bands) < 0
         ):
             raise ValueError(
-                f"similarity_bands must list 0-based band indices, got {self.similarity_bands!r}"
+                "STARFM option similarity_bands must list 0-based band indices or be None, "
+                f"got {self.similarity_bands!r}"
             )
         low, high = self.valid_range
         if not low < high:
-            raise ValueError(f"valid_range must be (low, high) with low < high, got {low, high}")
-        if self.block_rows is not None and self.block_rows < 1:
-            raise ValueError(f"block_rows must be >= 1 or None, got {self.block_rows!r}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads!r}")
+            raise ValueError(
+                f"STARFM option valid_range must be (low, high) with low < high, got {low, high}"
+            )
+        if self.block_rows is not None and (not _is_int(self.block_rows) or self.block_rows < 1):
+            raise ValueError(
+                f"STARFM option block_rows must be an integer >= 1 or None, got {self.block_rows!r}"
+            )
+        if self.num_threads is not None and (not _is_int(self.num_threads) or self.num_threads < 1):
+            raise ValueError(
+                f"STARFM option num_threads must be an integer >= 1 or None, got {self.num_threads!r}"
+            )
 
     @classmethod
     def from_preset(cls, name: str = "starfm_v121", **overrides: Any) -> StarfmConfig:
@@ -202,39 +328,101 @@ class StarfmConfig:
 def make_config(config: StarfmConfig | None = None, **options: Any) -> StarfmConfig:
     """Build a :class:`StarfmConfig` from keyword options (the names of its fields).
 
-    ``preset`` selects the starting switches (ignored when ``config`` is given, which is then the
-    start); ``window_size`` (full odd side) is an alias of ``half_window``. Unknown names raise.
+    ``preset`` selects the starting switches: the preset's, or with ``config`` given, ``config``
+    with the preset's switches applied; ``window_size`` (full odd side) is an alias of
+    ``half_window``. Other options override single fields. Unknown names or invalid values raise
+    ValueError naming the option, the value and what is allowed.
     """
     options = dict(options)
+    fields = {f.name for f in dataclasses.fields(StarfmConfig)}
+    unknown = sorted(set(options) - fields - {"window_size"})
+    if unknown:
+        given = ", ".join(f"{name}={options[name]!r}" for name in unknown)
+        raise ValueError(
+            f"unknown STARFM option(s) {given}; valid options: {sorted(fields | {'window_size'})}"
+        )
     if "window_size" in options:
         size = options.pop("window_size")
-        if not isinstance(size, int | np.integer) or size < 1 or size % 2 == 0:
-            raise ValueError(f"window_size must be a positive odd integer, got {size!r}")
+        if not _is_int(size) or size < 1 or size % 2 == 0:
+            raise ValueError(f"STARFM option window_size must be a positive odd integer, got {size!r}")
         half = (int(size) - 1) // 2
         if options.get("half_window", half) != half:
             raise ValueError(
                 f"window_size={size} and half_window={options['half_window']} disagree; give one of them"
             )
         options["half_window"] = half
-    fields = {f.name for f in dataclasses.fields(StarfmConfig)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(
-            f"unknown STARFM option(s) {unknown}; valid options: {sorted(fields | {'window_size'})}"
-        )
-    for key in ("sigma_fine", "sigma_coarse", "similarity_tol"):
-        if key in options and options[key] is not None and not np.isscalar(options[key]):
-            options[key] = tuple(float(v) for v in np.ravel(options[key]))
-    if options.get("similarity_bands") is not None:
-        options["similarity_bands"] = tuple(int(b) for b in options["similarity_bands"])
-    if "valid_range" in options:
-        options["valid_range"] = tuple(float(v) for v in options["valid_range"])
+    converters: dict[str, Any] = {
+        "sigma_fine": _float_or_tuple,
+        "sigma_coarse": _float_or_tuple,
+        "similarity_tol": _float_or_tuple,
+        "similarity_bands": lambda v: tuple(int(b) for b in v),
+        "valid_range": _float_pair,
+    }
+    for key, convert in converters.items():
+        if options.get(key) is None:
+            continue
+        try:
+            options[key] = convert(options[key])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"STARFM option {key}={options[key]!r} is invalid; expected {OPTION_HELP[key]}"
+            ) from None
+    preset = options.pop("preset", None if config is not None else "starfm_v121")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown STARFM preset: preset={preset!r}; choose from {sorted(PRESETS)}")
     if config is None:
-        preset = options.pop("preset", "starfm_v121")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown STARFM preset {preset!r}; choose from {sorted(PRESETS)}")
+        assert preset is not None
         return StarfmConfig(preset=preset, **{**PRESETS[preset], **options})
+    if preset is not None:
+        options = {"preset": preset, **PRESETS[preset], **options}
     return dataclasses.replace(config, **options)
+
+
+#: One line of help per user-facing option of :func:`prepare`, :func:`starfm` and
+#: :func:`starfm_multi` (the method registry and the CLI show these).
+OPTION_HELP: dict[str, str] = {
+    "preset": "starting switches: starfm_v121 (Gao's program v1.2.1, default), gao2006 (the paper), "
+    "starfm4py (the starfm4py package)",
+    "window_size": "full side of the square search window in fine pixels (odd); alias of half_window",
+    "half_window": "search window radius h in fine pixels (window 2h+1)",
+    "distance_scale": "A in D = 1 + d/A, fine pixels; empty = half_window",
+    "n_classes": "m: similarity tolerance = 2 * std(fine) / m (more classes, fewer similar pixels)",
+    "sigma_fine": "uncertainty of fine reflectance (0..1), one value or one per band",
+    "sigma_coarse": "uncertainty of coarse reflectance (0..1), one value or one per band",
+    "dn_scale": "B: digital numbers per reflectance unit for the '+1' weight terms (10000; 1 = reflectance)",
+    "weighting": "weight form: direct 1/(S T D) or log",
+    "temporal_weight": "use the temporal difference T in the weight: auto (only with >= 2 pairs), "
+    "True, False",
+    "filter_logic": "candidate filter on S/T: or (reference), and (paper), spectral (S only, starfm4py)",
+    "center_reference": "centre S/T bound over pairs: min (reference) or max (as printed in the paper)",
+    "uncertainty_max_weight": "reference rule: weight 1 when the differences are below the uncertainty",
+    "copy_on_zero_diff": "paper rule: copy the fine (T = 0) or coarse (S = 0) value at the centre",
+    "fallback": "no candidate: local (centre's F + C2 - C1) or nodata",
+    "use_spatial": "False: use only the centre pixel (no window search; for comparison)",
+    "similarity_tol": "explicit similarity tolerance(s) in reflectance, replacing 2 std / m",
+    "similarity_std": "std behind the tolerance: global (whole fine image) or local (search window)",
+    "border": "outside the scene: truncate the window, or zeros (starfm4py's zero padding)",
+    "similarity_bands": "0-based bands that must all pass the similarity test (default: each band alone)",
+    "valid_range": "(low, high) open reflectance range accepted with out_of_range=nodata",
+    "out_of_range": "prediction outside valid_range: keep, or nodata",
+    "fill_holes": "fill pixels the method leaves unpredicted although inputs are valid (range clip / "
+    "local value); False = faithful NaN",
+    "engine": "compute engine: auto, numba (CPU) or torch (CPU/GPU); same results",
+    "block_rows": "output rows per block (memory); empty = automatic",
+    "num_threads": "threads for the engine; empty = engine default",
+    "device": "torch device for engine=torch (cpu, cuda, ...)",
+}
+
+
+def _float_or_tuple(value: Any) -> float | tuple[float, ...]:
+    if np.ndim(value) == 0:
+        return float(value)
+    return tuple(float(v) for v in np.ravel(value))
+
+
+def _float_pair(value: Any) -> tuple[float, float]:
+    low, high = (float(v) for v in value)
+    return low, high
 
 
 def halo_rows(config: StarfmConfig) -> int:
@@ -315,6 +503,11 @@ def tolerances_from_std(std: np.ndarray, config: StarfmConfig) -> np.ndarray:
     return 2.0 * std / config.n_classes
 
 
+def needs_global_std(config: StarfmConfig) -> bool:
+    """True when the tolerances need the global std of the fine images (one pass over the scene)."""
+    return config.similarity_tol is None and config.similarity_std == "global"
+
+
 def similarity_tolerances(
     fine_refs: Sequence[np.ndarray],
     *,
@@ -325,6 +518,41 @@ def similarity_tolerances(
     acc = FineStdAccumulator()
     acc.update(fine_refs, fine_masks)
     return tolerances_from_std(acc.std, config)
+
+
+# --------------------------------------------------------------------------------------------
+# Holes: pixels the faithful rules leave unpredicted although their inputs are valid
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HoleCounter:
+    """Counts of pixel-bands the faithful rules leave NaN although their inputs are valid.
+
+    They are filled when ``fill_holes=True`` (see :class:`StarfmConfig`) and left NaN otherwise;
+    the counts are the same either way. Pass one as ``holes=`` to :func:`starfm`,
+    :func:`starfm_multi` or :func:`starfm_block`; :func:`prepare`'s result carries one. Counts add
+    up over every call / block, so a caller can log them at the end of a scene.
+
+    Attributes:
+        no_candidate: (C,) int64, pixels without any candidate (``fallback="nodata"``).
+        out_of_range: (C,) int64, predictions outside ``valid_range`` (``out_of_range="nodata"``).
+    """
+
+    no_candidate: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    out_of_range: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def add(self, no_candidate: np.ndarray, out_of_range: np.ndarray) -> None:
+        """Add per-band counts, (C,) each."""
+        for name, counts in (("no_candidate", no_candidate), ("out_of_range", out_of_range)):
+            counts = np.asarray(counts, dtype=np.int64)
+            current = getattr(self, name)
+            setattr(self, name, counts.copy() if current.size == 0 else current + counts)
+
+    @property
+    def total(self) -> int:
+        """All counted pixel-bands."""
+        return int(self.no_candidate.sum() + self.out_of_range.sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,6 +569,7 @@ def starfm(
     fine_t1_mask: np.ndarray | None = None,
     coarse_t1_mask: np.ndarray | None = None,
     coarse_t2_mask: np.ndarray | None = None,
+    holes: HoleCounter | None = None,
     config: StarfmConfig | None = None,
     **options: Any,
 ) -> np.ndarray:
@@ -351,12 +580,15 @@ def starfm(
         class_map: optional (H, W) integer classification of ``fine_t1`` (replaces the threshold
             similarity test).
         fine_t1_mask, coarse_t1_mask, coarse_t2_mask: optional (H, W) or (C, H, W) bool, True = valid.
+        holes: optional :class:`HoleCounter` that receives the counts of pixels the faithful rules
+            leave unpredicted although their inputs are valid (filled unless ``fill_holes=False``).
         config: a :class:`StarfmConfig` to start from; ``options`` override its fields.
-        **options: StarfmConfig fields by name, plus ``preset`` and ``window_size``.
+        **options: StarfmConfig fields by name, plus ``preset`` and ``window_size`` (see
+            :data:`OPTION_HELP`).
 
     Returns:
         (C, H, W) predicted fine image at t2, float32 (float64 if any input is float64); NaN where
-        no prediction is possible.
+        the inputs are invalid (and, with ``fill_holes=False``, where the faithful rules give none).
     """
     check_fusion_inputs(coarse_t1, fine_t1, coarse_t2)
     result = starfm_multi(
@@ -367,6 +599,7 @@ def starfm(
         fine_masks=[fine_t1_mask],
         coarse_masks=[coarse_t1_mask],
         coarse_t2_mask=coarse_t2_mask,
+        holes=holes,
         config=config,
         **options,
     )
@@ -384,6 +617,7 @@ def starfm_multi(
     coarse_masks: Sequence[np.ndarray | None] | None = None,
     coarse_t2_mask: np.ndarray | None = None,
     return_diagnostic: bool = False,
+    holes: HoleCounter | None = None,
     config: StarfmConfig | None = None,
     **options: Any,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -396,8 +630,8 @@ def starfm_multi(
         fine_masks, coarse_masks: optional K masks (or None entries), (H, W) or (C, H, W), True = valid.
         coarse_t2_mask: optional mask of ``coarse_t2``.
         return_diagnostic: also return ``n_used``, (C, H, W) int32, the number of candidates that
-            received a weight (0 where the zero-difference copy or the fallback decided).
-        config, **options: as for :func:`starfm`.
+            received a weight (0 where the zero-difference copy, the fallback or a hole fill decided).
+        holes, config, **options: as for :func:`starfm`.
 
     Returns:
         The (C, H, W) prediction, or ``(prediction, n_used)`` with ``return_diagnostic``.
@@ -414,10 +648,18 @@ def starfm_multi(
     cmasks = _check_masks(coarse_masks, n_pairs, "coarse_masks", coarse_t2.shape)
     c2mask = _check_masks([coarse_t2_mask], 1, "coarse_t2_mask", coarse_t2.shape)[0]
 
-    if classes is None:
-        tolerances = similarity_tolerances(fine_list, config=cfg, fine_masks=fmasks)
-    else:
-        tolerances = np.zeros((n_pairs, n_bands))
+    tolerances: np.ndarray | None = None
+    if classes is None and needs_global_std(cfg):
+        # In the row chunks prepare() reads (iter_source_blocks' default), so that both paths
+        # round the global std identically and give identical predictions.
+        acc = FineStdAccumulator()
+        for top in range(0, height, _STATS_ROWS):
+            chunk = slice(top, min(height, top + _STATS_ROWS))
+            acc.update(
+                [f[:, chunk] for f in fine_list], [None if m is None else m[..., chunk, :] for m in fmasks]
+            )
+        tolerances = tolerances_from_std(acc.std, cfg)
+    counter = HoleCounter()  # this call's holes (``holes`` may hold earlier calls' counts)
     halo = halo_rows(cfg)
     rows = cfg.block_rows or _auto_block_rows(n_pairs, n_bands, width, halo, dtype)
     prediction = np.empty((n_bands, height, width), dtype=dtype)
@@ -443,6 +685,7 @@ def starfm_multi(
             coarse_masks=[rows_of(m) for m in cmasks],
             coarse_t2_mask=rows_of(c2mask),
             return_diagnostic=return_diagnostic,
+            holes=counter,
             config=cfg,
         )
         if isinstance(out, tuple):
@@ -451,6 +694,18 @@ def starfm_multi(
             n_used[:, r0:r1] = used
         else:
             prediction[:, r0:r1] = out
+    if counter.total:
+        logger.info(
+            "STARFM (%s): %d pixel-bands without a prediction although their inputs are valid "
+            "(no candidate %s, out of range %s per band): %s",
+            cfg.preset,
+            counter.total,
+            counter.no_candidate.tolist(),
+            counter.out_of_range.tolist(),
+            "filled (fill_holes=True)" if cfg.fill_holes else "left NaN (fill_holes=False)",
+        )
+    if holes is not None and counter.no_candidate.size:
+        holes.add(counter.no_candidate, counter.out_of_range)
     if n_used is not None:
         return prediction, n_used
     return prediction
@@ -461,7 +716,7 @@ def starfm_block(
     fine_refs: Sequence[np.ndarray],
     coarse_t2: np.ndarray,
     *,
-    tolerances: np.ndarray,
+    tolerances: np.ndarray | None = None,
     halo_top: int,
     halo_bottom: int,
     class_maps: Sequence[np.ndarray] | None = None,
@@ -469,6 +724,7 @@ def starfm_block(
     coarse_masks: Sequence[np.ndarray | None] | None = None,
     coarse_t2_mask: np.ndarray | None = None,
     return_diagnostic: bool = False,
+    holes: HoleCounter | None = None,
     config: StarfmConfig,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Predict the rows of a block that lie between its halos (for streaming; see module doc).
@@ -476,12 +732,15 @@ def starfm_block(
     The inputs are full-width row slices ``(C, n, W)`` (masks ``(n, W)`` or ``(C, n, W)``) whose
     first ``halo_top`` and last ``halo_bottom`` rows are context only. Give the full halo
     (``halo_rows(config)``) except where the image ends; missing rows count as outside the image,
-    exactly as at the image border.
+    exactly as at the image border (truncated window, or zeros with ``border="zeros"``).
 
     Args:
         tolerances: (K, C) global similarity tolerances (:func:`similarity_tolerances` or
-            :func:`tolerances_from_std`); ignored in class-map mode.
+            :func:`tolerances_from_std`); needed when :func:`needs_global_std` is True, ignored in
+            class-map mode and with ``similarity_std="local"``; with an explicit
+            ``similarity_tol`` None means that value.
         halo_top, halo_bottom: context rows at the top and bottom of the inputs.
+        holes: optional :class:`HoleCounter` receiving this block's hole counts.
         config: a :class:`StarfmConfig` (no option overrides here; the caller resolved them).
 
     Returns:
@@ -496,56 +755,213 @@ def starfm_block(
     out_rows = n_rows - halo_top - halo_bottom
     if out_rows < 1:
         raise ValueError(f"block of {n_rows} rows has no rows left after its halos")
-    tolerances = np.asarray(tolerances, dtype=np.float64)
-    if tolerances.shape != (n_pairs, n_bands):
-        raise ValueError(f"tolerances must have shape (K, C) = {(n_pairs, n_bands)}")
     _check_bands(config, n_bands)
     classes = _check_class_maps(class_maps, n_pairs, (n_rows, width))
     fmasks = _check_masks(fine_masks, n_pairs, "fine_masks", coarse_t2.shape)
     cmasks = _check_masks(coarse_masks, n_pairs, "coarse_masks", coarse_t2.shape)
     c2mask = _check_masks([coarse_t2_mask], 1, "coarse_t2_mask", coarse_t2.shape)[0]
+    local_std = classes is None and config.similarity_tol is None and config.similarity_std == "local"
+    if classes is None and not local_std:
+        if tolerances is None:
+            if config.similarity_tol is None:
+                raise ValueError(
+                    "starfm_block needs the (K, C) global tolerances (tolerances_from_std) for "
+                    "similarity_std='global'"
+                )
+            tolerances = tolerances_from_std(np.zeros((n_pairs, n_bands)), config)
+        tolerances = np.asarray(tolerances, dtype=np.float64)
+        if tolerances.shape != (n_pairs, n_bands):
+            raise ValueError(f"tolerances must have shape (K, C) = {(n_pairs, n_bands)}")
 
-    prep = _prepare(
-        coarse_list, fine_list, coarse_t2, fmasks, cmasks, c2mask, classes, tolerances, config, dtype
-    )
-    # Pad to the full halo on every side with "outside the image" (NaN keys and bounds, zero
-    # weights), so the blocked result equals the whole-image one.
     pad_rows = (halo - halo_top, halo - halo_bottom)
-    padded = {
-        name: _pad(prep[name], pad_rows, halo, np.nan if name in ("Z", "S", "T") else 0.0)
-        for name in ("Z", "S", "T", "G", "P", "V")
-    }
-    centre = slice(halo_top, n_rows - halo_bottom)
-    sb, tb = prep["Sb"][:, centre], prep["Tb"][:, centre]
+    if config.border == "zeros" and halo > 0:
+        # starfm4py's zero padding: outside the scene F = C_k = C_0 = 0 are valid pixels; they go
+        # through the same preparation as the scene's (S = T = 0, local value 0).
+        def image(x: np.ndarray) -> np.ndarray:
+            return np.pad(np.asarray(x, dtype=dtype), ((0, 0), pad_rows, (halo, halo)))
+
+        def mask(m: np.ndarray | None) -> np.ndarray | None:
+            if m is None:
+                return None
+            pads = ((0, 0),) * (m.ndim - 2) + (pad_rows, (halo, halo))
+            return np.pad(m, pads, constant_values=True)
+
+        prep = _prepare(
+            [image(c) for c in coarse_list],
+            [image(f) for f in fine_list],
+            image(coarse_t2),
+            [mask(m) for m in fmasks],
+            [mask(m) for m in cmasks],
+            mask(c2mask),
+            None if classes is None else [np.pad(m, (pad_rows, (halo, halo))) for m in classes],
+            config,
+            dtype,
+        )
+        padded = {name: np.ascontiguousarray(prep[name]) for name in _WINDOW_ARRAYS}
+        core = (slice(halo, halo + out_rows), slice(halo, halo + width))
+    else:
+        prep = _prepare(coarse_list, fine_list, coarse_t2, fmasks, cmasks, c2mask, classes, config, dtype)
+        # Pad to the full halo on every side with "outside the image" (NaN keys and bounds, zero
+        # weights), so the blocked result equals the whole-image one.
+        padded = {
+            name: _pad(prep[name], pad_rows, halo, np.nan if name in ("Z", "S", "T") else 0.0)
+            for name in _WINDOW_ARRAYS
+        }
+        core = (slice(halo_top, n_rows - halo_bottom), slice(0, width))
+    if classes is not None:
+        tol = np.full((n_pairs, n_bands, out_rows, width), 0.5)  # labels are integers
+    elif local_std:
+        tol = 2.0 * _window_std(padded["Z"], halo) / config.n_classes
+    else:
+        assert tolerances is not None
+        tol = np.broadcast_to(tolerances[:, :, None, None], (n_pairs, n_bands, out_rows, width))
+    centre = {k: v[..., core[0], core[1]] for k, v in prep.items()}
     sim_bands = _similarity_band_table(config, n_bands, classes is not None)
     inv_d = _inverse_distance(config).astype(dtype)
-    need = 2 if config.filter_logic == "and" else 1
+    need = 1 if config.filter_logic == "or" else 2  # "spectral" is "and" with an infinite T bound
     engine = _resolve_engine(config.engine)
+    sb, tb = centre["Sb"], centre["Tb"]
     if engine == "numba":
-        sw, swv, count = _accumulate_numba(padded, sb, tb, prep["tol"], sim_bands, inv_d, need, config)
+        sw, swv, count = _accumulate_numba(padded, sb, tb, tol, sim_bands, inv_d, need, config)
     else:
         sw, swv, count = _accumulate_torch(
-            padded, sb, tb, prep["tol"], sim_bands, inv_d, need, config, return_diagnostic
+            padded, sb, tb, tol, sim_bands, inv_d, need, config, return_diagnostic
         )
-    prediction, n_used = _finish(
-        sw,
-        swv,
-        count,
-        {k: v[..., centre, :] for k, v in prep.items() if v.ndim >= 3},
-        sim_bands,
-        prep["tol"],
-        need,
-        config,
-        dtype,
+    prediction, n_used, no_candidate, out_of_range = _finish(
+        sw, swv, count, centre, sim_bands, tol, need, config, dtype
     )
+    if holes is not None:
+        holes.add(no_candidate, out_of_range)
     if return_diagnostic:
         return prediction, n_used
     return prediction
 
 
+@dataclass(frozen=True)
+class StarfmPrediction(RowBlocks):
+    """What :func:`prepare` returns: a :class:`~stfusion.blocks.RowBlocks` plus its config and holes.
+
+    Attributes:
+        config: the resolved :class:`StarfmConfig`.
+        tolerances: (K, C) global similarity tolerances, or None (window-local std, explicit
+            tolerance).
+        holes: :class:`HoleCounter` of every block predicted so far (log it after a scene).
+    """
+
+    config: StarfmConfig = field(default_factory=StarfmConfig)
+    tolerances: np.ndarray | None = None
+    holes: HoleCounter = field(default_factory=HoleCounter)
+
+
+def prepare(source: SceneSource, **options: Any) -> StarfmPrediction:
+    """STARFM prepared on a scene read block by block: the method registry's entry point.
+
+    Reference pair k of ``source`` is STARFM's pair k (K >= 1, pooled, spec 3.8). When the preset
+    uses the global similarity tolerance (eq. 7), the fine images are read once, block by block
+    (:func:`~stfusion.blocks.iter_source_blocks`), into a :class:`FineStdAccumulator`; memory is
+    bounded by the block, not the scene. The result predicts row blocks with
+    ``halo_rows(config)`` rows of context through :func:`starfm_block`;
+    ``predict_scene(prepare(ArraySource(pairs, coarse_t2), **options), source)`` equals
+    ``starfm_multi(coarses, fines, coarse_t2, **options)`` (float32 inputs).
+
+    Args:
+        source: the scene: (C, H, W) float32 reflectance blocks, NaN = invalid.
+        **options: :class:`StarfmConfig` fields, ``preset`` and ``window_size`` (see
+            :data:`OPTION_HELP`); ``block_rows`` sets the rows predicted per block.
+
+    Returns:
+        A :class:`StarfmPrediction` (a :class:`~stfusion.blocks.Prediction`).
+
+    Raises:
+        ValueError: an unknown option or an invalid value (naming the option, the value and what
+            is allowed), or options that do not fit the scene (per-band values, bands).
+    """
+    cfg = make_config(**options)
+    n_pairs, n_bands = source.n_pairs, source.bands
+    if n_pairs < 1:
+        raise ValueError(f"STARFM needs K >= 1 reference pairs, the scene has {n_pairs}")
+    _check_bands(cfg, n_bands)
+    tolerances: np.ndarray | None = None
+    if needs_global_std(cfg):
+        acc = FineStdAccumulator()
+        for block in iter_source_blocks(source, rows=_STATS_ROWS):
+            acc.update([pair.fine for pair in block.pairs])
+        tolerances = tolerances_from_std(acc.std, cfg)
+    elif cfg.similarity_tol is not None:
+        tolerances = tolerances_from_std(np.zeros((n_pairs, n_bands)), cfg)
+    holes = HoleCounter()
+    halo = halo_rows(cfg)
+
+    def predict_block(block: Block, halo_top: int, halo_bottom: int) -> np.ndarray:
+        out = starfm_block(
+            [pair.coarse for pair in block.pairs],
+            [pair.fine for pair in block.pairs],
+            block.coarse_t2,
+            tolerances=tolerances,
+            halo_top=halo_top,
+            halo_bottom=halo_bottom,
+            holes=holes,
+            config=cfg,
+        )
+        assert isinstance(out, np.ndarray)
+        return out
+
+    rows = cfg.block_rows or _auto_block_rows(n_pairs, n_bands, source.width, halo, np.dtype(np.float32))
+    return StarfmPrediction(
+        predict_block=predict_block,
+        halo=halo,
+        block_rows=rows,
+        config=cfg,
+        tolerances=tolerances,
+        holes=holes,
+    )
+
+
+def _window_std(z: np.ndarray, h: int) -> np.ndarray:
+    """(K, C, n, W) float64 population std of the valid non-zero values of each (2h+1)^2 window.
+
+    ``z`` is (K, C, n + 2h, W + 2h), NaN where invalid or outside the scene (0 there with zero
+    padding). Zeros are left out as starfm4py leaves them out (it turns them into NaN for its std),
+    which also keeps its padding out of the statistic. The variance comes from window sums of x and
+    x^2 (float64); a window whose values are all equal gets exactly 0, as a two-pass std gives
+    (found from the window's min and max, which are exact), so that a flat window keeps tolerance 0.
+    """
+    values = z.astype(np.float64)
+    used = np.isfinite(values) & (values != 0)
+    values = np.where(used, values, 0.0)
+    n = _window_reduce(used.astype(np.float64), h, np.add)
+    safe = np.maximum(n, 1.0)
+    mean = _window_reduce(values, h, np.add) / safe
+    var = _window_reduce(values * values, h, np.add) / safe - mean * mean
+    flat = _window_reduce(np.where(used, values, -np.inf), h, np.maximum) <= _window_reduce(
+        np.where(used, values, np.inf), h, np.minimum
+    )
+    return np.where((n > 0) & ~flat, np.sqrt(np.maximum(var, 0.0)), 0.0)
+
+
+def _window_reduce(a: np.ndarray, h: int, op: np.ufunc) -> np.ndarray:
+    """``op`` over each (2h+1)^2 window of the last two axes: (..., n + 2h, W + 2h) -> (..., n, W).
+
+    Reduces 2h + 1 shifted slices across, then down, in a fixed order (no running sums): a pixel's
+    value does not depend on where its block starts.
+    """
+    rows, cols = a.shape[-2] - 2 * h, a.shape[-1] - 2 * h
+    across = a[..., :cols].copy()
+    for dx in range(1, 2 * h + 1):
+        op(across, a[..., dx : dx + cols], out=across)
+    total = across[..., :rows, :].copy()
+    for dy in range(1, 2 * h + 1):
+        op(total, across[..., dy : dy + rows, :], out=total)
+    return total
+
+
 # --------------------------------------------------------------------------------------------
 # Preparation: per-pixel images (spec 3.1-3.7), computed once per block
 # --------------------------------------------------------------------------------------------
+
+
+#: The per-pixel images the window sums read (see ``_prepare``).
+_WINDOW_ARRAYS = ("Z", "S", "T", "G", "P", "V")
 
 
 def _prepare(
@@ -556,7 +972,6 @@ def _prepare(
     cmasks: list[np.ndarray | None],
     c2mask: np.ndarray | None,
     classes: list[np.ndarray] | None,
-    tolerances: np.ndarray,
     cfg: StarfmConfig,
     dtype: np.dtype,
 ) -> dict[str, np.ndarray]:
@@ -568,8 +983,8 @@ def _prepare(
     P: 1 where rule (17) fires (weight exactly 1), else 0.
     V: local values (eq. 3), 0 where invalid.
     valid: bool, pair k usable at the pixel (F_k, C_k, C_0 valid).
-    F: fine values (for the copy rule); Sb, Tb: (C, n, W) candidate-filter bounds (eq. 11).
-    tol: (K, C) tolerances (0.5 in class-map mode: labels are integers).
+    F: fine values (for the copy rule); Sb, Tb: (C, n, W) candidate-filter bounds (eq. 11), Tb
+    infinite for the spectral-only filter.
     """
     c2 = np.asarray(coarse_t2, dtype=dtype)
     valid_c2 = np.isfinite(c2)
@@ -590,11 +1005,9 @@ def _prepare(
         v = np.where(valid, f + c2 - c1, 0.0).astype(dtype)
     if classes is None:
         z = np.where(valid, f, np.nan).astype(dtype)
-        tol = np.asarray(tolerances, dtype=np.float64)
     else:
         labels = np.stack(classes).astype(dtype)[:, None]
         z = np.where(valid, labels, np.nan).astype(dtype)
-        tol = np.full((n_pairs, n_bands), 0.5)
 
     b = cfg.dn_scale
     temporal = cfg.temporal_weight is True or (cfg.temporal_weight == "auto" and n_pairs >= 2)
@@ -621,9 +1034,11 @@ def _prepare(
         t_star = reduce.reduce(t, axis=0)
     sb = (s_star + sig_s[:, None, None]).astype(dtype)
     tb = (t_star + sig_t[:, None, None]).astype(dtype)
+    if cfg.filter_logic == "spectral":
+        tb = np.full_like(tb, np.inf)
     return {
         "Z": z, "S": s, "T": t, "G": g, "P": p, "V": v, "valid": valid, "F": f,
-        "C2": c2, "valid_c2": valid_c2, "Sb": sb, "Tb": tb, "tol": tol,
+        "C2": c2, "valid_c2": valid_c2, "Sb": sb, "Tb": tb,
     }  # fmt: skip
 
 
@@ -684,8 +1099,9 @@ def _numba_kernels() -> tuple[Any, Any]:
 
     Both fill sw, swv (float64) and cnt (int32), (C, n, W): the sums over the window and pairs of
     the candidate weights, weights x local values and candidate counts. Inputs are (K, C, n + 2h,
-    W + 2h) padded images (see ``_prepare``); the similarity key of band c is band c of ``z``
-    (per-band kernel) or every band listed in ``simb[c]`` (joint kernel).
+    W + 2h) padded images (see ``_prepare``) and (K, C, n, W) tolerances of the target pixels; the
+    similarity key of band c is band c of ``z`` (per-band kernel) or every band listed in
+    ``simb[c]`` (joint kernel).
     """
     # reassoc/contract let LLVM vectorise the inner sums; no "nnan": NaN marks invalid pixels.
     flags = {"reassoc", "contract", "nsz", "arcp"}
@@ -711,7 +1127,7 @@ def _numba_kernels() -> tuple[Any, Any]:
                 acc_n = 0.0
                 for k in range(n_pairs):
                     zc = z[k, c, r + h, x + h]
-                    tl = tol[k, c]
+                    tl = tol[k, c, r, x]
                     for dy in range(side):
                         rr = r + dy
                         row_w = zero
@@ -759,7 +1175,7 @@ def _numba_kernels() -> tuple[Any, Any]:
                             for j in range(n_sel):
                                 b = simb[c, j]
                                 diff = abs(z[k, b, rr, x + dx] - z[k, b, r + h, x + h])
-                                sim &= diff < tol[k, b]
+                                sim &= diff < tol[k, b, r, x]
                             s_ok = s[k, c, rr, x + dx] <= sb[c, r, x]
                             t_ok = t[k, c, rr, x + dx] <= tb[c, r, x]
                             if sim and ((s_ok or t_ok) if or_mode else (s_ok and t_ok)):
@@ -797,7 +1213,8 @@ def _accumulate_numba(
     try:
         kernel(
             arrays["Z"], arrays["S"], arrays["T"], arrays["G"], arrays["P"], arrays["V"],
-            np.ascontiguousarray(sb), np.ascontiguousarray(tb), tol.astype(dtype), sim_bands,
+            np.ascontiguousarray(sb), np.ascontiguousarray(tb), np.ascontiguousarray(tol, dtype=dtype),
+            sim_bands,
             np.ascontiguousarray(inv_d), need == 1, sw, swv, cnt,
         )  # fmt: skip
     finally:
@@ -830,8 +1247,8 @@ def _accumulate_torch(
     t_inv_d = torch.from_numpy(inv_d).to(device)
     joint = _is_joint(sim_bands)
     sel = torch.from_numpy(sim_bands[0]).to(device)
-    t_tol = torch.from_numpy(tol).to(device=device, dtype=dtype)
-    t_tol = (t_tol[:, sel] if joint else t_tol)[..., None, None, None]
+    t_tol = torch.from_numpy(np.ascontiguousarray(tol)).to(device=device, dtype=dtype)
+    t_tol = (t_tol[:, sel] if joint else t_tol)[..., None]  # (K, C or nsel, n, W, 1)
     sw = torch.zeros((n_bands, n_rows, n_cols), dtype=torch.float64, device=device)
     swv = torch.zeros_like(sw)
     cnt = torch.zeros((n_bands, n_rows, n_cols), dtype=torch.int32, device=device)
@@ -847,7 +1264,7 @@ def _accumulate_torch(
             if joint:
                 zc = zc[:, sel]
                 centre_ok = ~torch.isnan(tz["S"][:, :, h + r0 : h + r1, h : h + n_cols])[..., None]
-            sbc, tbc = t_sb[:, :, r0:r1], t_tb[:, :, r0:r1]
+            sbc, tbc, tolc = t_sb[:, :, r0:r1], t_tb[:, :, r0:r1], t_tol[:, :, r0:r1]
             for dy in range(side):
                 rows = slice(r0 + dy, r1 + dy)
 
@@ -855,7 +1272,7 @@ def _accumulate_torch(
                     return tz[name][:, :, rows, :].unfold(-1, side, 1)
 
                 zw = win("Z")[:, sel] if joint else win("Z")
-                sim = (zw - zc[..., None]).abs_() < t_tol
+                sim = (zw - zc[..., None]).abs_() < tolc
                 if joint:
                     sim = sim.all(dim=1, keepdim=True) & centre_ok
                 s_ok, t_ok = win("S") <= sbc, win("T") <= tbc
@@ -886,7 +1303,12 @@ def _finish(
     need: int,
     cfg: StarfmConfig,
     dtype: np.dtype,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Prediction (C, n, W), n_used (C, n, W) and the per-band hole counts (no candidate, out of range).
+
+    ``centre`` holds the ``_prepare`` images of the target pixels, ``tol`` (K, C, n, W) their
+    similarity tolerances.
+    """
     valid = centre["valid"]  # (K, C, n, W)
     count = count.astype(np.int32, copy=True)
     # "The centre is always similar to itself" (spec 3.5): add the centre where the window sum
@@ -897,7 +1319,7 @@ def _finish(
             looped = np.ones(valid.shape[1:], dtype=bool)
             for j in range(sim_bands.shape[1]):
                 band = sim_bands[:, j]
-                looped &= np.isfinite(z[k, band]) & (tol[k, band] > 0)[:, None, None]
+                looped &= np.isfinite(z[k, band]) & (tol[k, band] > 0)
             passes = (centre["S"][k] <= centre["Sb"]).astype(np.int32) + (centre["T"][k] <= centre["Tb"])
             add = valid[k] & ~looped & (passes >= need)
             w = centre["G"][k].astype(np.float64) + centre["P"][k]
@@ -907,9 +1329,12 @@ def _finish(
     with np.errstate(invalid="ignore", divide="ignore"):
         prediction = np.where(sw > 0, swv / np.where(sw > 0, sw, 1.0), np.nan)
         none = sw <= 0
+        # Inputs valid at the pixel: C_0 and at least one pair (``valid`` includes C_0).
+        n_valid = valid.sum(axis=0)
+        has_input = n_valid > 0
+        local = np.where(valid, centre["V"], 0.0).sum(axis=0) / np.where(has_input, n_valid, 1)
+        local = np.where(has_input, local, np.nan)
         if cfg.fallback == "local":
-            n_valid = valid.sum(axis=0)
-            local = np.where(valid, centre["V"], 0.0).sum(axis=0) / n_valid
             prediction = np.where(none, local, prediction)
         if cfg.copy_on_zero_diff:
             t_zero = valid & (centre["T"] == 0)
@@ -920,11 +1345,24 @@ def _finish(
             prediction = np.where(any_t, copy_t, np.where(s_zero.any(axis=0), centre["C2"], prediction))
             count[copied] = 0
         prediction = np.where(centre["valid_c2"], prediction, np.nan)
+        no_candidate = has_input & np.isnan(prediction)  # fallback "nodata" with an empty Q(x)
+        outside = np.zeros_like(no_candidate)
+        low, high = cfg.valid_range
         if cfg.out_of_range == "nodata":
-            low, high = cfg.valid_range
-            prediction = np.where((prediction > low) & (prediction < high), prediction, np.nan)
+            outside = np.isfinite(prediction) & ~((prediction > low) & (prediction < high))
+            # Holes filled (fill_holes): the method's own estimate, bounded to the closed range.
+            replacement = np.clip(prediction, low, high) if cfg.fill_holes else np.nan
+            prediction = np.where(outside, replacement, prediction)
+        if cfg.fill_holes:
+            fill = np.clip(local, low, high) if cfg.out_of_range == "nodata" else local
+            prediction = np.where(no_candidate, fill, prediction)
     count[none] = 0
-    return prediction.astype(dtype), count
+    return (
+        prediction.astype(dtype),
+        count,
+        no_candidate.sum(axis=(1, 2), dtype=np.int64),
+        outside.sum(axis=(1, 2), dtype=np.int64),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1012,11 +1450,16 @@ def _auto_block_rows(n_pairs: int, n_bands: int, width: int, halo: int, dtype: n
 
 
 __all__ = [
+    "OPTION_HELP",
     "PRESETS",
     "FineStdAccumulator",
+    "HoleCounter",
     "StarfmConfig",
+    "StarfmPrediction",
     "halo_rows",
     "make_config",
+    "needs_global_std",
+    "prepare",
     "similarity_tolerances",
     "starfm",
     "starfm_block",
