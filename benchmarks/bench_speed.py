@@ -11,12 +11,12 @@ Prints one JSON object per line on stdout (logs go to stderr); the ``figure`` ke
   machine's dense float32 matmul GFLOP/s (2048 x 2048, best of several) and their ratio.
 * ``data``: the synthetic scene used for prediction (generated once, then cached in ``--data-dir``).
 * ``predict``: one fusion method on one synthetic scene, from GeoTIFFs to a GeoTIFF: seconds,
-  megapixels/s (H * W / 1e6 / seconds) and peak RSS. MLFF-GAN (random weights, the speed is the
-  same), persistence and coarse-delta use the streaming path (``stfusion.streaming.predict_to_file``,
-  tiles of ``--tile`` with ``--overlap``, ``--batch-size`` tiles per batch); STARFM and FSDAF run on the
-  whole scene in memory, and on large scenes STARFM streams by row blocks (FSDAF is skipped there:
-  see ``bench_fsdaf.py --large``). With ``--tile-rows N`` the large scenes are predicted for their
-  first N rows of tiles only and the whole-scene time is extrapolated (``"extrapolated": true``).
+  megapixels/s (H * W / 1e6 / seconds) and peak RSS. Every method goes through the package's one path,
+  as ``stfusion predict`` runs it: the registry (``stfusion.fusion``) prepares it on the case (global
+  statistics passes for STARFM and FSDAF) and ``stfusion.streaming.predict_case`` streams it block by
+  block (MLFF-GAN with random weights, the speed is the same: tiles of ``--tile`` with ``--overlap``,
+  ``--batch-size`` tiles per batch). With ``--tile-rows N`` the large scenes are predicted for their
+  first N blocks only and the whole-scene time is extrapolated (``"extrapolated": true``).
 
 Every measured case runs in a fresh subprocess, whose own peak RSS (VmHWM) is reported.
 
@@ -54,8 +54,6 @@ from _common import (
 
 FIGURES = ("machine", "train", "flops", "predict")
 METHODS = ("mlffgan", "persistence", "coarse-delta", "starfm", "fsdaf")
-#: Methods predicted with the streaming tiled path (the others run on the whole scene in memory).
-STREAMING = ("mlffgan", "persistence", "coarse-delta")
 
 FULL = {
     "train_batch": 4,
@@ -212,255 +210,114 @@ def child_scene(params: dict[str, Any]) -> dict[str, Any]:
     return synthetic_scene(Path(params["data_dir"]), height, width)
 
 
-def _partial_rows(height: int, width: int, params: dict[str, Any]) -> tuple[int, int, int, int]:
-    """(world_size, stop_row, tile rows measured, tile rows in total) for ``--tile-rows``.
+def _partial_rows(starts: list[int], height: int, wanted: int) -> tuple[int, int, int]:
+    """(world_size, stop_row, blocks measured) for ``--tile-rows``: rank 0 of a world_size-way split.
 
-    The first rows are predicted as rank 0 of a ``world_size``-way split (``RankSplit``), which is
-    the library's own streaming code for a row range; world_size is chosen so that rank 0 gets the
-    requested number of tile rows (or the nearest possible).
+    The first rows are predicted as rank 0 of a split (``RankSplit``), the package's own streaming code
+    for a row range; world_size is chosen so that rank 0 gets about ``wanted`` of the method's blocks.
     """
-    from stfusion.predict import TileOptions
     from stfusion.streaming import split_rows
-    from stfusion.tiling import tile_grid, tile_rows
 
-    tile, overlap = parse_size(params["tile"]), (params["overlap"], params["overlap"])
-    starts = [group[0].row for group in tile_rows(tile_grid(height, width, tile, overlap))]
-    wanted = max(1, min(params["tile_rows"], len(starts)))
-    options = TileOptions(tile=tile, overlap=overlap)
-    best = min(
-        range(1, len(starts) + 1),
-        key=lambda k: abs(sum(1 for s in starts if s < split_rows(height, width, options, k)[0][1]) - wanted),
+    wanted = max(1, min(wanted, len(starts)))
+
+    def blocks(world: int) -> int:
+        return sum(1 for s in starts if s < split_rows(starts, height, world)[0][1])
+
+    best = min(range(1, len(starts) + 1), key=lambda k: abs(blocks(k) - wanted))
+    return best, split_rows(starts, height, best)[0][1], blocks(best)
+
+
+def _preparer(method: str, params: dict[str, Any]) -> Any:
+    """The method through the registry, as `stfusion predict` builds it (random MLFF-GAN weights)."""
+    import torch
+
+    from stfusion import fusion
+    from stfusion.checkpoint import Checkpoint, ModelSpec
+    from stfusion.predict import TileOptions
+
+    entry = fusion.get(method)
+    if not entry.needs_checkpoint:
+        options = {"scale_factor": COARSE_FACTOR} if method == "fsdaf" else {}
+        return entry.preparer(options)
+    torch.manual_seed(0)
+    spec = ModelSpec("mlffgan", BANDS, {})
+    checkpoint = Checkpoint(model=spec, generator=spec.build().state_dict(), coarse_factor=COARSE_FACTOR)
+    tile = parse_size(params["tile"])
+    tiles = TileOptions(
+        tile=tile, overlap=(params["overlap"], params["overlap"]), batch_size=params["batch_size"]
     )
-    stop = split_rows(height, width, options, best)[0][1]
-    return best, stop, sum(1 for s in starts if s < stop), len(starts)
+    return entry.preparer(checkpoint=checkpoint, runtime={"tiles": tiles})
 
 
-def _reader(params: dict[str, Any]) -> Any:
-    from stfusion.inputs import CaseReader
-    from stfusion.scenes import explicit_case
-
-    return CaseReader(explicit_case(**params["paths"]))
-
-
-def _method_options(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    if name == "fsdaf":
-        return {
-            "scale_factor": COARSE_FACTOR,
-            "block_size": params["fsdaf_block_size"] or None,
-            "n_jobs": params.get("threads") or os.cpu_count() or 1,
-        }
-    return {}
-
-
-def _warm_method(name: str, options: dict[str, Any]) -> float:
-    """Run a classical method once on a tiny scene (numba cache load, first-call costs); seconds."""
+def _warm(preparer: Any) -> float:
+    """Predict a tiny scene once (numba compilation or cache load, first-call costs); seconds."""
     import numpy as np
 
-    from stfusion.methods import get_method
+    from stfusion.blocks import ArraySource, predict_scene
 
     rng = np.random.default_rng(0)
-    c1, f1, c2 = (rng.uniform(0.05, 0.3, (BANDS, 64, 64)).astype(np.float32) for _ in range(3))
+    c1, f1, c2 = (rng.uniform(0.05, 0.3, (BANDS, 96, 96)).astype(np.float32) for _ in range(3))
     start = time.perf_counter()
-    get_method(name)(c1, f1, c2, **options)
+    source = ArraySource([(c1, f1)], c2)
+    predict_scene(preparer(source), source)
     return time.perf_counter() - start
 
 
 def child_predict(params: dict[str, Any]) -> dict[str, Any]:
-    """One method on one scene: streaming tiles, STARFM row blocks, or whole scene in memory."""
+    """One method on one scene, GeoTIFFs in, GeoTIFF out, through stfusion.streaming.predict_case."""
+    from stfusion.inputs import CaseReader
+    from stfusion.scenes import explicit_case
+    from stfusion.streaming import RankSplit, predict_case
+
     set_threads(params.get("threads"))
-    method, mode = params["method"], params["mode"]
-    reader = _reader(params)
+    method = params["method"]
+    reader = CaseReader(explicit_case(**params["paths"]))
     height, width = reader.height, reader.width
     out = Path(params["out_dir"]) / f"pred_{method}_{height}x{width}.tif"
-    result: dict[str, Any] = {"gdal_cachemax": os.environ.get("GDAL_CACHEMAX", "GDAL default")}
-    if mode == "stream":
-        result |= _predict_stream(reader, method, out, params)
-    elif mode == "rows":
-        result |= _predict_starfm_rows(reader, out, params)
-    else:
-        result |= _predict_memory(reader, method, out, params)
-    written = Path(result.pop("written"))
-    result["output_mib"] = round(written.stat().st_size / 2**20, 1)
+    preparer = _preparer(method, params)
+    result: dict[str, Any] = {
+        "gdal_cachemax": os.environ.get("GDAL_CACHEMAX", "GDAL default"),
+        "warmup_s": round(_warm(preparer), 3),
+        "rss_before_mib": rss_mib(),
+    }
+    start = time.perf_counter()
+    prediction = preparer(reader)  # global statistics passes (STARFM, FSDAF), model set-up
+    prepare_seconds = time.perf_counter() - start
+    split, stop, done = RankSplit(), height, None
+    starts = prediction.row_starts(height, width)
+    if params.get("partial"):
+        world, stop, done = _partial_rows(starts, height, params["tile_rows"])
+        split = RankSplit(rank=0, world_size=world) if done < len(starts) else RankSplit()
+        stop, done = (height, None) if done == len(starts) else (stop, done)
+    written = predict_case(reader, prediction, out, overwrite=True, split=split)
+    seconds = time.perf_counter() - start
+    assert written is not None
+    result |= {
+        "output_mib": round(written.stat().st_size / 2**20, 1),
+        "prepare_seconds": round(prepare_seconds, 3),
+    }
     if not params.get("keep_outputs"):
         written.unlink()
     result["peak_rss_mib"] = peak_rss_mib()
     result["peak_rss_increase_mib"] = round(result["peak_rss_mib"] - result["rss_before_mib"], 1)
-    return result
-
-
-def _predict_stream(reader: Any, method: str, out: Path, params: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    from stfusion.checkpoint import ModelSpec
-    from stfusion.methods import get_method
-    from stfusion.predict import TileOptions, generator_batch_predictor, method_batch_predictor
-    from stfusion.streaming import RankSplit, predict_to_file
-
-    height, width = reader.height, reader.width
-    tile = parse_size(params["tile"])
-    options = TileOptions(
-        tile=tile, overlap=(params["overlap"], params["overlap"]), batch_size=params["batch_size"]
-    )
-    result: dict[str, Any] = {
-        "tile": list(tile),
-        "overlap": params["overlap"],
-        "batch_size": params["batch_size"],
-    }
-    if method == "mlffgan":
-        torch.manual_seed(0)
-        predict_batch = generator_batch_predictor(
-            ModelSpec("mlffgan", BANDS, {}).build().eval(), channels_last=params["channels_last"]
-        )
-        result["channels_last"] = params["channels_last"]
-        coarse_factor = COARSE_FACTOR
-        # One excluded batch at the tile size (first-call kernel selection and allocations).
-        shape = (params["batch_size"], BANDS, min(tile[0], height), min(tile[1], width))
-        dummy = np.random.default_rng(0).uniform(0, 0.3, shape).astype(np.float32)
-        start = time.perf_counter()
-        predict_batch(dummy, dummy, dummy)
-        result["warmup_s"] = round(time.perf_counter() - start, 3)
-        result["threads"] = torch.get_num_threads()
-    else:
-        predict_batch = method_batch_predictor(get_method(method))
-        coarse_factor = 1
-    result["coarse_factor"] = coarse_factor
-    split, stop, done, total = RankSplit(), height, None, None
-    if params.get("partial"):
-        world, stop, done, total = _partial_rows(height, width, params)
-        split = RankSplit(rank=0, world_size=world)
-        if done == total:  # asked for every tile row: a normal whole-scene run
-            split, stop, done, total = RankSplit(), height, None, None
-    result["rss_before_mib"] = rss_mib()
-    start = time.perf_counter()
-    written = predict_to_file(
-        reader, predict_batch, out, options=options, coarse_factor=coarse_factor, overwrite=True, split=split
-    )
-    seconds = time.perf_counter() - start
-    assert written is not None
-    result["written"] = str(written)
-    if done is None or total is None:
+    if done is None:
         return result | {
             "seconds": round(seconds, 3),
             "megapixels_per_s": round(height * width / 1e6 / seconds, 4),
         }
+    total = prepare_seconds + (seconds - prepare_seconds) * len(starts) / done
     return result | {
         "extrapolated": True,
-        "measured_tile_rows": done,
-        "tile_rows_total": total,
+        "measured_blocks": done,
+        "blocks_total": len(starts),
         "measured_rows": stop,
         "measured_seconds": round(seconds, 3),
-        "measured_megapixels_per_s": round(stop * width / 1e6 / seconds, 4),
-        "extrapolated_seconds": round(seconds * total / done, 1),
-        "megapixels_per_s": round(height * width / 1e6 / (seconds * total / done), 4),
-        "note": (
-            "EXTRAPOLATED: extrapolated_seconds (whole scene) = measured seconds x tile rows / measured "
-            "tile rows (every tile row has the same tiles), megapixels_per_s = H x W / 1e6 / "
-            "extrapolated_seconds; peak RSS is that of the measured rows (memory depends on one strip "
-            "of tiles, not on the scene height)"
-        ),
-    }
-
-
-def _predict_starfm_rows(reader: Any, out: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """STARFM streamed by row blocks: global std pass, then blocks with a halo, rows written as done."""
-    import numpy as np
-
-    from stfusion import raster
-    from stfusion.baselines.starfm import (
-        FineStdAccumulator,
-        halo_rows,
-        make_config,
-        starfm_block,
-        tolerances_from_std,
-    )
-    from stfusion.tiling import Window
-
-    height, width, bands = reader.height, reader.width, reader.bands
-    config = make_config()
-    halo, block = halo_rows(config), params["starfm_block_rows"]
-    result: dict[str, Any] = {
-        "half_window": config.half_window,
-        "block_rows": block,
-        "warmup_s": round(_warm_method("starfm", {}), 3),
-    }
-    stop, done_fraction = height, 1.0
-    if params.get("partial"):
-        _, stop, _, _ = _partial_rows(height, width, params)  # same rows as the tiled methods
-        done_fraction = stop / height
-    result["rss_before_mib"] = rss_mib()
-    start = time.perf_counter()
-    accumulator = FineStdAccumulator()  # pass 1: the global std of fine t1 (similarity tolerance)
-    for row in range(0, height, 256):
-        accumulator.update([reader.read("fine_t1", Window(row, 0, min(256, height - row), width))])
-    tolerances = tolerances_from_std(accumulator.std, config)
-    stats_seconds = time.perf_counter() - start
-    rows = None if stop == height else (0, stop)
-    with raster.row_writer(
-        out, reader.reference, count=bands, rows=rows, overwrite=True, band_names=reader.band_names
-    ) as write:
-        for row0 in range(0, stop, block):
-            row1 = min(stop, row0 + block)
-            top, bottom = max(0, row0 - halo), min(height, row1 + halo)
-            window = Window(top, 0, bottom - top, width)
-            c1, f1, c2 = (reader.read(role, window) for role in ("coarse_t1", "fine_t1", "coarse_t2"))
-            prediction = starfm_block(
-                [c1],
-                [f1],
-                c2,
-                tolerances=tolerances,
-                halo_top=row0 - top,
-                halo_bottom=bottom - row1,
-                config=config,
-            )
-            write(row0, np.asarray(prediction, dtype=np.float32))
-    seconds = time.perf_counter() - start
-    blocks_seconds = seconds - stats_seconds
-    result |= {"written": str(out), "stats_seconds": round(stats_seconds, 3)}
-    if stop == height:
-        return result | {
-            "seconds": round(seconds, 3),
-            "megapixels_per_s": round(height * width / 1e6 / seconds, 4),
-        }
-    total = stats_seconds + blocks_seconds / done_fraction
-    return result | {
-        "extrapolated": True,
-        "measured_rows": stop,
-        "measured_seconds": round(seconds, 3),
-        "measured_megapixels_per_s": round(stop * width / 1e6 / seconds, 4),
         "extrapolated_seconds": round(total, 1),
         "megapixels_per_s": round(height * width / 1e6 / total, 4),
         "note": (
-            "EXTRAPOLATED: extrapolated_seconds = stats pass (measured, whole scene) + block seconds x "
-            "height / measured rows (the first rows lack a top halo: slightly optimistic); "
-            "megapixels_per_s = H x W / 1e6 / extrapolated_seconds; peak RSS is that of the measured rows"
+            "EXTRAPOLATED: extrapolated_seconds = prepare (measured, whole scene) + block seconds x blocks / "
+            "measured blocks; peak RSS is that of the measured rows (memory depends on one block)"
         ),
-    }
-
-
-def _predict_memory(reader: Any, method: str, out: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Whole scene in memory: read the three images, run the method, write the GeoTIFF."""
-    from stfusion import raster
-    from stfusion.methods import get_method
-
-    options = _method_options(method, params)
-    result: dict[str, Any] = {"options": options, "warmup_s": round(_warm_method(method, options), 3)}
-    height, width = reader.height, reader.width
-    result["rss_before_mib"] = rss_mib()
-    start = time.perf_counter()
-    c1, f1, c2 = (reader.read(role) for role in ("coarse_t1", "fine_t1", "coarse_t2"))
-    read_done = time.perf_counter()
-    prediction = get_method(method)(c1, f1, c2, **options)
-    predict_done = time.perf_counter()
-    raster.write_like(out, prediction, reader.reference, overwrite=True, band_names=reader.band_names)
-    seconds = time.perf_counter() - start
-    return result | {
-        "written": str(out),
-        "read_seconds": round(read_done - start, 3),
-        "method_seconds": round(predict_done - read_done, 3),
-        "write_seconds": round(seconds - (predict_done - start), 3),
-        "seconds": round(seconds, 3),
-        "megapixels_per_s": round(height * width / 1e6 / seconds, 4),
     }
 
 
@@ -486,14 +343,6 @@ def _child(name: str, params: dict[str, Any], threads: int | None) -> dict[str, 
     return run_child(__file__, arguments, env=env)
 
 
-def _predict_mode(method: str, large: bool) -> str | None:
-    if method in STREAMING:
-        return "stream"
-    if method == "starfm":
-        return "rows" if large else "memory"
-    return None if large else "memory"  # fsdaf: no streaming path in the library
-
-
 def run_predictions(args: argparse.Namespace, common: dict[str, Any]) -> None:
     data_dir = Path(args.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -507,28 +356,22 @@ def run_predictions(args: argparse.Namespace, common: dict[str, Any]) -> None:
             paths = scene.pop("paths")
             emit({"figure": "data", "scene": f"{height}x{width}x{BANDS}", **scene, "folder": str(data_dir)})
             for method in args.methods.split(","):
-                mode = _predict_mode(method, large)
                 record: dict[str, Any] = {
                     "figure": "predict",
                     "method": method,
                     "scene": f"{height}x{width}x{BANDS}",
                 }
-                if mode is None:
-                    emit(record | {"skipped": "no streaming path; see benchmarks/bench_fsdaf.py --large"})
-                    continue
                 partial = bool(large and args.tile_rows and method in args.partial_methods.split(","))
                 params = {
                     **common,
                     "method": method,
-                    "mode": mode,
                     "paths": paths,
                     "out_dir": str(out_dir),
                     "partial": partial,
                 }
                 for run in range(1, args.predict_repeat + 1):
-                    log(f"predict {method} ({mode}{', partial' if partial else ''}) {size}, run {run}")
-                    result = _child("predict", params, args.threads)
-                    emit(record | {"mode": mode, "run": run} | result)
+                    log(f"predict {method}{' (partial)' if partial else ''} {size}, run {run}")
+                    emit(record | {"run": run} | _child("predict", params, args.threads))
     finally:
         if not args.keep_outputs:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -563,8 +406,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stream-above",
         type=float,
         default=40.0,
-        help="scenes above this many megapixels are 'large': STARFM streams by row blocks, FSDAF is "
-        "skipped and --tile-rows applies (40)",
+        help="scenes above this many megapixels are 'large': --tile-rows applies to them (40)",
     )
     parser.add_argument(
         "--tile-rows",
@@ -574,15 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--partial-methods",
-        default="mlffgan,starfm",
-        help="methods that --tile-rows applies to (mlffgan,starfm); the others run the whole scene",
-    )
-    parser.add_argument("--starfm-block-rows", type=int, default=64, help="output rows per STARFM block (64)")
-    parser.add_argument(
-        "--fsdaf-block-size",
-        type=int,
-        default=30,
-        help="FSDAF block side in coarse cells, 0 = global (30, as bench_fsdaf.py at 2040x1720)",
+        default="mlffgan",
+        help="methods that --tile-rows applies to (mlffgan); the others run the whole scene",
     )
     parser.add_argument(
         "--data-dir",
@@ -633,8 +468,6 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": args.batch_size,
         "channels_last": args.channels_last,
         "tile_rows": args.tile_rows,
-        "starfm_block_rows": args.starfm_block_rows,
-        "fsdaf_block_size": args.fsdaf_block_size,
         "keep_outputs": args.keep_outputs,
         "gdal_cachemax": args.gdal_cachemax,
     }

@@ -10,11 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+from stfusion import fusion
+from stfusion.blocks import predict_scene
+from stfusion.checkpoint import load
+from stfusion.inputs import CaseReader
 from stfusion.metrics import compute_metrics
 from stfusion.predict import TileOptions
 from stfusion.sample import SAMPLE_ROOT
 from stfusion.scenes import discover
-from stfusion.workflows import CheckpointPredictor, read_case
 
 
 def main() -> None:
@@ -25,15 +28,16 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[64, 96, 128, 192, 256])
     parser.add_argument("--overlap-fraction", type=float, default=0.25)
     args = parser.parse_args()
+    checkpoint = load(args.checkpoint)
     for case in discover(args.data_dir).split(args.split):
-        inputs = read_case(case, require_truth=True)
-        assert inputs.fine_t2 is not None
+        reader = CaseReader(case, require_truth=True)
+        truth = reader.read("fine_t2")
         for tile in args.tiles:
             overlap = int(tile * args.overlap_fraction)
-            predictor = CheckpointPredictor(
-                args.checkpoint, tiles=TileOptions((tile, tile), (overlap, overlap), 4)
-            )
-            report = compute_metrics(predictor(inputs), inputs.fine_t2, band_names=inputs.band_names)
+            tiles = TileOptions((tile, tile), (overlap, overlap), 4)
+            preparer = fusion.get("mlffgan").preparer(checkpoint=checkpoint, runtime={"tiles": tiles})
+            prediction = predict_scene(preparer(reader), reader)
+            report = compute_metrics(prediction, truth, band_names=reader.band_names)
             print(
                 json.dumps(
                     {

@@ -258,9 +258,34 @@ METHODS: dict[str, Method] = {
             prepare="stfusion.baselines.starfm:prepare",
             pairs=(1, None),
             options=(
-                Option("preset", str, "starfm_v121", _PRESET_HELP, choices=("starfm_v121", "gao2006")),
-                Option("window_size", int, 51, "Search window side in fine pixels (odd).", minimum=3),
-                Option("n_classes", int, 40, "Classes of the similarity tolerance 2 sigma / n.", minimum=1),
+                Option(
+                    "preset",
+                    str,
+                    "starfm_v121",
+                    "Rule set: starfm_v121 (Gao's program v1.2.1), gao2006 (the paper), starfm4py (that "
+                    "package: 31 x 31 window, local tolerance, 4 classes).",
+                    choices=("starfm_v121", "gao2006", "starfm4py"),
+                ),
+                Option(
+                    "window_size",
+                    int,
+                    None,
+                    "Search window side in fine pixels, odd; auto: the preset's.",
+                    minimum=3,
+                ),
+                Option(
+                    "n_classes",
+                    int,
+                    None,
+                    "Classes of the similarity tolerance 2 sigma / n; auto: the preset's.",
+                    minimum=1,
+                ),
+                Option(
+                    "fill_holes",
+                    bool,
+                    True,
+                    "Fill pixels the rules leave unpredicted (local value F1 + C2 - C1, clipped); false: NaN",
+                ),
                 Option("engine", str, "auto", "Computation engine.", choices=("auto", "numba", "torch")),
             ),
             block="row blocks with a halo of window_size // 2 rows; global tolerances from one pass",
