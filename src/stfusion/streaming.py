@@ -20,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from stfusion import raster
 from stfusion.blocks import Prediction
+from stfusion.errors import InputError
 from stfusion.inputs import CaseReader, quality_bit
 from stfusion.tiling import Window
 
@@ -99,10 +102,17 @@ def predict_case(
         tags=tags,
         cog=cog and split.world_size == 1,
     ) as write:
+        predicted = 0
         for first_row, block in prediction.iter_rows(reader, *rows):
             write(first_row, block)
+            predicted += int(np.isfinite(block).all(axis=0).sum())
             if on_rows is not None:
                 on_rows(block.shape[1])
+        if predicted == 0 and split.world_size == 1:  # (a rank's part may legitimately be empty)
+            raise InputError(
+                f"{out}: no pixel could be predicted: every pixel is invalid (nodata, masked or outside "
+                "a coarse footprint) in some input; check the masks and nodata values"
+            )
     return target
 
 
@@ -128,9 +138,8 @@ def join_parts(
     return out
 
 
-#: What the values of a quality band mean.
 def quality_description(reader: CaseReader) -> str:
-    """The legend of :func:`write_quality`'s band for this case's roles."""
+    """The legend of the quality band (:func:`write_quality`) for this case's roles."""
     bits = ", ".join(f"{quality_bit(role)} = {role} invalid" for role in reader.input_roles())
     return f"0 = all inputs valid; else the sum of {bits}"
 
@@ -139,8 +148,6 @@ def write_quality(
     reader: CaseReader, out: str | os.PathLike[str], *, overwrite: bool = False, rows_per_block: int = 256
 ) -> Path:
     """Write the quality band of a case's prediction (which inputs are invalid), block by block."""
-    import numpy as np
-
     flags = np.concatenate(
         [
             reader.quality(Window(top, 0, min(rows_per_block, reader.height - top), reader.width))

@@ -14,6 +14,7 @@ GeoTIFFs):
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,36 @@ def provenance_tags(
     return tags
 
 
+def refuse_inputs_as_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """InputError if an output is (or resolves to) an input, or two outputs are one file."""
+    resolved_inputs = {_identity(Path(path)): Path(path) for path in inputs}
+    seen: dict[Any, Path] = {}
+    for out in outputs:
+        key = _identity(out)
+        if key in resolved_inputs:
+            raise InputError(
+                f"{out}: is the input {resolved_inputs[key]}; an output never replaces an input "
+                "(choose another --out)"
+            )
+        if key in seen:
+            raise InputError(f"{out}: two outputs of this run would be the same file ({seen[key]} and {out})")
+        seen[key] = out
+
+
+def _identity(path: Path) -> Any:
+    """The same key for every name of one file (links resolved; (device, inode) when it exists)."""
+    try:
+        stat = path.stat()
+        return (stat.st_dev, stat.st_ino)
+    except OSError:
+        return str(Path(os.path.realpath(path)))
+
+
+def case_files(case: FusionCase) -> list[Path]:
+    """Every file a case reads: its images and masks."""
+    return [*case.paths().values(), *case.masks.values()]
+
+
 def usable_output(path: Path) -> bool:
     """Whether an existing output can be kept by --skip-existing: a readable raster, not an empty file."""
     if not path.is_file() or path.stat().st_size == 0:
@@ -146,7 +177,8 @@ def predict_cases(
             prediction,
             target,
             dtype=output.dtype,
-            overwrite=output.overwrite or output.skip_existing,
+            # an unusable leftover (empty, truncated) is replaced; a new file of another run is not
+            overwrite=output.overwrite or target.exists(),
             cog=output.cog,
             split=RankSplit(context.rank, context.world_size),
             tags=provenance_tags(method, case, options),
@@ -214,6 +246,7 @@ def run_methods(
         raise InputError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from exc
     names = [*preparers, *(["quality"] if output.quality else [])]
     outputs = {(c.name, n): out_dir / c.name / f"{n}.tif" for c in cases for n in names}
+    refuse_inputs_as_outputs(list(outputs.values()), [p for c in cases for p in case_files(c)])
     for path in outputs.values():  # refuse existing outputs and unwritable folders before any work
         if output.skip_existing and path.exists():
             continue
@@ -245,7 +278,9 @@ def run_methods(
                     preparer(reader),
                     target,
                     dtype=output.dtype,
-                    overwrite=True,
+                    # existing outputs were refused up front; one appearing meanwhile (another run
+                    # writing here) makes this run fail instead of replacing it
+                    overwrite=output.overwrite or target.exists(),
                     cog=output.cog,
                     tags=provenance_tags(name, case, options),
                 )
@@ -280,7 +315,10 @@ def score_predictions(
         missing = int((truth_valid & ~predicted[name]).sum())
         if missing:
             log.warning("%s left %d pixels unpredicted; every method is scored without them", name, missing)
-        metrics = compute_metrics(prediction, truth, valid=common, ratio=ratio, band_names=band_names)
+        try:
+            metrics = compute_metrics(prediction, truth, valid=common, ratio=ratio, band_names=band_names)
+        except ValueError as exc:
+            raise InputError(f"{path or name}: cannot be scored: {exc}") from exc
         results[name] = MethodResult(prediction, metrics, seconds, path, missing)
     return results
 

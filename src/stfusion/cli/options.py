@@ -299,31 +299,6 @@ def make_output_folder(out: Path) -> Path:
     return out
 
 
-def refuse_inputs_as_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
-    """InputError if an output is (or resolves to) an input, or two outputs are one file."""
-    resolved_inputs = {_identity(path): path for path in inputs}
-    seen: dict[Any, Path] = {}
-    for out in outputs:
-        key = _identity(out)
-        if key in resolved_inputs:
-            raise InputError(
-                f"{out}: is the input {resolved_inputs[key]}; an output never replaces an input "
-                "(choose another --out)"
-            )
-        if key in seen:
-            raise InputError(f"{out}: two outputs of this run would be the same file ({seen[key]} and {out})")
-        seen[key] = out
-
-
-def _identity(path: Path) -> Any:
-    """The same key for every name of one file (links resolved; (device, inode) when it exists)."""
-    try:
-        stat = path.stat()
-        return (stat.st_dev, stat.st_ino)
-    except OSError:
-        return str(Path(os.path.realpath(path)))
-
-
 # --------------------------------------------------------------------------------------------------
 # progress
 

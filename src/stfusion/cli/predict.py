@@ -19,7 +19,6 @@ from stfusion.cli.options import (
     output_state_options,
     progress,
     reading_options,
-    refuse_inputs_as_outputs,
     say,
     tile_options,
 )
@@ -112,34 +111,21 @@ def predict_command(
     across the N processes and joined into one file.
     """
     name = method or ("mlffgan" if checkpoint else fusion.DEFAULT_METHOD)
-    if (fine_t3 is None) != (coarse_t3 is None):
-        raise InputError("--fine-t3 and --coarse-t3 go together (the second reference pair)")
-    extra = [(coarse_t3, fine_t3)] if coarse_t3 is not None and fine_t3 is not None else []
-    targets = target_outputs(out, coarse_t2)
-    refuse_inputs_as_outputs(targets, [fine_t1, coarse_t1, *coarse_t2, *(p for pair in extra for p in pair)])
-    masks = explicit_masks(mask, **role_masks)
-    jobs = [
-        (
-            scenes.explicit_case(
-                coarse_t1=coarse_t1, fine_t1=fine_t1, coarse_t2=c2, masks=masks, extra_pairs=extra
-            ),
-            t,
-        )
-        for c2, t in zip(coarse_t2, targets, strict=True)
-    ]
-    if len(targets) > 1 or not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
-    for target in targets:
-        if not (skip_existing and target.exists()):
-            raster.check_writable(target, overwrite=overwrite)
+    jobs = plan_jobs(
+        fine_t1,
+        coarse_t1,
+        coarse_t2,
+        out,
+        fine_t3=fine_t3,
+        coarse_t3=coarse_t3,
+        masks=explicit_masks(mask, **role_masks),
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+    )
     entry = fusion.get(name)
     values = dict(key_values(options))
-    runtime = {
-        "device": device,
-        "amp": amp,
-        "compile": compile_model,
-        "tiles": make_tiles(tile, overlap, batch_size),
-    }
+    tiles = make_tiles(tile, overlap, batch_size)
+    runtime = {"device": device, "amp": amp, "compile": compile_model, "tiles": tiles}
     model = load_checkpoint(checkpoint) if checkpoint is not None else None
     if model is not None:
         model.check_bands(raster.inspect(fine_t1).count, fine_t1)
@@ -161,6 +147,41 @@ def predict_command(
             )
     finally:
         distributed.teardown(context)
+
+
+def plan_jobs(
+    fine_t1: Path,
+    coarse_t1: Path,
+    coarse_t2: tuple[Path, ...],
+    out: Path,
+    *,
+    fine_t3: Path | None,
+    coarse_t3: Path | None,
+    masks: dict[str, Path],
+    overwrite: bool,
+    skip_existing: bool,
+) -> list[tuple[scenes.FusionCase, Path]]:
+    """(case, output) per target date; outputs checked (writable, never an input) before any work."""
+    if (fine_t3 is None) != (coarse_t3 is None):
+        raise InputError("--fine-t3 and --coarse-t3 go together (the second reference pair)")
+    extra = [(coarse_t3, fine_t3)] if coarse_t3 is not None and fine_t3 is not None else []
+    targets = target_outputs(out, coarse_t2)
+    jobs = [
+        (
+            scenes.explicit_case(
+                coarse_t1=coarse_t1, fine_t1=fine_t1, coarse_t2=c2, masks=masks, extra_pairs=extra
+            ),
+            t,
+        )
+        for c2, t in zip(coarse_t2, targets, strict=True)
+    ]
+    workflows.refuse_inputs_as_outputs(targets, [p for case, _ in jobs for p in workflows.case_files(case)])
+    if len(targets) > 1 or not out.suffix:
+        out.mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        if not (skip_existing and target.exists()):
+            raster.check_writable(target, overwrite=overwrite)
+    return jobs
 
 
 def _rows(case: scenes.FusionCase) -> int:
