@@ -107,6 +107,11 @@ class Checkpoint:
                 f"{self.where()}: checkpoint is for {self.bands} bands, but {source} has {bands}"
             )
 
+    def check_bands_of_scene(self, bands: int, source: str | os.PathLike[str]) -> None:
+        """Like :meth:`check_bands`, but a one-band model (applied band by band) fits any scene."""
+        if self.bands != 1:
+            self.check_bands(bands, source)
+
     def has_training_state(self) -> bool:
         """Whether the checkpoint can resume training (discriminator and both optimisers saved)."""
         return None not in (self.discriminator, self.optimizer_g, self.optimizer_d)

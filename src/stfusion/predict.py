@@ -244,14 +244,32 @@ class MlffganModel:
         return cls(checkpoint, generator_batch_predictor(generator, device=device, amp=amp, compile=compile))
 
 
+def per_band(predict_batch: BatchPredictor) -> BatchPredictor:
+    """A one-band model applied to every band of C-band tiles (the bands become the batch)."""
+
+    def predict(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: np.ndarray) -> np.ndarray:
+        n, c, h, w = fine_t1.shape
+        flat = [x.reshape(n * c, 1, h, w) for x in (coarse_t1, fine_t1, coarse_t2)]
+        return predict_batch(*flat).reshape(n, c, h, w)
+
+    return predict
+
+
 def prepare(
     source: SceneSource, *, model: MlffganModel, tiles: TileOptions = TileOptions()
 ) -> MlffganPrediction:
-    """The ``mlffgan`` method on a scene (registry entry point): checks bands, returns the Prediction."""
-    model.checkpoint.check_bands(source.bands, "the scene")
+    """The ``mlffgan`` method on a scene (registry entry point): checks bands, returns the Prediction.
+
+    A one-band model (trained band by band) predicts each band of any scene on its own.
+    """
     if source.n_pairs != 1:
         raise ValueError(f"MLFF-GAN takes one reference pair, got {source.n_pairs}")
-    return MlffganPrediction(model.predict_batch, coarse_factor=model.checkpoint.coarse_factor, tiles=tiles)
+    predict_batch = model.predict_batch
+    if model.checkpoint.bands == 1 and source.bands > 1:
+        predict_batch = per_band(predict_batch)
+    else:
+        model.checkpoint.check_bands(source.bands, "the scene")
+    return MlffganPrediction(predict_batch, coarse_factor=model.checkpoint.coarse_factor, tiles=tiles)
 
 
 def predict_tiled(

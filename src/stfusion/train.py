@@ -413,18 +413,10 @@ def train(
     With ``resume``, ``last.ckpt`` must come from the same run: a configuration or data that would
     change it (anything but more ``epochs`` or the device settings) is refused, naming the options.
     """
-    context = context or distributed.Context(device=config.device)
-    save_dir = Path(config.save_dir)
-    last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
     if not train_cases:
         raise TrainingError("no training cases")
     if not val_cases and not config.val_holdout:
         raise TrainingError("no validation cases (a split apart from test is needed to select `best`)")
-    if context.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        for stale in save_dir.glob(".*.part"):  # temporaries of a save cut short by SIGKILL
-            stale.unlink(missing_ok=True)
-
     reading = config.read_options()
     train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, options=reading)
     if config.val_holdout:
@@ -433,6 +425,48 @@ def train(
         log.info("validating on the held-out rows %s", ", ".join(case.name for case in val_arrays))
     else:
         val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, options=reading)
+    data = {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}
+    return fit(
+        config,
+        train_arrays,
+        val_arrays,
+        resume=resume,
+        band_names=band_names,
+        context=context,
+        data=data,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+
+
+def fit(
+    config: TrainConfig,
+    train_arrays: Sequence[CaseArrays],
+    val_arrays: Sequence[CaseArrays],
+    *,
+    resume: bool = False,
+    band_names: Sequence[str] | None = None,
+    context: distributed.Context | None = None,
+    data: dict[str, Any] | None = None,
+    on_step: StepCallback | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """The GAN loop on cases already in memory (degraded by ``config.coarse_factor``), top to bottom.
+
+    :func:`train` reads the cases and calls this; arrays built another way (e.g. one case per band of
+    several datasets) train the same way. ``data`` describes the training data (recorded in the
+    checkpoints; a resumed run must have the same).
+    """
+    context = context or distributed.Context(device=config.device)
+    save_dir = Path(config.save_dir)
+    last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
+    if not train_arrays or not val_arrays:
+        raise TrainingError("fit needs training and validation cases")
+    if context.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for stale in save_dir.glob(".*.part"):  # temporaries of a save cut short by SIGKILL
+            stale.unlink(missing_ok=True)
+    data = data or {"train": [c.name for c in train_arrays], "val": [c.name for c in val_arrays]}
     bands = train_arrays[0].shape[0]
     names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
     spec = config.model_spec(bands)
@@ -452,7 +486,6 @@ def train(
 
     start_epoch, best_val, history = 0, math.inf, []
     distributed.barrier(context)  # the run folder exists before anyone looks for last.ckpt
-    data = {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}
     if resume and last_path.exists():
         state = load_checkpoint(last_path, map_location=device)
         check_resumable(state, config, spec, data)

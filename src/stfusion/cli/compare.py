@@ -80,7 +80,7 @@ def compare_command(
     runtime = {"tiles": make_tiles(tile, overlap, batch_size)}
     for number, path in enumerate(checkpoints, start=1):
         model = load_checkpoint(path)
-        model.check_bands(scenes.case_bands(cases[0]), cases[0].fine_t1)
+        model.check_bands_of_scene(scenes.case_bands(cases[0]), cases[0].fine_t1)
         preparers["mlffgan" if number == 1 else f"mlffgan{number}"] = fusion.get("mlffgan").preparer(
             checkpoint=model, runtime=runtime
         )

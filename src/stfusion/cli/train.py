@@ -239,7 +239,7 @@ def test_command(
     cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
     if not cases:
         raise InputError(f"{data_dir}: no cases in split {split!r}")
-    model.check_bands(scenes.case_bands(cases[0]), cases[0].fine_t1)
+    model.check_bands_of_scene(scenes.case_bands(cases[0]), cases[0].fine_t1)
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
     preparers.update({name: fusion.get(name).preparer() for name in baselines.split(",") if name})
