@@ -368,9 +368,13 @@ def _add_pair_folders(discovery: Discovery, folder: Path, split: str | None) -> 
 # flat folder
 
 
-def _flat_files(
+def flat_images(
     folder: Path,
 ) -> tuple[dict[str, dict[dt.date, Path]], dict[str, Path], list[SkippedFile]]:
+    """The images of a flat folder: {"fine": {date: path}, "coarse": {...}}, masks by image stem, skipped.
+
+    InputError when two images of one role share a date.
+    """
     by_role: dict[str, dict[dt.date, Path]] = {"fine": {}, "coarse": {}}
     skipped: list[SkippedFile] = []
     files, masks = _split_masks(_files(folder))
@@ -402,7 +406,7 @@ def discover_flat_folder(
     ``date_pairs`` exactly those (t1, t2) cases are formed (t2 may precede t1: backward prediction).
     """
     folder = Path(folder)
-    by_role, masks, skipped = _flat_files(folder)
+    by_role, masks, skipped = flat_images(folder)
     fine, coarse = by_role["fine"], by_role["coarse"]
     complete = sorted(set(fine) & set(coarse))
     discovery = Discovery(layout="flat", skipped=skipped)

@@ -12,6 +12,7 @@ import logging
 import click
 
 from stfusion import __version__
+from stfusion.cli.benchmark import benchmark_command
 from stfusion.cli.cases import cases_command
 from stfusion.cli.checkpoints import import_reference_command
 from stfusion.cli.compare import compare_command
@@ -52,6 +53,7 @@ for command in (
     predict_command,
     evaluate_command,
     compare_command,
+    benchmark_command,
     methods_command,
     train_command,
     test_command,

@@ -29,6 +29,11 @@ DATASETS_ROOT: Path = Path(__file__).resolve().parent / "datasets"
 #: Name -> folder of each bundled dataset.
 DATASETS: dict[str, Path] = {name: DATASETS_ROOT / name for name in ("cia-crop", "estarfm-site", "lgc-flood")}
 
+#: Coarse/fine pixel-size ratio of each bundled dataset: CIA crop 50 m Landsat (subsampled) vs ~463 m
+#: MODIS (10, the sample's ERGAS convention 0.1); ESTARFM site 30 m vs 500 m; LGC flood 25 m vs 16 x 16
+#: block means (400 m). ERGAS uses 1 / ratio.
+DATASET_COARSE_RATIOS: dict[str, float] = {"cia-crop": 10.0, "estarfm-site": 16.0, "lgc-flood": 16.0}
+
 
 #: Demo settings of `stfusion demo` on the sample, chosen to finish in a few minutes on a 2-core CPU.
 DEMO_CONFIG: dict[str, Any] = {
