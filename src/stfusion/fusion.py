@@ -37,6 +37,8 @@ Preparer = Callable[[SceneSource], Prediction]
 #: The method `stfusion predict` uses without --method or --checkpoint, and why.
 DEFAULT_METHOD = "coarse-delta"
 DEFAULT_REASON = "the simplest baseline"
+#: The method used with two reference pairs or more when none is given.
+TWO_PAIR_DEFAULT = "estarfm"
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,13 @@ METHODS: dict[str, Method] = {
         ),
     )
 }
+
+
+def default_method(n_pairs: int) -> str:
+    """The method used when none is given: the benchmark's best for this number of reference pairs."""
+    if n_pairs >= 2:
+        return TWO_PAIR_DEFAULT if TWO_PAIR_DEFAULT in METHODS else DEFAULT_METHOD
+    return DEFAULT_METHOD
 
 
 def names() -> tuple[str, ...]:

@@ -688,3 +688,101 @@ def _check_date(info: raster.RasterInfo, role: str, case: FusionCase) -> None:
             f"{info.path}: acquired {found} (metadata), but it is {role} of {case.name}, dated {expected}; "
             "put it in the right case (predicting backward in time is fine: swap the folder's dates)"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# splits for training: the paper's folders, or by date
+
+
+@dataclass
+class Splits:
+    """Training, validation and test cases, and how they were chosen (one line for tables and logs)."""
+
+    train: list[FusionCase]
+    val: list[FusionCase]
+    test: list[FusionCase]
+    rule: str
+
+
+def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> Splits:
+    """Train / val / test cases of any layout.
+
+    The paper layout keeps its folders. Other layouts (a flat folder of dated files) are split by date:
+    the cases whose target date is in ``test_dates`` (default: the latest target date) are the test;
+    the others train, and validation is a spatial hold-out of the training cases (``val`` is empty;
+    the caller sets ``val_holdout``). Cases whose reference date is a test date are dropped from
+    training, so no test date is ever seen.
+    """
+    if discovery.layout == "paper":
+        train, val, test = (discovery.split(name) for name in SPLITS)
+        return Splits(train, val, test, rule="the data folder's train/, val/ and test/ pair folders")
+    cases = discovery.cases
+    chosen = set(test_dates) or {max(case.date_t2 for case in cases)}
+    unknown = chosen - {case.date_t2 for case in cases}
+    if unknown:
+        raise InputError(f"test date(s) {', '.join(map(str, sorted(unknown)))} are no case's target date")
+    test = [case for case in cases if case.date_t2 in chosen]
+    train = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
+    if not train:
+        raise InputError(
+            f"{len(cases)} case(s) and all of them involve the test date(s) {sorted(map(str, chosen))}; "
+            "a flat folder needs three dates or more to train on some and test on another"
+        )
+    dates = ", ".join(str(d) for d in sorted(chosen))
+    return Splits(train, [], test, rule=f"by date: test = target date {dates}; validation = held-out rows")
+
+
+def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.date] = ()) -> list[Path]:
+    """Write the cases as the MLFF-GAN paper's folders ``out/{train,val,test}/<t1>-<t2>/`` (copies, so
+    editing them never touches the originals). Coarse files are named ``coarse_AYYYYDOY.tif``, fine ones
+    ``fine_YYYYMMDD.tif``. The validation folder holds the last training case reversed when no other
+    case is free (as the paper's own data do). Returns the pair folders written.
+    """
+    import shutil
+
+    splits = split_cases(discovery, test_dates=test_dates)
+    val = splits.val or [_reversed(splits.train[-1])]
+    written = []
+    for split, cases in (("train", splits.train), ("val", val), ("test", splits.test)):
+        for case in cases:
+            t1, t2 = pair_date(*_ymd(case.date_t1)), pair_date(*_ymd(case.date_t2))
+            folder = Path(out) / split / f"{t1.label()}-{t2.label()}"
+            if folder.exists():
+                raise InputError(f"{folder}: exists; choose an empty output folder")
+            folder.mkdir(parents=True)
+            names = {
+                "coarse_t1": f"coarse_A{t1.coarse_key}",
+                "fine_t1": f"fine_{t1.fine_key}",
+                "coarse_t2": f"coarse_A{t2.coarse_key}",
+                "fine_t2": f"fine_{t2.fine_key}",
+            }
+            for role, path in case.paths().items():
+                shutil.copy2(path, folder / f"{names[role]}{path.suffix}")
+                mask = case.masks.get(role)
+                if mask is not None:
+                    shutil.copy2(mask, folder / f"{names[role]}{MASK_SUFFIX}{mask.suffix}")
+            written.append(folder)
+    return written
+
+
+def _ymd(date: dt.date) -> tuple[int, int, int]:
+    return date.year, date.month, date.day
+
+
+def _reversed(case: FusionCase) -> FusionCase:
+    if case.fine_t2 is None:
+        raise InputError(f"{case.name}: no truth, cannot be used for validation")
+    return FusionCase(
+        name=f"{case.date_t2:%Y%m%d}-{case.date_t1:%Y%m%d}",
+        coarse_t1=case.coarse_t2,
+        fine_t1=case.fine_t2,
+        coarse_t2=case.coarse_t1,
+        fine_t2=case.fine_t1,
+        date_t1=case.date_t2,
+        date_t2=case.date_t1,
+        masks={_swap(role): path for role, path in case.masks.items()},
+    )
+
+
+def _swap(role: str) -> str:
+    return role.replace("t1", "tX").replace("t2", "t1").replace("tX", "t2")

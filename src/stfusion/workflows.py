@@ -13,6 +13,7 @@ GeoTIFFs):
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -125,6 +126,13 @@ def _identity(path: Path) -> Any:
 def case_files(case: FusionCase) -> list[Path]:
     """Every file a case reads: its images and masks."""
     return [*case.paths().values(), *case.masks.values()]
+
+
+def check_outputs(targets: Sequence[Path], *, overwrite: bool, skip_existing: bool) -> None:
+    """Refuse existing outputs (unless overwrite, or kept with skip_existing) before any work."""
+    for target in targets:
+        if not (skip_existing and target.exists()):
+            raster.check_writable(target, overwrite=overwrite)
 
 
 def usable_output(path: Path) -> bool:
@@ -370,6 +378,9 @@ def write_tables(
     return paths
 
 
+#: Validation hold-out (bottom fraction of the training rows) when the data have no validation cases.
+DEFAULT_VAL_HOLDOUT = 0.25
+
 #: Files that make a folder a training run.
 RUN_FILES: tuple[str, ...] = ("last.ckpt", "best.ckpt", "config.json", "history.csv")
 
@@ -390,6 +401,7 @@ def run_experiment(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    test_dates: Sequence[dt.date] = (),
     tiles: TileOptions | None = None,
     baselines: Sequence[str] = ("coarse-delta", "persistence"),
     ratio: float | None = None,
@@ -404,7 +416,7 @@ def run_experiment(
     Predictions and metric tables of MLFF-GAN and ``baselines`` go to ``<save_dir>/test``. A save folder
     that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
-    from stfusion.scenes import discover_paper_layout
+    from stfusion.scenes import discover, split_cases
     from stfusion.train import train
 
     context = context or distributed.Context(device=config.device)
@@ -416,10 +428,17 @@ def run_experiment(
             f"{save_dir}: holds a training run ({', '.join(existing)}); pass --resume to continue it or "
             "--overwrite to replace it, or choose another --save-dir"
         )
-    found = discover_paper_layout(data_dir)
-    train_cases, val_cases, test_cases = (found.split(s) for s in ("train", "val", "test"))
+    splits = split_cases(discover(data_dir), test_dates=test_dates)
+    train_cases, val_cases, test_cases = splits.train, splits.val, splits.test
     if not train_cases:
         raise InputError(f"{data_dir}: no training cases (expected {data_dir / 'train'}/<pair folders>)")
+    if not val_cases and not config.val_holdout:
+        config.val_holdout = DEFAULT_VAL_HOLDOUT
+        say(
+            f"{data_dir}: no validation folder; validating on the bottom {DEFAULT_VAL_HOLDOUT:.0%} of "
+            "the rows of the training cases (--val-holdout)"
+        )
+    say(f"{data_dir}: {len(train_cases)} training, {len(test_cases)} test case(s); split {splits.rule}")
     holdout = bool(getattr(config, "val_holdout", 0))
     if not val_cases and not holdout:
         raise InputError(

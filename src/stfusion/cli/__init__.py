@@ -18,6 +18,7 @@ from stfusion.cli.checkpoints import import_reference_command
 from stfusion.cli.compare import compare_command
 from stfusion.cli.demo import demo_command
 from stfusion.cli.evaluate import evaluate_command
+from stfusion.cli.fuse import fuse_command
 from stfusion.cli.methods import methods_command
 from stfusion.cli.predict import predict_command
 from stfusion.cli.train import test_command, train_command
@@ -53,6 +54,7 @@ for command in (
     predict_command,
     evaluate_command,
     compare_command,
+    fuse_command,
     benchmark_command,
     methods_command,
     train_command,

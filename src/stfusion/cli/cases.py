@@ -12,10 +12,21 @@ from stfusion.cli.options import one_line_errors, say
 
 @click.command("cases")
 @click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--to-paper-layout",
+    "paper_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the cases as the MLFF-GAN paper's train/, val/, test/ pair folders there (for run.py).",
+)
 @one_line_errors()
-def cases_command(folder: Path) -> None:
+def cases_command(folder: Path, paper_out: Path | None) -> None:
     """List the fusion cases found in FOLDER and the files skipped (and why)."""
     discovery = scenes.discover(folder)
+    if paper_out is not None:
+        for pair_folder in scenes.to_paper_layout(discovery, paper_out):
+            say(f"wrote {pair_folder}")
+        return
     say(f"{folder}: {len(discovery.cases)} case(s), layout {discovery.layout}")
     for case in discovery.cases:
         split = f"[{case.split}] " if case.split else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,7 +94,13 @@ def training_progress(epochs: int, enabled: bool) -> Iterator[dict[str, Any]]:
 
 
 def run_training(
-    data_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool, ratio: float | None
+    data_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    ratio: float | None,
+    test_dates: tuple[dt.date, ...] = (),
 ) -> workflows.ExperimentResult:
     """Train, select and test (workflows.run_experiment) with a progress bar on rank 0."""
     context = distributed.setup(config.device)
@@ -104,6 +111,7 @@ def run_training(
                 config,
                 resume=resume,
                 overwrite=overwrite,
+                test_dates=test_dates,
                 ratio=ratio,
                 context=context,
                 say=say if context.is_main else lambda _: None,
@@ -115,8 +123,16 @@ def run_training(
 
 @click.command("train")
 @reading_options
+@click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), required=True, help="Paper layout: train/, val/ (, test/)."
+    "--data-dir", type=click.Path(path_type=Path), hidden=True, help="Same as DATA (the paper's name)."
+)
+@click.option(
+    "--test-date",
+    "test_dates",
+    multiple=True,
+    type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
+    help="Flat folders: target date(s) held out for the test [default: the latest].",
 )
 @click.option("--save-dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON training config.")
@@ -170,7 +186,9 @@ def run_training(
 @one_line_errors(RESUME_HINT)
 def train_command(
     ctx: click.Context,
-    data_dir: Path,
+    data: Path | None,
+    data_dir: Path | None,
+    test_dates: tuple[dt.datetime, ...],
     save_dir: Path,
     config_file: Path | None,
     resume: bool,
@@ -179,11 +197,16 @@ def train_command(
     reading: ReadOptions,
     **flags: Any,
 ) -> None:
-    """Train MLFF-GAN on DATA_DIR/train, select on val, test the best model on test.
+    """Train MLFF-GAN on the cases of DATA, select the best epoch, test it; write a run folder.
 
-    Data-parallel on several processes with torchrun, e.g. `torchrun --nproc_per_node 4 -m stfusion
-    train ...` (--batch-size is the global batch, split over the processes).
+    DATA is a flat folder of fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif (split by date: the latest target
+    date is the test, the others train, validation on held-out rows) or the paper's layout
+    (train/, val/, test/ pair folders). Data-parallel on several processes with torchrun, e.g.
+    `torchrun --nproc_per_node 4 -m stfusion train ...` (--batch-size is the global batch).
     """
+    folder = data or data_dir
+    if folder is None:
+        raise InputError("give the data folder: stfusion train DATA --save-dir RUN")
     if resume and overwrite:
         raise InputError("--resume continues the run in --save-dir, --overwrite replaces it: give one")
     given = {
@@ -196,7 +219,8 @@ def train_command(
         if name in given or (name.endswith("_scale") and "scale" in given):
             explicit[name] = getattr(reading, name)
     config = train_config(config_file, save_dir, explicit)
-    result = run_training(data_dir, config, resume=resume, overwrite=overwrite, ratio=ratio)
+    dates = tuple(d.date() for d in test_dates)
+    result = run_training(folder, config, resume=resume, overwrite=overwrite, ratio=ratio, test_dates=dates)
     if result.test_split is None:
         return  # not rank 0 of a torchrun job: rank 0 reports
     say(f"best checkpoint: {result.train.best}")

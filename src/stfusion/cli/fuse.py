@@ -1,0 +1,164 @@
+"""``stfusion fuse``: a time series of fine images from folders of dated fine and coarse images."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from stfusion import distributed, fusion, series, workflows
+from stfusion.checkpoint import load as load_checkpoint
+from stfusion.cli.options import (
+    SKIP_HINT,
+    device_option,
+    key_values,
+    make_output_folder,
+    make_tiles,
+    one_line_errors,
+    progress,
+    reading_options,
+    say,
+    tile_options,
+)
+from stfusion.errors import InputError
+from stfusion.inputs import ReadOptions
+
+
+def parse_dates(text: str | None) -> tuple[dt.date, dt.date] | None:
+    """``A..B`` (YYYY-MM-DD or YYYYMMDD each, inclusive) -> (A, B)."""
+    if text is None:
+        return None
+    first, sep, last = text.partition("..")
+    try:
+        dates = [
+            dt.date.fromisoformat(d.strip()) if "-" in d else dt.datetime.strptime(d.strip(), "%Y%m%d").date()
+            for d in (first, last)
+        ]
+    except ValueError:
+        raise InputError(f"--dates {text!r}: expected A..B, e.g. 2001-06-01..2001-08-31") from None
+    if not sep or dates[0] > dates[1]:
+        raise InputError(f"--dates {text!r}: expected A..B with A on or before B")
+    return dates[0], dates[1]
+
+
+def _date(text: str) -> dt.date:
+    text = text.strip()
+    return dt.date.fromisoformat(text) if "-" in text else dt.datetime.strptime(text, "%Y%m%d").date()
+
+
+@click.command("fuse")
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.option("--fine-dir", type=click.Path(path_type=Path), help="Folder of dated fine images.")
+@click.option("--coarse-dir", type=click.Path(path_type=Path), help="Folder of dated coarse images.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option(
+    "--method",
+    type=click.Choice(fusion.names()),
+    default=None,
+    help="Fusion method [default: the benchmark's best for the pairs found: "
+    f"{fusion.TWO_PAIR_DEFAULT} with two, {fusion.DEFAULT_METHOD} with one].",
+)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="MLFF-GAN checkpoint.")
+@click.option("--option", "options", multiple=True, help="Method option key=value (repeatable).")
+@click.option(
+    "--dates", default=None, help="Only target dates within A..B (inclusive), e.g. 2001-06-01..2001-08-31."
+)
+@click.option(
+    "--max-invalid",
+    type=click.FloatRange(0.0, 1.0),
+    default=series.MAX_INVALID,
+    show_default=True,
+    help="Largest fraction of invalid (nodata, masked) pixels of a usable reference image.",
+)
+@click.option("--dtype", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
+@click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--skip-existing", is_flag=True, help="Keep outputs that exist (resume an interrupted series).")
+@tile_options
+@device_option
+@reading_options
+@one_line_errors(SKIP_HINT)
+def fuse_command(
+    folder: Path | None,
+    fine_dir: Path | None,
+    coarse_dir: Path | None,
+    out: Path,
+    method: str | None,
+    checkpoint: Path | None,
+    options: tuple[str, ...],
+    dates: str | None,
+    max_invalid: float,
+    dtype: str,
+    cog: bool,
+    overwrite: bool,
+    skip_existing: bool,
+    tile: tuple[int, int],
+    overlap: int,
+    batch_size: int,
+    device: str,
+    reading: ReadOptions,
+) -> None:
+    """Predict the fine image of every coarse date without a usable fine image (a time series).
+
+    FOLDER holds fine_YYYYMMDD.tif and coarse_YYYYMMDD.tif (masks: <stem>_mask.tif); or give
+    --fine-dir and --coarse-dir, whose file names carry dates (YYYYMMDD, YYYY-MM-DD, MODIS AYYYYDOY) or
+    whose tags do. Each date uses the nearest usable pair before and after it (or the two nearest on
+    one side). Writes OUT/fused_YYYYMMDD.tif, OUT/series.csv and OUT/series.png. Under `torchrun
+    --nproc_per_node N -m stfusion fuse ...` the dates are split over the N processes.
+    """
+    inputs = _inputs(folder, fine_dir, coarse_dir)
+    plans = series.plan_series(inputs, dates=parse_dates(dates), max_invalid=max_invalid)
+    make_output_folder(out)
+    targets = [series.output_path(out, p.date) for p in plans if p.pairs]
+    all_inputs = [*inputs.fine.values(), *inputs.coarse.values(), *inputs.masks.values()]
+    workflows.refuse_inputs_as_outputs([*targets, out / "series.csv", out / "series.png"], all_inputs)
+    workflows.check_outputs(targets, overwrite=overwrite, skip_existing=skip_existing)
+    model = load_checkpoint(checkpoint) if checkpoint is not None else None
+    runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
+    context = distributed.setup(device)
+    output = workflows.OutputOptions(dtype=dtype, cog=cog, overwrite=overwrite, skip_existing=skip_existing)
+    try:
+        with progress(len(plans), "fuse", unit="date") as bar:
+            for result in series.iter_series(
+                inputs,
+                plans,
+                method=method,
+                options=dict(key_values(options)),
+                checkpoint=model,
+                runtime=runtime,
+                out=out,
+                reading=reading,
+                output=output,
+                context=context,
+            ):
+                series.save_summary(out, result)
+                bar.update(context.world_size)
+                if result.status in ("predicted", "kept", "skipped"):
+                    say(_line(result))
+        distributed.barrier(context)
+        if context.is_main:
+            table, figure = series.write_series_outputs(out, inputs, plans)
+            say(f"series: {table}\nfigure: {figure}")
+    finally:
+        distributed.teardown(context)
+
+
+def _inputs(folder: Path | None, fine_dir: Path | None, coarse_dir: Path | None) -> series.SeriesInputs:
+    if folder is not None and (fine_dir or coarse_dir):
+        raise InputError("give FOLDER, or --fine-dir and --coarse-dir, not both")
+    if folder is not None:
+        return series.SeriesInputs.from_folder(folder)
+    if fine_dir is None or coarse_dir is None:
+        raise InputError(
+            "give FOLDER (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif), or --fine-dir and --coarse-dir"
+        )
+    return series.SeriesInputs.from_dirs(fine_dir, coarse_dir)
+
+
+def _line(result: series.DateResult) -> str:
+    if result.status == "skipped":
+        return f"{result.date}: not predicted: {result.reason}"
+    pairs = " + ".join(str(d) for d in result.pairs)
+    timing = f", {result.seconds:.1f} s" if result.status == "predicted" else " (kept)"
+    return f"{result.date}: {result.path} ({result.method} from {pairs}{timing})"

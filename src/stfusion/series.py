@@ -1,0 +1,494 @@
+"""Time series: predict the fine image of every coarse date from the nearest usable reference pairs.
+
+Inputs are dated images: a flat folder of ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` (masks as
+``<stem>_mask.tif``), or separate folders whose file names carry dates (:func:`date_of`: ``YYYYMMDD``,
+``YYYY-MM-DD``, ``YYYY_MM_DD`` or MODIS's ``AYYYYDOY``; else the file's acquisition-date tags).
+
+For each target date (every coarse date without a usable fine image, or the dates asked for):
+
+- **Reference pairs** (:func:`choose_pairs`): the nearest date before and the nearest after that have
+  a fine and a coarse image whose invalid fraction (nodata, NaN, masks) is at most ``max_invalid``;
+  where one side has none, the two nearest on the other side (two-pair methods extrapolate well too);
+  one pair when only one is usable. A date with none is reported, not silently skipped.
+- **Method**: the one given, or the best for the number of pairs (:func:`stfusion.fusion.default_method`).
+- **Output**: ``OUT/fused_YYYYMMDD.tif`` (or a COG), georeferenced like the fine images, with provenance
+  tags; ``series.csv`` (date, status, pairs used, method, valid fraction, per-band mean) and
+  ``series.png`` (per-band mean, or NDVI, over time with the fine dates marked, and quick-looks).
+
+Each method is prepared once for the whole series (a trained model is loaded once), and kept outputs
+are not redone with ``skip_existing``. Under ``torchrun`` the dates are split over the processes; each
+writes its outputs and a small summary, and rank 0 writes the table and the figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfusion import distributed, fusion, raster, scenes, workflows
+from stfusion.atomic import atomic_path
+from stfusion.blocks import predict_scene
+from stfusion.checkpoint import Checkpoint
+from stfusion.errors import InputError
+from stfusion.inputs import CaseReader, ReadOptions
+from stfusion.streaming import predict_case
+
+log = logging.getLogger(__name__)
+
+#: Default largest fraction of invalid pixels (nodata, masked) of a usable reference image.
+MAX_INVALID: float = 0.5
+
+_DATE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)"), "ymd"),
+    (re.compile(r"(?<!\d)(\d{4})_(\d{2})_(\d{2})(?!\d)"), "ymd"),
+    (re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)"), "ymd"),
+    (re.compile(r"A(\d{4})(\d{3})(?!\d)"), "doy"),
+)
+
+
+def date_of(path: Path) -> dt.date | None:
+    """The acquisition date in a file name (``YYYYMMDD``, ``YYYY-MM-DD``, ``YYYY_MM_DD``, ``AYYYYDOY``),
+    else in its metadata tags (:data:`stfusion.scenes.DATE_TAGS`); None if neither has one."""
+    for pattern, kind in _DATE_PATTERNS:
+        for match in pattern.finditer(path.stem):
+            numbers = [int(g) for g in match.groups()]
+            try:
+                if kind == "doy":
+                    return dt.date(numbers[0], 1, 1) + dt.timedelta(days=numbers[1] - 1)
+                return dt.date(*numbers)
+            except ValueError:
+                continue
+    return scenes.acquisition_date(raster.inspect(path))
+
+
+@dataclass
+class SeriesInputs:
+    """Dated fine and coarse images (and masks by image path) of one grid."""
+
+    fine: dict[dt.date, Path]
+    coarse: dict[dt.date, Path]
+    masks: dict[Path, Path] = field(default_factory=dict)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> SeriesInputs:
+        """A flat folder of ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` (+ ``<stem>_mask.tif``)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"{folder}: folder not found")
+        by_role, masks, _ = scenes.flat_images(folder)
+        images = [*by_role["fine"].values(), *by_role["coarse"].values()]
+        attached = {p: masks[p.stem] for p in images if p.stem in masks}
+        return cls(fine=by_role["fine"], coarse=by_role["coarse"], masks=attached)
+
+    @classmethod
+    def from_dirs(cls, fine_dir: Path, coarse_dir: Path) -> SeriesInputs:
+        """Two folders of GeoTIFFs, dated by :func:`date_of`; ``<stem>_mask.tif`` files are masks."""
+        return cls(
+            fine=_dated(fine_dir), coarse=_dated(coarse_dir), masks=_masks(fine_dir) | _masks(coarse_dir)
+        )
+
+    def check(self) -> None:
+        if not self.coarse:
+            raise InputError("no coarse images: a series needs coarse images of the target dates")
+        if not self.fine:
+            raise InputError("no fine images: a series needs at least one fine image (a reference date)")
+
+
+def _images(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: folder not found")
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in scenes.RASTER_SUFFIXES and not p.stem.lower().endswith(scenes.MASK_SUFFIX)
+    )
+
+
+def _dated(folder: Path) -> dict[dt.date, Path]:
+    dated: dict[dt.date, Path] = {}
+    for path in _images(folder):
+        date = date_of(path)
+        if date is None:
+            raise InputError(
+                f"{path}: no date in its name (YYYYMMDD, YYYY-MM-DD, AYYYYDOY) or tags; rename it"
+            )
+        if date in dated:
+            raise InputError(f"{folder}: two images of {date}: {dated[date].name} and {path.name}")
+        dated[date] = path
+    return dated
+
+
+def _masks(folder: Path) -> dict[Path, Path]:
+    folder = Path(folder)
+    return {
+        folder / f"{p.stem[: -len(scenes.MASK_SUFFIX)]}{p.suffix}": p
+        for p in folder.glob(f"*{scenes.MASK_SUFFIX}.tif*")
+    }
+
+
+def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo) -> float:
+    """Fraction of a file's pixels that are invalid (nodata, NaN, masked), from a cheap sample + its mask."""
+    sample = raster.sample_values(path)
+    invalid = 1.0 - sample.values.size / max(sample.n_pixels, 1)
+    if mask is not None:
+        masked = raster.read_mask_on_grid(mask, grid)
+        invalid = max(invalid, float(masked.mean()))
+    return invalid
+
+
+@dataclass(frozen=True)
+class DatePlan:
+    """A target date and its reference dates (empty: none usable; ``reason`` says why)."""
+
+    date: dt.date
+    pairs: tuple[dt.date, ...]
+    observed: bool = False
+    reason: str = ""
+
+
+def choose_pairs(target: dt.date, usable: Sequence[dt.date], *, max_pairs: int = 2) -> tuple[dt.date, ...]:
+    """The nearest usable dates before and after ``target``; two nearest on one side if the other has
+    none; fewer when fewer exist (module docstring)."""
+    before = sorted((d for d in usable if d < target), reverse=True)
+    after = sorted(d for d in usable if d > target)
+    if max_pairs == 1:
+        nearest = sorted([*before[:1], *after[:1]], key=lambda d: (abs((d - target).days), d))
+        return tuple(nearest[:1])
+    if before and after:
+        return (before[0], after[0])
+    return tuple(sorted((before or after)[:2]))
+
+
+def plan_series(
+    inputs: SeriesInputs,
+    *,
+    dates: tuple[dt.date, dt.date] | None = None,
+    max_invalid: float = MAX_INVALID,
+    max_pairs: int = 2,
+) -> list[DatePlan]:
+    """What to do with every coarse date (within ``dates``, inclusive): which pairs predict it, or why not."""
+    inputs.check()
+    grid = raster.inspect(next(iter(inputs.fine.values())))
+    complete = sorted(set(inputs.fine) & set(inputs.coarse))
+    fraction = {d: invalid_fraction(inputs.fine[d], inputs.masks.get(inputs.fine[d]), grid) for d in complete}
+    usable = [d for d in complete if fraction[d] <= max_invalid]
+    plans = []
+    for date in sorted(inputs.coarse):
+        if dates is not None and not dates[0] <= date <= dates[1]:
+            continue
+        if date in usable:
+            plans.append(DatePlan(date, (), observed=True, reason="observed (usable fine image)"))
+            continue
+        pairs = choose_pairs(date, [d for d in usable if d != date], max_pairs=max_pairs)
+        reason = (
+            ""
+            if pairs
+            else (
+                f"no reference pair with at most {max_invalid:.0%} invalid pixels"
+                + (
+                    f" (the fine image of this date has {fraction[date]:.0%} invalid)"
+                    if date in fraction
+                    else ""
+                )
+            )
+        )
+        plans.append(DatePlan(date, pairs, reason=reason))
+    if not plans:
+        raise InputError(f"no coarse date within {dates[0]}..{dates[1]}" if dates else "no coarse dates")
+    return plans
+
+
+@dataclass
+class DateResult:
+    """What happened to one date: ``status`` predicted / kept / observed / skipped (``reason``)."""
+
+    date: dt.date
+    status: str
+    pairs: tuple[dt.date, ...] = ()
+    method: str = ""
+    path: Path | None = None
+    valid_fraction: float = math.nan
+    band_means: tuple[float, ...] = ()
+    seconds: float = math.nan
+    reason: str = ""
+    prediction: np.ndarray | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("prediction")
+        record["date"] = str(self.date)
+        record["pairs"] = [str(d) for d in self.pairs]
+        record["path"] = str(self.path) if self.path else ""
+        return record
+
+
+def output_path(out: Path, date: dt.date) -> Path:
+    return out / f"fused_{date:%Y%m%d}.tif"
+
+
+def _case(inputs: SeriesInputs, plan: DatePlan) -> scenes.FusionCase:
+    first, *rest = plan.pairs
+    masks: dict[str, Path] = {}
+    for index, pair_date in enumerate(plan.pairs):
+        coarse_role, fine_role = scenes.pair_roles(index)
+        for role, path in ((coarse_role, inputs.coarse[pair_date]), (fine_role, inputs.fine[pair_date])):
+            if path in inputs.masks:
+                masks[role] = inputs.masks[path]
+    if inputs.coarse[plan.date] in inputs.masks:
+        masks["coarse_t2"] = inputs.masks[inputs.coarse[plan.date]]
+    return scenes.explicit_case(
+        coarse_t1=inputs.coarse[first],
+        fine_t1=inputs.fine[first],
+        coarse_t2=inputs.coarse[plan.date],
+        extra_pairs=[(inputs.coarse[d], inputs.fine[d]) for d in rest],
+        name=f"{plan.date:%Y%m%d}",
+        date_t1=first,
+        date_t2=plan.date,
+        masks=masks,
+    )
+
+
+def _band_means(image: np.ndarray) -> tuple[tuple[float, ...], float]:
+    valid = np.isfinite(image).all(axis=0)
+    if not valid.any():
+        return tuple(math.nan for _ in range(image.shape[0])), 0.0
+    return tuple(float(band[valid].mean()) for band in image), float(valid.mean())
+
+
+def iter_series(
+    inputs: SeriesInputs,
+    plans: Sequence[DatePlan],
+    *,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    checkpoint: Checkpoint | None = None,
+    runtime: Mapping[str, Any] | None = None,
+    out: Path | None = None,
+    reading: ReadOptions | None = None,
+    output: workflows.OutputOptions | None = None,
+    context: distributed.Context | None = None,
+) -> Iterator[DateResult]:
+    """Predict the planned dates one by one (this rank's share), yielding each result when it is done.
+
+    With ``out``, predictions are written there (and kept ones not redone with
+    ``output.skip_existing``); without, each result carries its prediction in memory.
+    """
+    context = context or distributed.Context()
+    output = output or workflows.OutputOptions()
+    preparers: dict[str, fusion.Preparer] = {}
+    for index, plan in enumerate(plans):
+        if index % context.world_size != context.rank:
+            continue
+        if plan.observed:
+            means, valid = _band_means(raster.read(inputs.fine[plan.date]).data)
+            yield DateResult(
+                plan.date, "observed", reason=plan.reason, band_means=means, valid_fraction=valid
+            )
+            continue
+        if not plan.pairs:
+            log.warning("%s: not predicted: %s", plan.date, plan.reason)
+            yield DateResult(plan.date, "skipped", reason=plan.reason)
+            continue
+        name = method or fusion.default_method(len(plan.pairs))
+        if name not in preparers:  # prepared (a model loaded) once for the whole series
+            preparers[name] = fusion.get(name).preparer(options, checkpoint=checkpoint, runtime=runtime)
+        target = output_path(out, plan.date) if out is not None else None
+        if target is not None and output.skip_existing and workflows.usable_output(target):
+            image = raster.read(target).data
+            means, valid = _band_means(image)
+            yield DateResult(plan.date, "kept", plan.pairs, name, target, valid, means)
+            continue
+        case = _case(inputs, plan)
+        reader = CaseReader(case, options=reading)
+        prediction = preparers[name](reader)
+        start = time.perf_counter()
+        if target is None:
+            image = predict_scene(prediction, reader)
+        else:
+            predict_case(
+                reader,
+                prediction,
+                target,
+                dtype=output.dtype,
+                cog=output.cog,
+                overwrite=output.overwrite or target.exists(),
+                tags=workflows.provenance_tags(name, case, options),
+            )
+            image = raster.read(target).data
+        means, valid = _band_means(image)
+        yield DateResult(
+            plan.date,
+            "predicted",
+            plan.pairs,
+            name,
+            target,
+            valid,
+            means,
+            seconds=time.perf_counter() - start,
+            prediction=image if target is None else None,
+        )
+
+
+def write_series_table(path: Path, results: Sequence[DateResult], band_names: Sequence[str]) -> Path:
+    """``series.csv``: one row per date (sorted): status, pairs, method, valid fraction, band means."""
+    rows = sorted(results, key=lambda r: r.date)
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["date", "status", "pairs", "method", "valid_fraction", *band_names, "seconds", "note"]
+        )
+        for r in rows:
+            means = list(r.band_means) or [math.nan] * len(band_names)
+            writer.writerow(
+                [
+                    r.date,
+                    r.status,
+                    " ".join(str(d) for d in r.pairs),
+                    r.method,
+                    "" if math.isnan(r.valid_fraction) else f"{r.valid_fraction:.4f}",
+                    *("" if math.isnan(v) else f"{v:.5f}" for v in means),
+                    "" if math.isnan(r.seconds) else f"{r.seconds:.2f}",
+                    r.reason if r.status in ("skipped", "observed") else "",
+                ]
+            )
+    return path
+
+
+def summary_path(out: Path, date: dt.date) -> Path:
+    """Where the rank that handled a date leaves its summary (merged by rank 0 into series.csv)."""
+    return out / ".series" / f"{date:%Y%m%d}.json"
+
+
+def save_summary(out: Path, result: DateResult) -> None:
+    path = summary_path(out, result.date)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result.summary()))
+
+
+def load_summaries(out: Path, plans: Sequence[DatePlan]) -> list[DateResult]:
+    results = []
+    for plan in plans:
+        record = json.loads(summary_path(out, plan.date).read_text())
+        results.append(
+            DateResult(
+                date=plan.date,
+                status=record["status"],
+                pairs=tuple(dt.date.fromisoformat(d) for d in record["pairs"]),
+                method=record["method"],
+                path=Path(record["path"]) if record["path"] else None,
+                valid_fraction=record["valid_fraction"],
+                band_means=tuple(record["band_means"]),
+                seconds=record["seconds"],
+                reason=record["reason"],
+            )
+        )
+    return results
+
+
+def fuse(
+    fine: Mapping[dt.date, str | Path],
+    coarse: Mapping[dt.date, str | Path],
+    *,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    dates: tuple[dt.date, dt.date] | None = None,
+    max_invalid: float = MAX_INVALID,
+    out: str | Path | None = None,
+    lazy: bool = False,
+    masks: Mapping[str | Path, str | Path] | None = None,
+) -> list[DateResult] | Iterator[DateResult]:
+    """Python API of ``stfusion fuse``: the fine image of every coarse date without a usable fine image.
+
+    Args:
+        fine, coarse: date -> GeoTIFF path (fine images share one grid; coarse images on it or
+            georeferenced).
+        method: registry name (``stfusion.fusion``); None = the best for the number of pairs.
+        options: method options by name.
+        dates: (first, last) target dates, inclusive; None = every coarse date.
+        max_invalid: largest invalid fraction of a usable reference image.
+        out: folder to write ``fused_YYYYMMDD.tif`` to; None = results carry the predictions in memory.
+        lazy: return an iterator that predicts (and writes) one date at a time.
+        masks: image path -> mask path (nonzero = invalid).
+    Returns:
+        One :class:`DateResult` per coarse date in range (observed, predicted or skipped, with why).
+
+    Example::
+
+        results = stfusion.fuse(fine={date(2001, 5, 24): "f0524.tif", ...}, coarse={...}, out="series/")
+    """
+    inputs = SeriesInputs(
+        fine={d: Path(p) for d, p in fine.items()},
+        coarse={d: Path(p) for d, p in coarse.items()},
+        masks={Path(k): Path(v) for k, v in (masks or {}).items()},
+    )
+    plans = plan_series(inputs, dates=dates, max_invalid=max_invalid)
+    target = Path(out) if out is not None else None
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+    results = iter_series(inputs, plans, method=method, options=options, out=target)
+    return results if lazy else list(results)
+
+
+def default_band_names(inputs: SeriesInputs) -> list[str]:
+    info = raster.inspect(next(iter(inputs.fine.values())))
+    return [n or f"band{i + 1}" for i, n in enumerate(info.band_names)]
+
+
+def ndvi(band_names: Sequence[str], means: Sequence[float]) -> float:
+    """NDVI of band means when the bands include red and nir (else NaN)."""
+    lookup = {name.lower(): i for i, name in enumerate(band_names)}
+    if "red" not in lookup or "nir" not in lookup or not means:
+        return math.nan
+    red, nir = means[lookup["red"]], means[lookup["nir"]]
+    return (nir - red) / (nir + red) if nir + red else math.nan
+
+
+def write_series_outputs(out: Path, inputs: SeriesInputs, plans: Sequence[DatePlan]) -> tuple[Path, Path]:
+    """``series.csv`` and ``series.png`` from the summaries every rank left in ``out`` (rank 0)."""
+    results = load_summaries(out, plans)
+    names = default_band_names(inputs)
+    table = write_series_table(out / "series.csv", results, names)
+    figure = write_series_figure(out / "series.png", results, names, inputs)
+    return table, figure
+
+
+def write_series_figure(
+    path: Path, results: Sequence[DateResult], band_names: Sequence[str], inputs: SeriesInputs
+) -> Path:
+    """Per-band mean (and NDVI when red and nir exist) over time, fine dates marked, a few quick-looks."""
+    from stfusion import report
+
+    rows = sorted(results, key=lambda r: r.date)
+    values: dict[str, list[float]] = {
+        name: [r.band_means[i] if r.band_means else math.nan for r in rows]
+        for i, name in enumerate(band_names)
+    }
+    index = {name.lower() for name in band_names}
+    if {"red", "nir"} <= index:
+        values = {"NDVI": [ndvi(band_names, r.band_means) for r in rows]}
+    predicted = [r for r in rows if r.status in ("predicted", "kept") and r.path is not None]
+    step = max(1, len(predicted) // 6)
+    thumbnails = {r.date: raster.read(r.path).data for r in predicted[::step][:6] if r.path is not None}
+    return report.series_figure(
+        path,
+        dates=[r.date for r in rows],
+        values=values,
+        fine_dates=sorted(inputs.fine),
+        cloudy_dates=[r.date for r in rows if r.status == "skipped"],
+        thumbnails=thumbnails,
+        rgb_bands=workflows.default_rgb(band_names),
+        ylabel="NDVI" if "NDVI" in values else "mean reflectance",
+    )

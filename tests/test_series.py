@@ -1,0 +1,174 @@
+"""Time series (stfusion.series, `stfusion fuse`): pair choice, outputs, resume, cloudy references."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from stfusion import raster, series
+from stfusion.cli import cli
+from stfusion.sample import DATASETS
+from tests.conftest import write_tif
+
+FINE_DATES = (dt.date(2001, 5, 24), dt.date(2001, 7, 11), dt.date(2001, 8, 12))
+CROP = (slice(None), slice(100, 164), slice(100, 164))
+
+
+def build_series(folder: Path, *, extra: int = 20) -> list[dt.date]:
+    """3 real ESTARFM-site dates (64 x 64 crop, fine + coarse) and ``extra`` synthetic coarse dates.
+
+    Synthetic coarse images interpolate the real coarse images linearly in time (plus a little noise),
+    every 4 days from 2001-05-20; returns the synthetic dates.
+    """
+    root = DATASETS["estarfm-site"]
+    coarse = {d: raster.read(root / f"coarse_{d:%Y%m%d}.tif").data[CROP] for d in FINE_DATES}
+    for d in FINE_DATES:
+        for role in ("fine", "coarse"):
+            data = raster.read(root / f"{role}_{d:%Y%m%d}.tif").data[CROP]
+            write_tif(folder / f"{role}_{d:%Y%m%d}.tif", np.rint(data * 1e4).astype(np.int16), crs=None)
+    rng = np.random.default_rng(0)
+    synthetic = []
+    start = dt.date(2001, 5, 20)
+    while len(synthetic) < extra:
+        date = start + dt.timedelta(days=4 * len(synthetic))
+        if date in FINE_DATES:
+            start += dt.timedelta(days=1)
+            continue
+        days = np.array([(d - date).days for d in FINE_DATES], dtype=float)
+        weights = 1 / (np.abs(days) + 1)
+        image = sum(w * coarse[d] for w, d in zip(weights / weights.sum(), FINE_DATES, strict=True))
+        image = image + rng.normal(0, 0.002, image.shape)
+        write_tif(folder / f"coarse_{date:%Y%m%d}.tif", np.rint(image * 1e4).astype(np.int16), crs=None)
+        synthetic.append(date)
+    return synthetic
+
+
+def test_choose_pairs() -> None:
+    d = dt.date
+    usable = [d(2001, 1, 1), d(2001, 2, 1), d(2001, 3, 1)]
+    assert series.choose_pairs(d(2001, 1, 15), usable) == (d(2001, 1, 1), d(2001, 2, 1))
+    assert series.choose_pairs(d(2001, 4, 1), usable) == (d(2001, 2, 1), d(2001, 3, 1))  # both before
+    assert series.choose_pairs(d(2000, 12, 1), usable) == (d(2001, 1, 1), d(2001, 2, 1))  # both after
+    assert series.choose_pairs(d(2000, 12, 1), usable[:1]) == (d(2001, 1, 1),)
+    assert series.choose_pairs(d(2001, 1, 20), usable, max_pairs=1) == (d(2001, 2, 1),)
+    assert series.choose_pairs(d(2001, 1, 20), []) == ()
+
+
+def test_date_of_names() -> None:
+    assert series.date_of(Path("LC08_20010524_x.tif")) == dt.date(2001, 5, 24)
+    assert series.date_of(Path("S2_2001-05-24.tif")) == dt.date(2001, 5, 24)
+    assert series.date_of(Path("MOD09GA.A2001144.h29v12.tif")) == dt.date(2001, 5, 24)
+
+
+def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = build_series(data)
+    out = tmp_path / "out"
+    args = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    outputs = sorted(out.glob("fused_*.tif"))
+    assert [p.name for p in outputs] == [f"fused_{d:%Y%m%d}.tif" for d in sorted(synthetic)]
+    with open(out / "series.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 23 and {r["status"] for r in rows} == {"predicted", "observed"}
+    by_date = {r["date"]: r for r in rows}
+    # a date between two fine dates takes the nearest before and after; one after the last, the two last
+    assert by_date["2001-06-01"]["pairs"] == "2001-05-24 2001-07-11"
+    last = max(synthetic)
+    assert by_date[str(last)]["pairs"] == "2001-07-11 2001-08-12"
+    assert float(by_date["2001-06-01"]["green"]) > 0 and float(by_date["2001-06-01"]["valid_fraction"]) == 1.0
+    assert (out / "series.png").stat().st_size > 5000
+    with rasterio.open(outputs[0]) as src:
+        assert src.tags()["STFUSION_METHOD"] == "coarse-delta"
+    # a rerun refuses to replace outputs; --skip-existing keeps them all
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "output exists" in again.output
+    mtimes = {p: p.stat().st_mtime_ns for p in outputs}
+    kept = CliRunner().invoke(cli, [*args, "--skip-existing"])
+    assert kept.exit_code == 0, kept.output
+    assert kept.output.count("(kept)") == 20
+    assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
+
+
+@pytest.mark.slow
+def test_fuse_killed_halfway_redoes_only_the_missing_dates(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    build_series(data)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "stfusion", "fuse", str(data), "--out", str(out), "--method", "starfm"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(out.glob("fused_*.tif"))) < 5 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = {p: p.stat().st_mtime_ns for p in out.glob("fused_*.tif")}
+    assert 5 <= len(done) < 20, len(done)
+    assert not list(out.glob(".*.part*"))  # nothing half-written is left
+    rerun = subprocess.run([*args, "--skip-existing"], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.count("(kept)") == len(done)
+    assert rerun.stdout.count("starfm from") - rerun.stdout.count("(kept)") == 20 - len(done)
+    assert len(list(out.glob("fused_*.tif"))) == 20
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
+
+
+def test_cloudy_references_are_reported_not_skipped_silently(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    build_series(data, extra=3)
+    for date in FINE_DATES:  # every fine image 80 % cloudy
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:52] = 1
+        write_tif(data / f"fine_{date:%Y%m%d}_mask.tif", mask, crs=None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
+    assert result.exit_code == 0, result.output
+    assert "not predicted: no reference pair with at most 50% invalid pixels" in result.output
+    with open(out / "series.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(r["status"] == "skipped" and "no reference pair" in r["note"] for r in rows)
+    assert not list(out.glob("fused_*.tif"))
+    # with a looser limit they are used, and the fine dates themselves are predicted (too cloudy to keep)
+    looser = CliRunner().invoke(
+        cli,
+        [
+            "fuse",
+            str(data),
+            "--out",
+            str(tmp_path / "o2"),
+            "--method",
+            "coarse-delta",
+            "--max-invalid",
+            "0.9",
+        ],
+    )
+    assert looser.exit_code == 0, looser.output
+    assert len(list((tmp_path / "o2").glob("fused_*.tif"))) == 6
+
+
+def test_python_api_in_memory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = build_series(data, extra=2)
+    inputs = series.SeriesInputs.from_folder(data)
+    results = series.fuse(inputs.fine, inputs.coarse, method="coarse-delta")
+    assert isinstance(results, list)
+    predicted = [r for r in results if r.status == "predicted"]
+    assert [r.date for r in predicted] == sorted(synthetic)
+    assert all(r.prediction is not None and r.prediction.shape == (3, 64, 64) for r in predicted)
+    lazy = series.fuse(inputs.fine, inputs.coarse, method="coarse-delta", lazy=True, out=tmp_path / "o")
+    assert not isinstance(lazy, list) and not list((tmp_path / "o").glob("*.tif"))
+    first = next(r for r in lazy if r.status == "predicted")
+    assert first.path is not None and first.path.exists()
+    assert os.path.basename(first.path) == f"fused_{min(synthetic):%Y%m%d}.tif"
