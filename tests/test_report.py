@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import math
 from pathlib import Path
@@ -11,16 +12,19 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from stfusion import report as report_module
 from stfusion.metrics import METRIC_COLUMNS, MetricReport, compute_metrics
 from stfusion.report import (
     NAN_COLOUR,
     _atomic_write,
     _to_rgb,
+    benchmark_figure,
     compare_figure,
     format_table,
     metrics_markdown,
     quicklook_png,
     read_metrics_json,
+    series_figure,
     sidecar_path,
     stretch_limits,
     write_metrics_csv,
@@ -212,6 +216,196 @@ def test_figure_errors(tmp_path: Path, images: dict[str, np.ndarray]) -> None:
             percentiles=(50.0, 10.0),
         )
     _only(tmp_path)
+
+
+def test_compare_figure_metrics_dates_band_names(tmp_path: Path, images: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "compare.png"
+    compare_figure(
+        path,
+        inputs={"coarse t1": images["fine_t1"], "fine t1": images["fine_t1"]},
+        predictions={"starfm": images["prediction"], "copy": images["truth"]},
+        truth=images["truth"],
+        metrics={"starfm": {"rmse": 0.0366, "ssim": 0.874}, "copy": {"rmse": 0.0, "ssim": None}},
+        dates={"coarse t1": "2001-10-17", "fine t1": "2001-10-17", "truth": "2001-11-02"},
+        band_names=["blue", "green", "red", "nir"],
+        rgb_bands=(3, 2, 1),
+        error_band=3,
+        panel_inches=2.0,
+        dpi=50,
+    )
+    _only(tmp_path, "compare.png")
+    assert _read_png(path).shape[:2] == (200, 500)  # titles and suptitle do not change the size
+    # One method with a "$" in its name: no bold (nothing to compare), the name stays literal.
+    compare_figure(
+        tmp_path / "one.png",
+        inputs={},
+        predictions={"a$b": images["prediction"]},
+        truth=images["truth"],
+        metrics={"a$b": {"psnr": math.inf, "bias": -0.001, "sam": math.nan}},
+        panel_inches=2.0,
+        dpi=50,
+    )
+    assert _read_png(tmp_path / "one.png").shape[:2] == (200, 200)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"metrics": {"other": {"rmse": 0.1}}}, "metrics has methods without a prediction"),
+        ({"metrics": {"a": {"rmsd": 0.1}}}, r"metrics\['a'\]: unknown metric 'rmsd'"),
+        ({"metrics": {"a": {"rmse": "0.1"}}}, r"metrics\['a'\]\['rmse'\] must be a number"),
+        ({"metrics": {"a": [0.1]}}, r"metrics\['a'\] must be a mapping"),
+        ({"dates": {"fine t2": "2001-11-02"}}, "dates has unknown panels"),
+        ({"band_names": ["blue", "green"]}, "band_names has 2 names for 4 bands"),
+    ],
+)
+def test_compare_figure_errors(
+    tmp_path: Path, images: dict[str, np.ndarray], kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        compare_figure(
+            tmp_path / "c.png",
+            inputs={"fine t1": images["fine_t1"]},
+            predictions={"a": images["prediction"], "b": images["truth"]},
+            truth=images["truth"],
+            **kwargs,  # type: ignore[arg-type]
+        )
+    _only(tmp_path)
+
+
+def test_best_values() -> None:
+    best = report_module._best_mask
+    np.testing.assert_array_equal(best("rmse", np.array([0.2, 0.1, np.nan])), [False, True, False])
+    np.testing.assert_array_equal(best("ssim", np.array([0.2, 0.9, 0.9])), [False, True, True])
+    np.testing.assert_array_equal(best("bias", np.array([-0.01, 0.02, np.nan])), [True, False, False])
+    np.testing.assert_array_equal(best("psnr", np.array([30.0, math.inf])), [False, True])
+    np.testing.assert_array_equal(best("rmse", np.array([0.1, np.nan])), [False, False])  # one value
+
+
+def _series_dates(n: int) -> list[dt.date]:
+    return [dt.date(2001, 5, 1) + dt.timedelta(days=16 * i) for i in range(n)]
+
+
+def test_series_figure(tmp_path: Path, images: dict[str, np.ndarray]) -> None:
+    days = _series_dates(9)
+    rng = np.random.default_rng(1)
+    values = {name: rng.uniform(0.02, 0.4, 9) for name in ["blue", "green", "red", "nir"]}
+    values["nir"][[2, 5]] = np.nan
+    values["NDVI-like"] = [math.nan] * 9  # an empty series is drawn as nothing
+    thumbnails = {day: images["truth"] * (1 + 0.05 * i) for i, day in enumerate(days) if i != 5}
+    path = tmp_path / "series.png"
+    series_figure(
+        path,
+        dates=days,
+        values=values,
+        fine_dates=[days[0], days[8]],
+        cloudy_dates=[days[5]],
+        thumbnails=thumbnails,
+        rgb_bands=(3, 2, 1),
+        title="band means",
+        width_inches=8.0,
+        dpi=50,
+    )
+    _only(tmp_path, "series.png")
+    pixels = _read_png(path)
+    assert pixels.shape[1] == 400  # 8 in at 50 dpi
+    assert 3.5 * 50 < pixels.shape[0] < 6.0 * 50  # the plot plus one row of quick-looks
+    # Without thumbnails: the plot alone; datetimes are dates too.
+    plain = tmp_path / "plain.png"
+    moments = [dt.datetime(2001, 1, 1, 10, 30) + dt.timedelta(days=i) for i in range(3)]
+    series_figure(plain, dates=moments, values={"NDVI": [0.3, math.nan, 0.5]}, ylabel="NDVI", dpi=50)
+    assert _read_png(plain).shape[:2] == (175, 500)
+
+
+def test_series_thumbnail_choice() -> None:
+    days = _series_dates(20)
+    picked = report_module._pick_evenly(days, 6)
+    assert len(picked) == 6 and picked[0] == days[0] and picked[-1] == days[-1]
+    assert report_module._pick_evenly(days[:3], 6) == days[:3]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"dates": []}, ValueError, "dates is empty"),
+        ({"dates": _series_dates(3)[::-1]}, ValueError, "dates must be sorted"),
+        ({"dates": [dt.date(2001, 1, 1)] * 3}, ValueError, "dates must be sorted without repeats"),
+        (
+            {"dates": ["2001-01-01", "2001-02-01", "2001-03-01"]},
+            TypeError,
+            r"dates\[0\] must be a datetime.date",
+        ),
+        ({"values": {}}, ValueError, "values is empty"),
+        ({"values": {"red": [0.1, 0.2]}}, ValueError, r"values\['red'\] has shape \(2,\)"),
+        ({"values": {"red": ["a", "b", "c"]}}, ValueError, r"values\['red'\] must be a sequence of numbers"),
+        ({"fine_dates": ["2001-01-01"]}, TypeError, r"fine_dates\[0\] must be a datetime.date"),
+        ({"cloudy_dates": [1]}, TypeError, r"cloudy_dates\[0\]"),
+        ({"thumbnails": {dt.date(1999, 1, 1): np.zeros((4, 8, 8))}}, ValueError, "thumbnails has a date"),
+        ({"thumbnails": {dt.date(2001, 5, 1): np.zeros((8, 8))}}, ValueError, "must have shape"),
+        ({"thumbnails": {dt.date(2001, 5, 1): np.zeros((2, 8, 8))}}, ValueError, "rgb_bands"),
+        ({"max_thumbnails": 0}, ValueError, "max_thumbnails"),
+        ({"thumbnail_size": 0}, ValueError, "max_size"),
+    ],
+)
+def test_series_figure_errors(
+    tmp_path: Path, kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    arguments: dict[str, object] = {"dates": _series_dates(3), "values": {"red": [0.1, 0.2, 0.3]}}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=message):
+        series_figure(tmp_path / "s.png", **arguments)  # type: ignore[arg-type]
+    _only(tmp_path)
+
+
+BENCH_SCORES: dict[str, dict[str, float | None]] = {
+    "CIA 2001-11-02": {"starfm": 0.0366, "fsdaf": 0.0331, "mlffgan": 0.0291},
+    "CIA 2002-01-11": {"starfm": 0.0401, "fsdaf": 0.0385, "mlffgan": 0.0402},
+    "LGC 2004-05-02": {"starfm": 0.0280, "fsdaf": None, "mlffgan": math.nan},
+}
+
+
+def test_benchmark_figure(tmp_path: Path) -> None:
+    path = tmp_path / "bench.png"
+    benchmark_figure(path, scores=BENCH_SCORES, dpi=50)
+    _only(tmp_path, "bench.png")
+    height, width = _read_png(path).shape[:2]
+    assert 100 < width < 400 and 75 < height < 300  # 3 methods x (3 cases + mean), a few inches
+    ssim = tmp_path / "ssim.png"
+    scores = {"a": {"x": 0.8, "y": 0.85}, "b": {"x": 0.9, "y": 0.9}, "c": {"x": 0.7}}
+    benchmark_figure(ssim, scores=scores, metric="ssim", lower_is_better=False, title="SSIM", dpi=50)
+    benchmark_figure(tmp_path / "bias.png", scores={"a": {"x": 0.01, "y": -0.002}}, metric="bias", dpi=50)
+    benchmark_figure(tmp_path / "time.png", scores={"a": {"x": 1.5}}, metric="wall_s", digits=1, dpi=50)
+    for name in ("ssim.png", "bias.png", "time.png"):
+        _read_png(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scores": {}}, "scores is empty"),
+        ({"scores": {"a": {}}}, r"scores\['a'\] is empty"),
+        ({"scores": {"a": [0.1]}}, r"scores\['a'\] must be a mapping"),
+        ({"scores": {"a": {"x": "0.1"}}}, r"scores\['a'\]\['x'\] must be a number"),
+        ({"scores": {"a": {"x": True}}}, r"scores\['a'\]\['x'\] must be a number"),
+        ({"scores": {"a": {"x": None}, "b": {"y": math.nan}}}, "scores has no values"),
+        ({"metric": "rmsd"}, "metric: unknown metric 'rmsd'"),
+        ({"metric": "ssim", "lower_is_better": True}, "lower_is_better=True contradicts metric 'ssim'"),
+        ({"metric": "rmse", "lower_is_better": False}, "lower_is_better=False contradicts"),
+        ({"metric": "bias", "lower_is_better": False}, "closer to 0"),
+        ({"digits": -1}, "digits"),
+    ],
+)
+def test_benchmark_figure_errors(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {"scores": BENCH_SCORES}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        benchmark_figure(tmp_path / "b.png", **arguments)  # type: ignore[arg-type]
+    _only(tmp_path)
+
+
+def test_rank_fraction() -> None:
+    ranks = report_module._rank_fraction(np.array([0.3, 0.1, np.nan, 0.1, 0.2]))
+    np.testing.assert_allclose(ranks, [1.0, 0.0, np.nan, 0.0, 0.5])
 
 
 def test_stretch_and_nan_colour(images: dict[str, np.ndarray]) -> None:
