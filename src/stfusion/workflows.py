@@ -507,12 +507,30 @@ def quicklook(
     predictions: Mapping[str, np.ndarray],
     *,
     rgb_bands: tuple[int, int, int],
+    metrics: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> Path:
-    """Figure: the inputs, each method's prediction and the truth (RGB or false colour), error maps."""
+    """Figure: the inputs, each method's prediction and the truth (RGB or false colour), error maps.
+
+    Panel titles carry the dates and, with ``metrics`` (method -> {"rmse": .., "ssim": ..}), the scores.
+    """
     assert inputs.fine_t2 is not None
     panels = {"coarse t1": inputs.coarse_t1, "fine t1": inputs.fine_t1, "coarse t2": inputs.coarse_t2}
+    case = inputs.case
+    dates = {
+        "coarse t1": case.date_t1,
+        "fine t1": case.date_t1,
+        "coarse t2": case.date_t2,
+        "truth": case.date_t2,
+    }
     return report.compare_figure(
-        path, inputs=panels, predictions=dict(predictions), truth=inputs.fine_t2, rgb_bands=rgb_bands
+        path,
+        inputs=panels,
+        predictions=dict(predictions),
+        truth=inputs.fine_t2,
+        rgb_bands=rgb_bands,
+        metrics=metrics,
+        dates={k: str(v) for k, v in dates.items() if v != dt.date.min},
+        band_names=inputs.band_names,
     )
 
 
@@ -520,7 +538,14 @@ def case_figure(out_dir: Path, inputs: CaseInputs, results: Mapping[str, MethodR
     """``out_dir/<case>.png``: inputs, predictions, truth and error maps, metric values in the titles."""
     figure = out_dir / f"{inputs.case.name}.png"
     predictions = {name: result.prediction for name, result in results.items()}
-    return quicklook(figure, inputs, predictions, rgb_bands=default_rgb(inputs.band_names))
+    metrics = {
+        name: {"rmse": r.metrics.mean["rmse"], "ssim": r.metrics.mean["ssim"]}
+        for name, r in results.items()
+        if r.metrics is not None
+    }
+    return quicklook(
+        figure, inputs, predictions, rgb_bands=default_rgb(inputs.band_names), metrics=metrics or None
+    )
 
 
 def default_rgb(band_names: Sequence[str]) -> tuple[int, int, int]:
