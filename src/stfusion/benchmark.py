@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stfusion import fusion, scenes, workflows
+from stfusion import fusion, report, scenes, workflows
 from stfusion.errors import InputError
 from stfusion.inputs import ReadOptions
 
@@ -284,5 +284,10 @@ def write_benchmark(
     summary = "\n".join(lines)
     markdown = tables["markdown"]
     markdown.write_text(f"## Mean over cases\n\n{summary}\n\n## Every case\n\n{markdown.read_text()}")
+    scores = {
+        case: {label: r.metrics.mean["rmse"] if r.metrics else None for label, r in methods.items()}
+        for case, methods in result.results.items()
+    }
+    tables["figure"] = report.benchmark_figure(out / "benchmark.png", scores=scores, metric="rmse")
     result.tables = tables
     return tables
