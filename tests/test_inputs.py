@@ -13,17 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from click.testing import CliRunner
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
 
 from stfusion import fusion, raster, scenes, workflows
 from stfusion.baselines import coarse_delta as coarse_delta_method
 from stfusion.checkpoint import load as load_checkpoint
+from stfusion.cli import cli
 from stfusion.errors import InputError
 from stfusion.inputs import CaseReader, ReadOptions, check_values, quality_flags
 from stfusion.metrics import compute_metrics
 from stfusion.raster import footprint_fraction
-from stfusion.sample import SAMPLE_ROOT
+from stfusion.sample import DATASETS, SAMPLE_ROOT
 from stfusion.tiling import Window
 from tests.conftest import random_scene, write_tif, write_tiny_checkpoint
 
@@ -387,3 +389,77 @@ def test_predict_cli_streams_native_coarse_images(tmp_path: Path) -> None:
     expected = coarse_delta_method(*(reader.read(r) for r in ("coarse_t1", "fine_t1", "coarse_t2")))
     written = raster.read(out).data
     np.testing.assert_allclose(written, expected, rtol=0, atol=0.51e-4)
+
+
+def test_coarse_bands_in_mod09ga_order_give_the_same_prediction(tmp_path: Path) -> None:
+    """A 7-band MOD09GA-ordered coarse file read with --coarse-bands 3,4,1,2,6,7 (to match Landsat
+    blue, green, red, nir, swir1, swir2) predicts exactly what the pre-reordered 6-band file does."""
+    root = DATASETS["cia-crop"]
+    fine = root / "fine_20011017.tif"
+    coarse = {d: raster.read(root / f"coarse_2001{d}.tif").data for d in ("1017", "1102")}
+    modis = {}
+    for date, image in coarse.items():
+        stored = np.rint(image * 1e4).astype(np.int16)
+        extra = stored[3:4] // 2  # MODIS band 5 (1240 nm), absent from Landsat
+        ordered = np.concatenate([stored[2:3], stored[3:4], stored[0:1], stored[1:2], extra, stored[4:6]])
+        with rasterio.open(root / f"coarse_2001{date}.tif") as src:
+            transform, crs = src.transform, src.crs.to_string()
+        modis[date] = write_tif(tmp_path / f"MOD09GA_{date}.tif", ordered, crs=crs, transform=transform)
+    common = ["predict", "--method", "coarse-delta", "--fine-t1", str(fine)]
+    reordered = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "--coarse-t1",
+            str(modis["1017"]),
+            "--coarse-t2",
+            str(modis["1102"]),
+            "--coarse-bands",
+            "3,4,1,2,6,7",
+            "--out",
+            str(tmp_path / "a.tif"),
+        ],
+    )
+    assert reordered.exit_code == 0, reordered.output
+    plain = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "--coarse-t1",
+            str(root / "coarse_20011017.tif"),
+            "--coarse-t2",
+            str(root / "coarse_20011102.tif"),
+            "--out",
+            str(tmp_path / "b.tif"),
+        ],
+    )
+    assert plain.exit_code == 0, plain.output
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    # without the selection the band counts differ: one line naming the fix
+    result = CliRunner().invoke(
+        cli,
+        [
+            *common,
+            "--coarse-t1",
+            str(modis["1017"]),
+            "--coarse-t2",
+            str(modis["1102"]),
+            "--out",
+            str(tmp_path / "c.tif"),
+        ],
+    )
+    assert (
+        result.exit_code == 2
+        and "7 bands, but fine t1" in result.output
+        and "--coarse-bands" in result.output
+    )
+    # by description: the sample's files carry band names
+    case = scenes.discover(SAMPLE_ROOT).split("test")[0]
+    by_name = ["predict", "--method", "coarse-delta", "--fine-t1", str(case.fine_t1), "--coarse-t1"]
+    by_name += [str(case.coarse_t1), "--coarse-t2", str(case.coarse_t2), "--bands", "red,nir"]
+    named = CliRunner().invoke(cli, [*by_name, "--out", str(tmp_path / "d.tif")])
+    assert named.exit_code == 0, named.output
+    with rasterio.open(tmp_path / "d.tif") as d, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(d.read(), b.read()[2:4])
+        assert d.descriptions == ("red", "nir")

@@ -60,6 +60,8 @@ class ReadOptions:
         check_values: sample each file once for all-nodata / DN-like / wrong-scale values.
         fine_scale, coarse_scale: reflectance per stored unit of the fine and the coarse images, used
             for files without GDAL scale/offset tags; None = chosen per file (:mod:`stfusion.raster`).
+        fine_bands, coarse_bands: bands to use, in order, by 1-based number or description (e.g. a
+            MOD09GA file as ("3", "4", "1", "2", "6", "7") to match Landsat bands 1-5, 7); None = all.
     """
 
     resampling: str = "bilinear"
@@ -67,6 +69,12 @@ class ReadOptions:
     check_values: bool = True
     fine_scale: float | None = None
     coarse_scale: float | None = None
+    fine_bands: tuple[str, ...] | None = None
+    coarse_bands: tuple[str, ...] | None = None
+
+    def bands_for(self, role: str) -> tuple[str, ...] | None:
+        """The band selection of a role's files (1-based numbers or descriptions), None = all bands."""
+        return self.coarse_bands if is_coarse_role(role) else self.fine_bands
 
     def scale_for(self, role: str) -> float | None:
         """The explicit scale of a role's files (None: the file's tags or the automatic choice)."""
@@ -111,10 +119,24 @@ class CaseReader:
     ) -> None:
         self.case = case
         self.options = options or ReadOptions()
-        self.infos = check_case(case, require_truth=require_truth, min_overlap=self.options.min_overlap)
+        self.selection = {
+            role: resolve_bands(self.options.bands_for(role), raster.inspect(path))
+            for role, path in case.paths().items()
+            if self.options.bands_for(role) is not None
+        }
+        self.infos = check_case(
+            case,
+            require_truth=require_truth,
+            min_overlap=self.options.min_overlap,
+            band_counts={role: len(positions) for role, positions in self.selection.items()} or None,
+        )
         self.reference = self.infos["fine_t1"]
-        self.bands, self.height, self.width = self.reference.shape
-        self.band_names = [n or f"band{i + 1}" for i, n in enumerate(self.reference.band_names)]
+        _, self.height, self.width = self.reference.shape
+        names = [n or f"band{i + 1}" for i, n in enumerate(self.reference.band_names)]
+        if "fine_t1" in self.selection:
+            names = [names[p] for p in self.selection["fine_t1"]]
+        self.band_names = names
+        self.bands = len(names)
         self.reprojected = tuple(
             role
             for role, info in self.infos.items()
@@ -198,6 +220,8 @@ class CaseReader:
             )
         else:
             data = raster.read(paths[role], scale=self._scale(role), window=rio_window).data
+        if role in self.selection:
+            data = data[list(self.selection[role])]
         mask = self.case.masks.get(role)
         if mask is not None:
             invalid = raster.read_mask_on_grid(mask, self.reference, window=rio_window, resampling=resampling)
@@ -207,6 +231,35 @@ class CaseReader:
     def quality(self, window: Window | None = None) -> np.ndarray:
         """The quality band of a prediction from this case: (h, w) uint8 :func:`quality_flags`."""
         return quality_flags({role: self.read(role, window) for role in self.input_roles()})
+
+
+def band_count(path: str | os.PathLike[str], options: ReadOptions | None = None) -> int:
+    """Bands a fine image of a case gives after the band selection of ``options``."""
+    spec = (options or ReadOptions()).fine_bands
+    return len(spec) if spec is not None else raster.inspect(path).count
+
+
+def resolve_bands(spec: tuple[str, ...] | None, info: raster.RasterInfo) -> tuple[int, ...]:
+    """0-based positions of the bands ``spec`` names (1-based numbers or descriptions), in its order."""
+    if spec is None:
+        return tuple(range(info.count))
+    names = {(n or "").strip().lower(): i for i, n in enumerate(info.band_names) if n}
+    positions = []
+    for item in spec:
+        text = item.strip()
+        if text.isdigit():
+            number = int(text)
+            if not 1 <= number <= info.count:
+                raise InputError(
+                    f"{info.path}: band {number} does not exist (the file has {info.count} bands)"
+                )
+            positions.append(number - 1)
+        elif text.lower() in names:
+            positions.append(names[text.lower()])
+        else:
+            known = ", ".join(n for n in info.band_names if n) or "none: use numbers"
+            raise InputError(f"{info.path}: no band named {text!r} (its band descriptions: {known})")
+    return tuple(positions)
 
 
 def quality_bit(role: str) -> int:

@@ -533,7 +533,11 @@ def _date_in_name(path: Path) -> dt.date | None:
 
 
 def check_case(
-    case: FusionCase, *, require_truth: bool = False, min_overlap: float = MIN_COARSE_OVERLAP
+    case: FusionCase,
+    *,
+    require_truth: bool = False,
+    min_overlap: float = MIN_COARSE_OVERLAP,
+    band_counts: Mapping[str, int] | None = None,
 ) -> dict[str, raster.RasterInfo]:
     """Open every file of a case (metadata only) and check that they fit together.
 
@@ -543,18 +547,22 @@ def check_case(
       it (it is then reprojected when read): :func:`check_coarse_footprint`;
     - acquisition dates in the files' metadata (:data:`DATE_TAGS`) agree with the case's dates.
 
-    Returns role -> info. Raises InputError naming the file, the problem and the fix.
+    ``band_counts`` gives a role's band count after a band selection (``--bands``), compared instead of
+    the file's. Returns role -> info. Raises InputError naming the file, the problem and the fix.
     """
     if require_truth and case.fine_t2 is None:
         raise InputError(f"{case.name}: no fine t2 image (truth) for this case, but one is required")
     infos = {role: raster.inspect(path) for role, path in case.paths().items()}
     reference = infos["fine_t1"]
     _check_distinct(case)
-    for info in infos.values():
-        if info.count != reference.count:
+    counts = {role: (band_counts or {}).get(role, info.count) for role, info in infos.items()}
+    for role, info in infos.items():
+        if counts[role] != counts["fine_t1"]:
+            selected = " (after the band selection)" if band_counts else ""
             raise InputError(
-                f"{info.path}: {info.count} bands, but fine t1 {reference.path.name} has {reference.count}; "
-                "all images of a case need the same bands"
+                f"{info.path}: {counts[role]} bands{selected}, but fine t1 {reference.path.name} has "
+                f"{counts['fine_t1']}; all images of a case need the same bands in the same order "
+                "(select and order them with --bands / --coarse-bands)"
             )
     for role, info in infos.items():
         if is_coarse_role(role):

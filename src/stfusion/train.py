@@ -123,6 +123,8 @@ class TrainConfig:
     num_workers: int = 0
     fine_scale: float | None = None  # None: GDAL tags or automatic, per file (stfusion.raster)
     coarse_scale: float | None = None
+    fine_bands: tuple[str, ...] | None = None  # band selection (numbers or descriptions), None = all
+    coarse_bands: tuple[str, ...] | None = None
     resampling: str = "bilinear"  # for coarse images (and masks) not on the fine grid
     min_overlap: float = 0.5  # fraction of the fine grid a coarse footprint must cover
 
@@ -145,7 +147,7 @@ class TrainConfig:
                 values["weights"] = GeneratorLossWeights(**values["weights"])
             except TypeError as exc:
                 raise ValueError(f"weights: {exc}") from None
-        for key in ("betas", "channels", "val_tile", "val_overlap"):
+        for key in ("betas", "channels", "val_tile", "val_overlap", "fine_bands", "coarse_bands"):
             if isinstance(values.get(key), list | tuple):
                 values[key] = tuple(values[key])
         config = cls(**values)
@@ -194,6 +196,8 @@ class TrainConfig:
             min_overlap=self.min_overlap,
             fine_scale=self.fine_scale,
             coarse_scale=self.coarse_scale,
+            fine_bands=self.fine_bands,
+            coarse_bands=self.coarse_bands,
         )
 
     def model_spec(self, bands: int) -> ModelSpec:

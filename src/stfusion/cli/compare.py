@@ -21,7 +21,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions
+from stfusion.inputs import ReadOptions, band_count
 
 DEFAULT_METHODS = "persistence,coarse-delta,starfm,fsdaf"
 
@@ -80,7 +80,7 @@ def compare_command(
     runtime = {"tiles": make_tiles(tile, overlap, batch_size)}
     for number, path in enumerate(checkpoints, start=1):
         model = load_checkpoint(path)
-        model.check_bands_of_scene(scenes.case_bands(cases[0]), cases[0].fine_t1)
+        model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
         preparers["mlffgan" if number == 1 else f"mlffgan{number}"] = fusion.get("mlffgan").preparer(
             checkpoint=model, runtime=runtime
         )

@@ -76,7 +76,15 @@ def _apply(command: F, options: Sequence[Callable[[F], F]]) -> F:
 
 
 #: The parameters :func:`reading_options` adds; the command receives them as one ``reading`` argument.
-READING_PARAMETERS: tuple[str, ...] = ("resampling", "min_overlap", "scale", "fine_scale", "coarse_scale")
+READING_PARAMETERS: tuple[str, ...] = (
+    "resampling",
+    "min_overlap",
+    "scale",
+    "fine_scale",
+    "coarse_scale",
+    "bands",
+    "coarse_bands",
+)
 
 
 def reading_options(command: F) -> F:
@@ -116,6 +124,18 @@ def reading_options(command: F) -> F:
                 help=scale_help.format("coarse"),
             ),
             click.option(
+                "--bands",
+                default=None,
+                help="Bands to use, in order, by number (1-based) or description, e.g. 2,3,4 or "
+                "green,red,nir; also for coarse images unless --coarse-bands [default: all].",
+            ),
+            click.option(
+                "--coarse-bands",
+                default=None,
+                help="Bands of the coarse images matching --bands, e.g. 3,4,1,2,6,7 for MOD09GA (red, nir, "
+                "blue, green, swir1, swir2 order) against Landsat 1-5,7.",
+            ),
+            click.option(
                 "--resampling",
                 type=click.Choice(raster.RESAMPLING_METHODS),
                 default="bilinear",
@@ -139,14 +159,29 @@ def read_options(
     scale: float | None = None,
     fine_scale: float | None = None,
     coarse_scale: float | None = None,
+    bands: str | None = None,
+    coarse_bands: str | None = None,
 ) -> ReadOptions:
-    """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale)."""
+    """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale,
+    --coarse-bands over --bands)."""
+    fine_bands = _band_list(bands)
     return ReadOptions(
         resampling=resampling,
         min_overlap=min_overlap,
         fine_scale=fine_scale if fine_scale is not None else scale,
         coarse_scale=coarse_scale if coarse_scale is not None else scale,
+        fine_bands=fine_bands,
+        coarse_bands=_band_list(coarse_bands) if coarse_bands is not None else fine_bands,
     )
+
+
+def _band_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise click.BadParameter(f"{text!r}: give bands as a comma list, e.g. 1,2,3 or green,red,nir")
+    return items
 
 
 def ratio_option(command: F) -> F:

@@ -26,7 +26,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions
+from stfusion.inputs import ReadOptions, band_count
 from stfusion.train import TrainConfig
 
 RESUME_HINT = "rerun with --resume to continue from the last finished epoch (last.ckpt)"
@@ -215,8 +215,14 @@ def train_command(
         if config_file is None or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
     }
     explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
-    for name in ("resampling", "min_overlap", "fine_scale", "coarse_scale"):
-        if name in given or (name.endswith("_scale") and "scale" in given):
+    for name in ("resampling", "min_overlap", "fine_scale", "coarse_scale", "fine_bands", "coarse_bands"):
+        short = {
+            "fine_scale": "scale",
+            "coarse_scale": "scale",
+            "fine_bands": "bands",
+            "coarse_bands": "bands",
+        }
+        if name in given or short.get(name) in given:
             explicit[name] = getattr(reading, name)
     config = train_config(config_file, save_dir, explicit)
     dates = tuple(d.date() for d in test_dates)
@@ -263,7 +269,7 @@ def test_command(
     cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
     if not cases:
         raise InputError(f"{data_dir}: no cases in split {split!r}")
-    model.check_bands_of_scene(scenes.case_bands(cases[0]), cases[0].fine_t1)
+    model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
     preparers.update({name: fusion.get(name).preparer() for name in baselines.split(",") if name})
