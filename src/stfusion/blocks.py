@@ -87,6 +87,11 @@ class SceneSource(Protocol):
         """Any window of every input; parts outside the scene are NaN (``Block.top`` = window.row)."""
         ...
 
+    @property
+    def coarse_ratio(self) -> float | None:
+        """Coarse / fine pixel size when known (an option, or native coarse images), else None."""
+        ...
+
 
 class Prediction(Protocol):
     """A method prepared on one scene: it predicts any range of the scene's rows."""
@@ -148,8 +153,16 @@ class RowBlocks:
 class ArraySource:
     """A scene held in memory as arrays: K reference pairs and the coarse image at t2, each (C, H, W)."""
 
-    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], coarse_t2: np.ndarray) -> None:
-        """``pairs`` are (coarse, fine) tuples; every image is (C, H, W) of one shape."""
+    def __init__(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        coarse_t2: np.ndarray,
+        *,
+        coarse_ratio: float | None = None,
+    ) -> None:
+        """``pairs`` are (coarse, fine) tuples; every image is (C, H, W) of one shape. ``coarse_ratio``:
+        coarse / fine pixel size when known (methods that need it estimate it otherwise)."""
+        self.coarse_ratio = coarse_ratio
         if not pairs:
             raise ValueError("a scene needs at least one reference pair")
         shapes = {image.shape for pair in pairs for image in pair} | {coarse_t2.shape}

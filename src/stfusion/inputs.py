@@ -62,6 +62,8 @@ class ReadOptions:
             for files without GDAL scale/offset tags; None = chosen per file (:mod:`stfusion.raster`).
         fine_bands, coarse_bands: bands to use, in order, by 1-based number or description (e.g. a
             MOD09GA file as ("3", "4", "1", "2", "6", "7") to match Landsat bands 1-5, 7); None = all.
+        coarse_ratio: coarse / fine pixel size (e.g. 16 for 480 m MODIS and 30 m Landsat), for methods
+            and metrics that need it; None = from the data (:attr:`CaseReader.coarse_ratio`).
     """
 
     resampling: str = "bilinear"
@@ -71,6 +73,7 @@ class ReadOptions:
     coarse_scale: float | None = None
     fine_bands: tuple[str, ...] | None = None
     coarse_bands: tuple[str, ...] | None = None
+    coarse_ratio: float | None = None
 
     def bands_for(self, role: str) -> tuple[str, ...] | None:
         """The band selection of a role's files (1-based numbers or descriptions), None = all bands."""
@@ -174,6 +177,19 @@ class CaseReader:
 
     def _scale(self, role: str) -> float | None:
         return self.options.scale_for(role)
+
+    @property
+    def coarse_ratio(self) -> float | None:
+        """Coarse / fine pixel size: the option, else that of a coarse image at its native resolution
+        (reprojected onto the fine grid), else None (coarse images already on the fine grid: methods
+        estimate it from the image, e.g. FSDAF)."""
+        if self.options.coarse_ratio is not None:
+            return self.options.coarse_ratio
+        for role in self.reprojected:
+            ratio = raster.pixel_size_ratio(self.infos[role], self.reference)
+            if ratio is not None and ratio > 1:
+                return ratio
+        return None
 
     @property
     def n_pairs(self) -> int:

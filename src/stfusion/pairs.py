@@ -59,6 +59,10 @@ class PairView:
     def n_pairs(self) -> int:
         return 1
 
+    @property
+    def coarse_ratio(self) -> float | None:
+        return self.source.coarse_ratio
+
     def _one(self, block: Block) -> Block:
         return Block(top=block.top, pairs=(block.pairs[self.index],), coarse_t2=block.coarse_t2)
 

@@ -533,6 +533,33 @@ def _bounds(info: RasterInfo) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs), max(ys)
 
 
+def pixel_size_ratio(source: RasterInfo, grid: RasterInfo) -> float | None:
+    """How many of ``grid``'s pixels one ``source`` pixel spans (side), e.g. 16 for 480 m MODIS over a
+    30 m Landsat grid; None when it cannot be told (no CRS, or a footprint that does not transform).
+
+    The source's width in the grid's CRS (its bounds transformed, densified) is divided by its pixel
+    count, then by the grid's pixel width.
+    """
+    if source.crs is None or grid.crs is None:
+        return None
+    from rasterio.warp import transform_bounds
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            left, bottom, right, top = transform_bounds(
+                source.crs, grid.crs, *_bounds(source), densify_pts=21
+            )
+    except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
+        return None
+    pixel = math.hypot(grid.transform[0], grid.transform[3])
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)) or pixel <= 0:
+        return None
+    across = (right - left) / max(source.width, 1)
+    down = (top - bottom) / max(source.height, 1)
+    return float(math.sqrt(abs(across * down)) / pixel)
+
+
 def footprint_fraction(source: RasterInfo, grid: RasterInfo) -> float:
     """Fraction (0..1) of ``grid``'s area covered by ``source``'s footprint (both need a CRS).
 

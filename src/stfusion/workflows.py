@@ -242,8 +242,10 @@ def run_methods(
     """Predict every case with every method into ``out_dir/<case>/<method>.tif``, score against the truth.
 
     Each prediction is written by the streaming path, then read back and scored, so the table scores
-    exactly the files a user gets. Every method of a case is scored on the same pixels: those valid in
-    the truth and predicted by every method (how many each left unpredicted is reported). Existing
+    exactly the files a user gets. ERGAS uses ``ratio`` (fine / coarse pixel size), else 1 / the case's
+    coarse ratio when known (:attr:`stfusion.inputs.CaseReader.coarse_ratio`), else it is not computed.
+    Every method of a case is scored on the same pixels: those valid in the truth and predicted by
+    every method (how many each left unpredicted is reported). Existing
     outputs are refused before any work unless ``output.overwrite``; with ``output.skip_existing`` they
     are kept and scored. ``on_case(inputs, results)`` is called after each case (e.g. a figure);
     ``on_method(case, method)`` before each method (progress). Returns case -> method -> result.
@@ -295,7 +297,12 @@ def run_methods(
                 seconds = time.perf_counter() - start
             predictions[name] = (raster.read(target).data, seconds, target)
         truth = reader.read(TRUTH_ROLE) if case.fine_t2 is not None else None
-        results[case.name] = score_predictions(predictions, truth, ratio=ratio, band_names=reader.band_names)
+        case_ratio = (
+            ratio if ratio is not None else (1 / reader.coarse_ratio if reader.coarse_ratio else None)
+        )
+        results[case.name] = score_predictions(
+            predictions, truth, ratio=case_ratio, band_names=reader.band_names
+        )
         if on_case is not None:  # e.g. a figure, while the case's images are in memory
             on_case(case_inputs(reader), results[case.name])
     return results

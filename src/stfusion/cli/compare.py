@@ -16,6 +16,7 @@ from stfusion.cli.options import (
     one_line_errors,
     output_state_options,
     progress,
+    ratio_option,
     reading_options,
     say,
     tile_options,
@@ -43,9 +44,7 @@ DEFAULT_METHODS = "persistence,coarse-delta,starfm,fsdaf"
 @click.option(
     "--option", "options", multiple=True, help="key=value for every method that has it, or method.key=value."
 )
-@click.option(
-    "--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="ERGAS pixel-size ratio."
-)
+@ratio_option
 @tile_options
 @output_state_options
 @reading_options
@@ -103,7 +102,9 @@ def compare_command(
     protocol = {
         "data": str(data),
         "cases": ", ".join(c.name for c in cases),
-        "ergas ratio": ratio,
+        "ergas ratio": ratio
+        if ratio is not None
+        else "1 / coarse ratio (--coarse-ratio, or native coarse images)",
         "options": {name: values for name, values in per_method.items() if values},
         "resampling": reading.resampling,
         "scoring": "pixels predicted by every method and valid in the truth",

@@ -14,11 +14,12 @@ from stfusion.cli.options import one_line_errors, say
 @click.option("--pred", type=click.Path(path_type=Path), required=True, help="Predicted GeoTIFF.")
 @click.option("--truth", type=click.Path(path_type=Path), required=True, help="True fine GeoTIFF.")
 @click.option(
-    "--ratio",
-    type=click.FloatRange(min=0.0, min_open=True),
+    "--coarse-ratio",
+    type=click.FloatRange(min=1.0),
     default=None,
-    help="Fine/coarse pixel-size ratio h/l for ERGAS, e.g. 0.05 for 25 m / 500 m (ERGAS skipped if unset).",
+    help="Coarse / fine pixel size for ERGAS, e.g. 16 for 480 m MODIS over 30 m Landsat (unset: no ERGAS).",
 )
+@click.option("--ratio", type=click.FloatRange(min=0.0, min_open=True), default=None, hidden=True)
 @click.option(
     "--mask",
     type=click.Path(path_type=Path),
@@ -39,6 +40,18 @@ from stfusion.cli.options import one_line_errors, say
     show_default=True,
     help="SSIM data_range (2: the MLFF-GAN paper's -1..1 convention; 1: reflectance 0..1).",
 )
+@click.option(
+    "--pred-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Reflectance per stored unit of the prediction, if it has no scale tags [default: auto].",
+)
+@click.option(
+    "--truth-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Reflectance per stored unit of the truth, if it has no scale tags [default: auto].",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write JSON.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write CSV.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -46,10 +59,13 @@ from stfusion.cli.options import one_line_errors, say
 def evaluate_command(
     pred: Path,
     truth: Path,
+    coarse_ratio: float | None,
     ratio: float | None,
     mask: Path | None,
     data_range: float,
     ssim_range: float,
+    pred_scale: float | None,
+    truth_scale: float | None,
     json_path: Path | None,
     csv_path: Path | None,
     overwrite: bool,
@@ -60,8 +76,17 @@ def evaluate_command(
     UIQI; lower for RMSE, MAE, |bias|, SAM and ERGAS.
     """
     outputs = evaluation.table_outputs(json_path, csv_path, overwrite=overwrite)
+    if ratio is None and coarse_ratio is not None:
+        ratio = 1 / coarse_ratio
     result = evaluation.evaluate_files(
-        pred, truth, mask=mask, ratio=ratio, data_range=data_range, ssim_data_range=ssim_range
+        pred,
+        truth,
+        mask=mask,
+        ratio=ratio,
+        data_range=data_range,
+        ssim_data_range=ssim_range,
+        pred_scale=pred_scale,
+        truth_scale=truth_scale,
     )
     say(report.format_table(result))
     for path in evaluation.write_reports({pred.stem: result}, outputs):

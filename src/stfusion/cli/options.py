@@ -84,6 +84,7 @@ READING_PARAMETERS: tuple[str, ...] = (
     "coarse_scale",
     "bands",
     "coarse_bands",
+    "coarse_ratio",
 )
 
 
@@ -130,6 +131,14 @@ def reading_options(command: F) -> F:
                 "green,red,nir; also for coarse images unless --coarse-bands [default: all].",
             ),
             click.option(
+                "--coarse-ratio",
+                type=click.FloatRange(min=1.0),
+                default=None,
+                help="Coarse / fine pixel size, e.g. 16 for 480 m MODIS and 30 m Landsat: used by FSDAF and "
+                "ERGAS [default: from coarse images at their native resolution, else estimated by the "
+                "method that needs it].",
+            ),
+            click.option(
                 "--coarse-bands",
                 default=None,
                 help="Bands of the coarse images matching --bands, e.g. 3,4,1,2,6,7 for MOD09GA (red, nir, "
@@ -161,6 +170,7 @@ def read_options(
     coarse_scale: float | None = None,
     bands: str | None = None,
     coarse_bands: str | None = None,
+    coarse_ratio: float | None = None,
 ) -> ReadOptions:
     """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale,
     --coarse-bands over --bands)."""
@@ -172,6 +182,7 @@ def read_options(
         coarse_scale=coarse_scale if coarse_scale is not None else scale,
         fine_bands=fine_bands,
         coarse_bands=_band_list(coarse_bands) if coarse_bands is not None else fine_bands,
+        coarse_ratio=coarse_ratio,
     )
 
 
@@ -185,12 +196,13 @@ def _band_list(text: str | None) -> tuple[str, ...] | None:
 
 
 def ratio_option(command: F) -> F:
-    """``--ratio``: the fine/coarse pixel-size ratio h/l of ERGAS (e.g. 0.05 for 25 m / 500 m)."""
+    """``--ratio`` (hidden; older name): ERGAS's fine/coarse pixel-size ratio h/l = 1 / --coarse-ratio."""
     return click.option(
         "--ratio",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="ERGAS fine/coarse pixel-size ratio, e.g. 0.05 for 25 m / 500 m (ERGAS skipped if unset).",
+        hidden=True,
+        help="ERGAS fine/coarse pixel-size ratio (older name: give --coarse-ratio, its inverse).",
     )(command)
 
 

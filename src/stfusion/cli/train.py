@@ -21,6 +21,7 @@ from stfusion.cli.options import (
     one_line_errors,
     output_state_options,
     progress,
+    ratio_option,
     reading_options,
     say,
     tile_options,
@@ -179,9 +180,7 @@ def run_training(
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --save-dir from its last.ckpt.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --save-dir with a new one.")
-@click.option(
-    "--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="ERGAS pixel-size ratio."
-)
+@ratio_option
 @click.pass_context
 @one_line_errors(RESUME_HINT)
 def train_command(
@@ -240,9 +239,7 @@ def train_command(
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--split", default="test", show_default=True, help="Which split of DATA_DIR to predict.")
 @click.option("--baselines", default="coarse-delta,persistence", show_default=True, help="Comma list or ''.")
-@click.option(
-    "--ratio", type=click.FloatRange(min=0, min_open=True), default=None, help="ERGAS pixel-size ratio."
-)
+@ratio_option
 @tile_options
 @device_option
 @output_state_options
