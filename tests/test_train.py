@@ -201,7 +201,7 @@ def test_run_py_rejects_bad_data_dir(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().startswith("error:") and "no training cases" in done.stderr
+    assert done.stderr.strip().startswith("error:") and "no fusion cases found" in done.stderr
     assert "Traceback" not in done.stderr
 
 
