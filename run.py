@@ -22,6 +22,35 @@ from stfusion.train import TrainConfig
 from stfusion.workflows import run_experiment
 
 
+class StepProgress:
+    """A bar over the training steps of an epoch (on a terminal only), and one line per epoch."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.bar: Any = None
+
+    def step(self, step: int, losses: dict[str, float]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="steps", unit="step", leave=False, disable=None)  # None: off unless a tty
+        self.bar.update(1)
+        self.bar.set_postfix(g=f"{losses['g_loss']:.4f}", d=f"{losses['d_loss']:.4f}")
+
+    def epoch(self, record: dict[str, float]) -> None:
+        self.close()
+        print(
+            f"epoch {int(record['epoch'])}/{self.epochs}: g_loss {record['g_loss']:.4f} "
+            f"d_loss {record['d_loss']:.4f} val_mse {record['val_mse']:.6f}",
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def str2bool(text: str | bool) -> bool:
     """True/False (also yes/no, 1/0), as the paper's command lines write booleans."""
     if isinstance(text, bool):
@@ -114,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StfusionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    steps = StepProgress(config.epochs)
     try:
         result = run_experiment(
             Path(args.data_dir),
@@ -124,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             tiles=tiles,
             ratio=args.ratio,
             say=print,
-            on_epoch=lambda r: print(
-                f"epoch {int(r['epoch'])}/{config.epochs}: g_loss {r['g_loss']:.4f} "
-                f"d_loss {r['d_loss']:.4f} val_mse {r['val_mse']:.6f}",
-                flush=True,
-            ),
+            on_step=steps.step,
+            on_epoch=steps.epoch,
         )
     except StfusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -139,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     finally:
+        steps.close()
         distributed.teardown(context)
     if result.test_split is None:
         return 0  # a rank > 0 of a torchrun job: rank 0 reports

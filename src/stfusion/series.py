@@ -325,6 +325,7 @@ def iter_series(
                 cog=output.cog,
                 overwrite=output.overwrite or target.exists(),
                 tags=workflows.provenance_tags(name, case, options),
+                clip=output.clip_range,
             )
             image = raster.read(target).data
         means, valid = _band_means(image)

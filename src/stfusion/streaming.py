@@ -65,6 +65,7 @@ def predict_case(
     split: RankSplit = RankSplit(),
     tags: dict[str, str] | None = None,
     on_rows: Callable[[int], None] | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> Path | None:
     """Predict a case's fine t2 with a prepared method and stream it to ``out`` (fine t1's grid).
 
@@ -77,6 +78,8 @@ def predict_case(
             then call :func:`join_parts` on rank 0 after all ranks have returned (a barrier).
         tags: GeoTIFF metadata tags (provenance).
         on_rows: called with the number of rows written after each block (progress bars).
+        clip: (low, high) reflectance range the predictions are clipped to (e.g. (0, 1)); None: as
+            predicted (small negative reflectances are then kept, like those of atmospheric correction).
     Returns:
         ``out`` for a single process, else this rank's part file (None if the rank has no rows).
     """
@@ -104,6 +107,8 @@ def predict_case(
     ) as write:
         predicted = 0
         for first_row, block in prediction.iter_rows(reader, *rows):
+            if clip is not None:
+                block = np.clip(block, *clip)  # NaN (no prediction) stays NaN
             write(first_row, block)
             predicted += int(np.isfinite(block).all(axis=0).sum())
             if on_rows is not None:

@@ -80,6 +80,15 @@ class OutputOptions:
     overwrite: bool = False
     skip_existing: bool = False
     quality: bool = False
+    clip: bool = False  # clip predictions to the valid reflectance range 0..1
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        return VALID_REFLECTANCE if self.clip else None
+
+
+#: The valid reflectance range of ``--clip``.
+VALID_REFLECTANCE: tuple[float, float] = (0.0, 1.0)
 
 
 def provenance_tags(
@@ -191,6 +200,7 @@ def predict_cases(
             split=RankSplit(context.rank, context.world_size),
             tags=provenance_tags(method, case, options),
             on_rows=on_rows,
+            clip=output.clip_range,
         )
         distributed.barrier(context)
         if context.distributed and context.is_main:
@@ -293,6 +303,7 @@ def run_methods(
                     overwrite=output.overwrite or target.exists(),
                     cog=output.cog,
                     tags=provenance_tags(name, case, options),
+                    clip=output.clip_range,
                 )
                 seconds = time.perf_counter() - start
             predictions[name] = (raster.read(target).data, seconds, target)

@@ -21,6 +21,7 @@ from stfusion.cli.evaluate import evaluate_command
 from stfusion.cli.fuse import fuse_command
 from stfusion.cli.methods import methods_command
 from stfusion.cli.predict import predict_command
+from stfusion.cli.sample import sample_command
 from stfusion.cli.train import test_command, train_command
 
 
@@ -60,6 +61,7 @@ for command in (
     train_command,
     test_command,
     demo_command,
+    sample_command,
     import_reference_command,
 ):
     cli.add_command(command)

@@ -62,6 +62,7 @@ def compare_command(
     batch_size: int,
     overwrite: bool,
     skip_existing: bool,
+    clip: bool,
     quality: bool,
     reading: ReadOptions,
 ) -> None:
@@ -86,7 +87,9 @@ def compare_command(
     make_output_folder(out)
     for case in cases:  # figures are rewritten when resuming; refused before any work otherwise
         raster.check_writable(out / f"{case.name}.png", overwrite=overwrite or skip_existing)
-    output = workflows.OutputOptions(overwrite=overwrite, skip_existing=skip_existing, quality=quality)
+    output = workflows.OutputOptions(
+        overwrite=overwrite, skip_existing=skip_existing, quality=quality, clip=clip
+    )
     with progress(len(cases) * len(preparers), "compare", unit="run") as bar:
         results = workflows.run_methods(
             cases,

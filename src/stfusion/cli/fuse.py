@@ -73,6 +73,7 @@ def _date(text: str) -> dt.date:
 )
 @click.option("--dtype", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs.")
+@click.option("--clip", is_flag=True, help="Clip predictions to the valid reflectance range 0..1.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--skip-existing", is_flag=True, help="Keep outputs that exist (resume an interrupted series).")
 @tile_options
@@ -91,6 +92,7 @@ def fuse_command(
     max_invalid: float,
     dtype: str,
     cog: bool,
+    clip: bool,
     overwrite: bool,
     skip_existing: bool,
     tile: tuple[int, int],
@@ -117,7 +119,9 @@ def fuse_command(
     model = load_checkpoint(checkpoint) if checkpoint is not None else None
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     context = distributed.setup(device)
-    output = workflows.OutputOptions(dtype=dtype, cog=cog, overwrite=overwrite, skip_existing=skip_existing)
+    output = workflows.OutputOptions(
+        dtype=dtype, cog=cog, overwrite=overwrite, skip_existing=skip_existing, clip=clip
+    )
     try:
         with progress(len(plans), "fuse", unit="date") as bar:
             for result in series.iter_series(

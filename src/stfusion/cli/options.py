@@ -324,6 +324,9 @@ def output_state_options(command: F) -> F:
                 help="Keep outputs that exist and are readable (resume an interrupted run).",
             ),
             click.option(
+                "--clip", is_flag=True, help="Clip predictions to the valid reflectance range 0..1."
+            ),
+            click.option(
                 "--quality",
                 is_flag=True,
                 help="Also write a quality band: 0 = all inputs valid, else the sum of 1 (fine t1 invalid), "

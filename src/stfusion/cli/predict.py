@@ -98,6 +98,7 @@ def predict_command(
     device: str,
     overwrite: bool,
     skip_existing: bool,
+    clip: bool,
     quality: bool,
     mask: Path | None,
     reading: ReadOptions,
@@ -131,7 +132,7 @@ def predict_command(
         model.check_bands_of_scene(band_count(fine_t1, reading), fine_t1)
     preparer = entry.preparer(values, checkpoint=model, runtime=runtime)
     context = distributed.setup(device)
-    output = workflows.OutputOptions(dtype, cog, overwrite, skip_existing, quality)
+    output = workflows.OutputOptions(dtype, cog, overwrite, skip_existing, quality, clip)
     try:
         with progress(len(jobs) * _rows(jobs[0][0]), f"{name}", unit="row") as bar:
             workflows.predict_cases(

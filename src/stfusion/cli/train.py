@@ -258,6 +258,7 @@ def test_command(
     device: str,
     overwrite: bool,
     skip_existing: bool,
+    clip: bool,
     quality: bool,
     reading: ReadOptions,
 ) -> None:
@@ -271,14 +272,19 @@ def test_command(
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
     preparers.update({name: fusion.get(name).preparer() for name in baselines.split(",") if name})
     make_output_folder(out)
-    results = workflows.run_methods(
-        cases,
-        preparers,
-        out_dir=out,
-        ratio=ratio,
-        reading=reading,
-        output=workflows.OutputOptions(overwrite=overwrite, skip_existing=skip_existing, quality=quality),
-    )
+    with progress(len(cases) * len(preparers), "test", unit="run") as bar:
+        results = workflows.run_methods(
+            cases,
+            preparers,
+            out_dir=out,
+            ratio=ratio,
+            reading=reading,
+            output=workflows.OutputOptions(
+                overwrite=overwrite, skip_existing=skip_existing, quality=quality, clip=clip
+            ),
+            on_case=lambda inputs, results: say(f"figure: {workflows.case_figure(out, inputs, results)}"),
+            on_method=lambda case, method: bar.update(1),
+        )
     protocol = {"data": str(data_dir), "split": split, "checkpoint": str(checkpoint)}
     tables = workflows.write_tables(results, out, protocol=protocol, overwrite=overwrite or skip_existing)
     if "markdown" in tables:

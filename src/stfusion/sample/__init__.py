@@ -56,3 +56,26 @@ DEMO_CONFIG: dict[str, Any] = {
     "val_tile": (256, 256),
     "val_overlap": (32, 32),
 }
+
+
+def copy_dataset(name: str, destination: Path) -> list[Path]:
+    """Copy a bundled dataset (its images, manifest and attribution) into a new folder; returns the files.
+
+    For tutorials: the copy is then the user's own data, to fuse, compare or train on.
+    """
+    import shutil
+
+    from stfusion.errors import InputError
+
+    if name not in DATASETS:
+        raise InputError(f"no bundled dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    destination = Path(destination)
+    if destination.exists() and any(destination.iterdir()):
+        raise InputError(f"{destination}: exists and is not empty; choose a new folder")
+    destination.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sorted(DATASETS[name].iterdir()):
+        copied.append(Path(shutil.copy2(source, destination / source.name)))
+    attribution = DATASETS_ROOT / "README.md"
+    copied.append(Path(shutil.copy2(attribution, destination / "ATTRIBUTION.md")))
+    return copied
