@@ -8,8 +8,8 @@ CPU seconds of the best run.
 Cases:
 * ``estarfm-site``: the bundled sample (400 x 400 x 3, pairs 2001-05-24 + 2001-08-12, coarse 2001-07-11),
   h = 25, m = 4, preset ``idl``, float32 as read and float64 (the spec's precision test); also RMSE.
-* ``synthetic``: a 2040 x 1720 x 3 float32 scene (``--large``; patchy land covers, 16 x 16 coarse
-  pixels), same options.
+* ``2040x1720``: a synthetic 2040 x 1720 x 3 float32 scene (``--large``; patchy textured land covers,
+  16 x 16 coarse pixels), same options.
 
     .venv/bin/python benchmarks/bench_estarfm.py                # sample, threads as numba configures
     .venv/bin/python benchmarks/bench_estarfm.py --large        # + 2040 x 1720 x 3
@@ -53,20 +53,26 @@ def site_scene(dtype: str) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
 
 
 def synthetic_scene(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Float32 (coarse_t1, fine_t1, coarse_t3, fine_t3, coarse_t2): 5 land covers in ~60 px patches,
-    texture, a class-dependent change t1 -> t3 (t2 part-way), coarse = 16 x 16 block means."""
+    """Float32 (coarse_t1, fine_t1, coarse_t3, fine_t3, coarse_t2): 5 land covers in ~30 px patches
+    with texture (about as heterogeneous as the sample: median |S| ~ 200 of 2601 at h = 25), a
+    class-dependent change t1 -> t3 (t2 part-way), coarse = 16 x 16 block means."""
     from scipy.ndimage import gaussian_filter, zoom
 
     rng = np.random.default_rng(seed)
-    field = zoom(rng.normal(size=(height // 60 + 2, width // 60 + 2)), 60, order=1)[:height, :width]
+    patch = 30
+    field = zoom(rng.normal(size=(height // patch + 2, width // patch + 2)), patch, order=1)[:height, :width]
     labels = np.digitize(field, [-0.8, -0.2, 0.4, 1.0])
     spectra = np.array([[0.05, 0.03, 0.02], [0.06, 0.03, 0.35], [0.08, 0.07, 0.28], [0.12, 0.15, 0.23],
                         [0.11, 0.12, 0.18]])  # fmt: skip
     change = np.array([[0, 0, 0], [0.005, -0.005, 0.03], [0.01, -0.03, 0.15], [0.01, 0.015, 0.01],
                        [0, 0, 0]])  # fmt: skip
-    texture = np.stack([gaussian_filter(rng.normal(size=(height, width)), 1.0) for _ in range(3)]) * 0.01
-    f1 = spectra[labels].transpose(2, 0, 1) + texture
-    f3 = f1 + change[labels].transpose(2, 0, 1)
+
+    def texture() -> np.ndarray:
+        t = np.stack([gaussian_filter(rng.normal(size=(height, width)), 1.0) for _ in range(3)])
+        return t / t.std(axis=(1, 2), keepdims=True) * np.array([0.015, 0.015, 0.045])[:, None, None]
+
+    f1 = spectra[labels].transpose(2, 0, 1) + texture()
+    f3 = f1 + change[labels].transpose(2, 0, 1) + 0.3 * texture()
     f2 = f1 + 0.6 * change[labels].transpose(2, 0, 1)
 
     def coarse(image: np.ndarray) -> np.ndarray:

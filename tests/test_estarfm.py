@@ -590,6 +590,46 @@ def test_prepare_equals_estarfm_over_several_blocks() -> None:
         assert np.array_equal(out, expected.astype(np.float32), equal_nan=True)
 
 
+class _RecordingSource(ArraySource):
+    """An ArraySource that records the row ranges read from it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.reads: list[tuple[int, int]] = []
+
+    def block(self, top: int, stop: int) -> Any:
+        self.reads.append((top, stop))
+        return super().block(top, stop)
+
+
+def test_prepare_reads_bounded_blocks() -> None:
+    """Memory is bounded by the block: one streaming pass of <= 256-row blocks for the tolerances,
+    then blocks of block_rows + 2 halo rows."""
+    c1, f1, c3, f3, c2 = smooth_scene(18, size=300)
+    source = _RecordingSource([(c1, f1), (c3, f3)], c2)
+    prediction = prepare(source, half_window=3, block_rows=40)
+    assert source.reads == [(0, 256), (256, 300)]
+    source.reads.clear()
+    rows = list(prediction.iter_rows(source, 0, 80))
+    assert [r for r, _ in rows] == [0, 40]
+    assert source.reads == [(0, 43), (37, 83)]
+
+
+def test_estarfm_block_argument_checks() -> None:
+    scene = smooth_scene(19, size=10)
+    cfg = _config("idl", half_window=2)
+    tol = np.full((2, 3), 0.01)
+    with pytest.raises(ValueError, match=r"halo_top and halo_bottom must be integers in \[0, 2\]"):
+        estarfm_block(*scene, tolerances=tol, halo_top=3, halo_bottom=0, config=cfg)
+    with pytest.raises(ValueError, match="no rows left"):
+        estarfm_block(*(x[:, :4] for x in scene), tolerances=tol, halo_top=2, halo_bottom=2, config=cfg)
+    with pytest.raises(ValueError, match=r"tolerances must have shape \(2, C\) = \(2, 3\)"):
+        estarfm_block(*scene, tolerances=tol[0], halo_top=0, halo_bottom=0, config=cfg)
+    with pytest.raises(ValueError, match="tolerances must be >= 0"):
+        estarfm_block(*scene, tolerances=-tol, halo_top=0, halo_bottom=0, config=cfg)
+    assert halo_rows(_config("paper", half_window=5, coarse_factor=4)) == 5 + 3
+
+
 @pytest.mark.parametrize("n_pairs", [1, 3])
 def test_prepare_needs_exactly_two_pairs(n_pairs: int) -> None:
     c1, f1, _, _, c2 = smooth_scene(13, size=8)
