@@ -626,8 +626,9 @@ def _result_dtype(images: list[np.ndarray]) -> np.dtype:
 
 
 def _auto_block_rows(n_bands: int, width: int, halo: int) -> int:
-    # ~(13 C + 3) float64 planes per block row: the key, the aux image, box-sum inputs, temporaries.
-    per_row = (13 * n_bands + 3) * 8 * width
+    # ~(18 C + 3) float64 planes per block row: float64 copies of the 5 inputs, keys (2C), per-pixel
+    # values (6C + 1), box-sum planes (3C + 1), window deltas (2C) and temporaries.
+    per_row = (18 * n_bands + 3) * 8 * width
     return max(64, _BLOCK_BUDGET_BYTES // max(per_row, 1) - 2 * halo)
 
 
