@@ -56,6 +56,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    default_text: str | None = None  # how the default reads in help, when not the value itself
 
     def parse(self, value: Any, method: str) -> Any:
         """A value given as text (command line) or as a Python value, converted and checked."""
@@ -89,7 +90,7 @@ class Option:
 
     def describe(self) -> str:
         """One line for help texts: ``name (type, default X): help``."""
-        default = "auto" if self.default is None else json.dumps(self.default)
+        default = self.default_text or ("auto" if self.default is None else json.dumps(self.default))
         values = f"; one of {', '.join(self.choices)}" if self.choices else ""
         return f"{self.name} ({self.kind.__name__}, default {default}{values}): {self.help}"
 
@@ -292,6 +293,44 @@ METHODS: dict[str, Method] = {
             ),
             block="row blocks with a halo of window_size // 2 rows; global tolerances from one pass",
             references="Gao, Masek, Schwaller, Hall, IEEE TGRS 44(8) (2006) 2207-2218",
+        ),
+        Method(
+            name="estarfm",
+            summary="ESTARFM (Zhu et al. 2010): two reference pairs, conversion coefficients and temporal "
+            "weights.",
+            prepare="stfusion.baselines.estarfm:prepare",
+            pairs=(2, 2),
+            options=(
+                Option(
+                    "preset",
+                    str,
+                    "idl",
+                    "Rule set: idl (the author's 2018 IDL program), idl_legacy (its earlier rules), paper.",
+                    choices=("idl", "idl_legacy", "paper"),
+                ),
+                Option(
+                    "half_window", int, None, "Half side of the search window (pixels); auto: 25.", minimum=1
+                ),
+                Option(
+                    "n_classes",
+                    int,
+                    None,
+                    "Classes of the similarity tolerance 2 sigma / n; auto: 4.",
+                    minimum=1,
+                ),
+                Option(
+                    "max_similar", int, None, "Keep only the n most similar pixels (ESTARFM_FAST).", minimum=1
+                ),
+                Option(
+                    "coarse_factor",
+                    int,
+                    None,
+                    "Coarse cell side in pixels (preset paper's coarse_cell scope).",
+                    minimum=1,
+                ),
+            ),
+            block="row blocks with a halo of half_window rows; global tolerances from one pass",
+            references="Zhu, Chen, Gao, Chen, Masek, Remote Sens. Environ. 114 (2010) 2610-2623",
         ),
         Method(
             name="fsdaf",

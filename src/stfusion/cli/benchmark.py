@@ -19,6 +19,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "starfm",
     "starfm:preset=starfm4py",
     "fsdaf",
+    "estarfm",
 )
 
 
