@@ -1,4 +1,4 @@
-"""Tests of ESTARFM against shared/spec/ESTARFM.md: worked example (8.1), invariants (8), sample (7).
+"""Tests of ESTARFM against docs/specs/ESTARFM.md: worked example (8.1), invariants (8), sample (7).
 
 ``reference_estarfm`` below is a plain per-pixel float64 implementation written straight from the
 spec (two-pass regression, scipy's F distribution for the p-value): the oracle of invariant 8.

@@ -1,4 +1,4 @@
-"""Tests of stfusion.metrics against METRICS.md: invariants, scikit-image and direct NumPy formulas."""
+"""Tests of stfusion.metrics against docs/metrics.md: invariants, scikit-image and direct NumPy formulas."""
 
 from __future__ import annotations
 

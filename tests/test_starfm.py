@@ -1,4 +1,4 @@
-"""Tests of STARFM against shared/spec/STARFM.md: the worked example (7.1) and invariants (7)."""
+"""Tests of STARFM against docs/specs/STARFM.md: the worked example (7.1) and invariants (7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Accuracy metrics for fused images, exactly as defined in METRICS.md.
+"""Accuracy metrics for fused images, exactly as defined in docs/metrics.md.
 
 Every metric is computed on the whole scene from one documented definition, and the settings used
 (data ranges, ERGAS ratio, window sizes, pixel counts, masking rules) travel with the numbers in
@@ -50,7 +50,7 @@ from skimage.metrics import structural_similarity
 BAND_METRICS: tuple[str, ...] = ("rmse", "mae", "bias", "psnr", "ssim", "cc", "uiqi")
 #: Cross-band metrics: one value for the scene, reported in the mean row only.
 SCENE_METRICS: tuple[str, ...] = ("sam", "ergas")
-#: Column order used in tables (the order of METRICS.md).
+#: Column order used in tables (the order of docs/metrics.md).
 METRIC_COLUMNS: tuple[str, ...] = (
     "rmse",
     "mae",
@@ -578,7 +578,7 @@ def compute_metrics(
     uiqi_window: int = 8,
     band_names: Sequence[str] | None = None,
 ) -> MetricReport:
-    """Compute every METRICS.md metric of ``prediction`` against ``truth``.
+    """Compute every docs/metrics.md metric of ``prediction`` against ``truth``.
 
     The values are those of :func:`rmse`, :func:`mae`, :func:`bias`, :func:`psnr`, :func:`ssim`,
     :func:`cc`, :func:`uiqi`, :func:`sam` and :func:`ergas` with the same arguments (the used-pixel

@@ -1,6 +1,6 @@
 """ESTARFM: Enhanced STARFM (Zhu, Chen, Gao, Chen & Masek 2010), two reference pairs.
 
-Implements ``shared/spec/ESTARFM.md`` (section numbers below refer to it). Arrays are reflectance
+Implements ``docs/specs/ESTARFM.md`` (section numbers below refer to it). Arrays are reflectance
 (0..1) on the fine grid, bands first: ``(C, H, W)``; NaN marks invalid pixels (section 3.0: a pixel is
 valid when every band of the five images is finite). Pair 1 is (``coarse_t1``, ``fine_t1``), pair 2 is
 (``coarse_t3``, ``fine_t3``); ``coarse_t2`` is the coarse image at the target date.

@@ -1,6 +1,6 @@
 """STARFM: Spatial and Temporal Adaptive Reflectance Fusion Model (Gao et al. 2006).
 
-Implements ``shared/spec/STARFM.md`` (section numbers below refer to it). Arrays are reflectance
+Implements ``docs/specs/STARFM.md`` (section numbers below refer to it). Arrays are reflectance
 (0..1) on the fine grid, bands first: ``(C, H, W)``. A pixel is invalid where it is NaN or where an
 explicit mask says False.
 

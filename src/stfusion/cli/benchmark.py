@@ -24,7 +24,13 @@ DEFAULT_METHODS: tuple[str, ...] = (
 
 
 @click.command("benchmark")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmark"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("benchmark"),
+    show_default=True,
+    help="Output folder.",
+)
 @click.option(
     "--method",
     "methods",

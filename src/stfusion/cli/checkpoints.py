@@ -12,7 +12,13 @@ from stfusion.cli.options import one_line_errors, say
 
 @click.command("import-reference")
 @click.argument("generator_path", type=click.Path(path_type=Path))
-@click.option("--discriminator", "discriminator_path", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--discriminator",
+    "discriminator_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The authors' discriminator .pth too (to continue training).",
+)
 @click.option("--bands", type=click.IntRange(min=1), required=True, help="Bands of the model.")
 @click.option(
     "--coarse-factor", type=click.IntRange(min=1), default=16, show_default=True, help="Degradation factor."

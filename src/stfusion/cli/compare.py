@@ -29,7 +29,13 @@ DEFAULT_METHODS = "persistence,coarse-delta,starfm,fsdaf"
 
 @click.command("compare")
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("comparison"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("comparison"),
+    show_default=True,
+    help="Output folder.",
+)
 @click.option(
     "--methods", default=DEFAULT_METHODS, show_default=True, help="Comma list (`stfusion methods`)."
 )

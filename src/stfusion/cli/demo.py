@@ -17,8 +17,20 @@ from stfusion.train import TrainConfig
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=DEMO_CONFIG["epochs"], show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Output folder.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=DEMO_CONFIG["epochs"],
+    show_default=True,
+    help="Training epochs of MLFF-GAN.",
+)
 @click.option(
     "--residual/--no-residual",
     default=DEMO_CONFIG["residual"],

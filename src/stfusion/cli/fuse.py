@@ -71,7 +71,13 @@ def _date(text: str) -> dt.date:
     show_default=True,
     help="Largest fraction of invalid (nodata, masked) pixels of a usable reference image.",
 )
-@click.option("--dtype", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["int16", "float32"]),
+    default="int16",
+    show_default=True,
+    help="Output type: int16 reflectance x 10000 (with GDAL scale tags), or float32 reflectance.",
+)
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs.")
 @click.option("--clip", is_flag=True, help="Clip predictions to the valid reflectance range 0..1.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")

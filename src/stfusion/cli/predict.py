@@ -68,7 +68,13 @@ def target_outputs(out: Path, coarse_t2: tuple[Path, ...]) -> list[Path]:
     help="Output GeoTIFF; a folder when several --coarse-t2 are given (pred_<coarse name>.tif).",
 )
 @click.option("--option", "options", multiple=True, help="Method option key=value (repeatable).")
-@click.option("--dtype", type=click.Choice(["int16", "float32"]), default="int16", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["int16", "float32"]),
+    default="int16",
+    show_default=True,
+    help="Output type: int16 reflectance x 10000 (with GDAL scale tags), or float32 reflectance.",
+)
 @click.option("--cog", is_flag=True, help="Write Cloud Optimized GeoTIFFs (with overviews).")
 @click.option("--amp", is_flag=True, help="MLFF-GAN: bf16 autocast (CUDA only).")
 @click.option("--compile", "compile_model", is_flag=True, help="MLFF-GAN: torch.compile the generator.")

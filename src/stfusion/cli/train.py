@@ -137,13 +137,25 @@ def run_training(
 )
 @click.option("--save-dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON training config.")
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Global batch.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2e-4,
+    show_default=True,
+    help="Adam learning rate.",
+)
 @click.option(
     "--patch-size", type=click.IntRange(min=16), default=256, show_default=True, help="Training patch size."
 )
-@click.option("--patch-stride", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--patch-stride",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Stride of the patch grid.",
+)
 @click.option(
     "--random-crops",
     type=click.IntRange(min=0),
@@ -158,11 +170,24 @@ def run_training(
     show_default=True,
     help="Coarse degradation factor.",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=2020, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=2020, show_default=True, help="Seed of every random choice."
+)
 @device_option
 @click.option("--amp", is_flag=True, help="bf16 autocast (CUDA only).")
-@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--date-swap/--no-date-swap", default=True, show_default=True)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader worker processes.",
+)
+@click.option(
+    "--date-swap/--no-date-swap",
+    default=True,
+    show_default=True,
+    help="The paper's augmentation: also train on each pair backward (t2 -> t1).",
+)
 @click.option("--flips/--no-flips", default=False, show_default=True, help="Random flips/rotations.")
 @click.option("--residual/--no-residual", default=False, show_default=True, help="Learn F2 - (F1 + C2 - C1).")
 @click.option(
