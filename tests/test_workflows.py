@@ -1,0 +1,99 @@
+"""Jobs: predicting cases to files, scoring methods on common pixels, provenance, never touching inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from stfusion import fusion, scenes, workflows
+from stfusion.blocks import Block, Prediction, RowBlocks, SceneSource
+from stfusion.errors import InputError
+from tests.conftest import random_scene, write_tif
+
+
+@pytest.fixture
+def case(tmp_path: Path, rng: np.random.Generator) -> scenes.FusionCase:
+    paths = {
+        role: write_tif(tmp_path / "in" / f"{role}_2001010{i}.tif", random_scene(rng, 3, 30, 40))
+        for i, role in enumerate(("coarse_t1", "fine_t1", "coarse_t2", "fine_t2"), start=1)
+    }
+    return scenes.explicit_case(**paths, name="c")
+
+
+def holes(source: SceneSource) -> Prediction:
+    """coarse-delta with the top-left 5 x 5 pixels left empty (a method that cannot predict them)."""
+
+    def predict_block(block: Block, top: int, bottom: int) -> np.ndarray:
+        pair = block.pairs[0]
+        values = pair.fine + block.coarse_t2 - pair.coarse
+        values[:, : max(0, 5 - block.top), :5] = np.nan
+        return values
+
+    return RowBlocks(predict_block, block_rows=8)
+
+
+def test_every_method_is_scored_on_the_same_pixels(case: scenes.FusionCase, tmp_path: Path) -> None:
+    preparers = {"coarse-delta": fusion.get("coarse-delta").preparer(), "holes": holes}
+    results = workflows.run_methods([case], preparers, out_dir=tmp_path / "out", ratio=0.1)["c"]
+    full, gappy = results["coarse-delta"], results["holes"]
+    assert gappy.n_unpredicted == 25 and full.n_unpredicted == 0
+    assert full.metrics is not None and gappy.metrics is not None
+    # same pixels, same values there: identical scores
+    assert full.metrics.mean == gappy.metrics.mean
+    assert full.metrics.conventions["n_valid"] == 30 * 40 - 25
+    tables = workflows.write_tables({"c": results}, tmp_path / "out", overwrite=True)
+    assert "unpredicted" in tables["csv"].read_text()
+
+
+def test_outputs_carry_provenance_and_never_replace_inputs(case: scenes.FusionCase, tmp_path: Path) -> None:
+    target = tmp_path / "pred.tif"
+    preparer = fusion.get("coarse-delta").preparer()
+    written = workflows.predict_cases([(case, target)], preparer, method="coarse-delta", options={})
+    assert written == [target]
+    with rasterio.open(target) as src:
+        tags = src.tags()
+    assert tags["STFUSION_METHOD"] == "coarse-delta" and tags["STFUSION_TARGET_DATE"] == str(case.date_t2)
+    assert tags["STFUSION_INPUT_FINE_T1"].startswith(case.fine_t1.name)
+    with pytest.raises(InputError, match="is the input"):
+        workflows.refuse_inputs_as_outputs([case.fine_t1], workflows.case_files(case))
+    link = tmp_path / "link.tif"
+    link.symlink_to(case.coarse_t2)
+    with pytest.raises(InputError, match="is the input"):
+        workflows.refuse_inputs_as_outputs([link], workflows.case_files(case))
+    with pytest.raises(InputError, match="two outputs of this run would be the same file"):
+        workflows.refuse_inputs_as_outputs([tmp_path / "a.tif", tmp_path / "a.tif"], [])
+
+
+def test_skip_existing_redoes_an_empty_or_broken_output(case: scenes.FusionCase, tmp_path: Path) -> None:
+    target = tmp_path / "pred.tif"
+    target.write_bytes(b"")  # left by a run killed while the file was created
+    preparer = fusion.get("coarse-delta").preparer()
+    output = workflows.OutputOptions(skip_existing=True)
+    written = workflows.predict_cases([(case, target)], preparer, method="coarse-delta", output=output)
+    assert written == [target] and target.stat().st_size > 0
+    again = workflows.predict_cases([(case, target)], preparer, method="coarse-delta", output=output)
+    assert again == []  # kept
+
+
+def test_clip_keeps_predictions_in_the_valid_range(tmp_path: Path) -> None:
+    """F1 0.9 + (C2 0.5 - C1 0.1) = 1.3 without --clip, 1.0 with it; 0.1 + (0.1 - 0.5) = -0.3 -> 0."""
+    fine = np.full((1, 20, 20), 9000, np.int16)
+    fine[:, 10:] = 1000
+    coarse_t2 = np.full((1, 20, 20), 5000, np.int16)
+    coarse_t2[:, 10:] = 1000
+    coarse_t1 = np.where(coarse_t2 == 5000, 1000, 5000).astype(np.int16)
+    paths = {
+        name: write_tif(tmp_path / f"{name}.tif", image)
+        for name, image in (("fine_t1", fine), ("coarse_t1", coarse_t1), ("coarse_t2", coarse_t2))
+    }
+    case = scenes.explicit_case(**paths)
+    preparer = fusion.get("coarse-delta").preparer()
+    for clip, name in ((False, "raw.tif"), (True, "clipped.tif")):
+        output = workflows.OutputOptions(clip=clip, dtype="float32")
+        workflows.predict_cases([(case, tmp_path / name)], preparer, method="coarse-delta", output=output)
+    with rasterio.open(tmp_path / "raw.tif") as raw, rasterio.open(tmp_path / "clipped.tif") as clipped:
+        np.testing.assert_allclose([raw.read().max(), raw.read().min()], [1.3, -0.3], atol=1e-6)
+        np.testing.assert_allclose([clipped.read().max(), clipped.read().min()], [1.0, 0.0], atol=0)
