@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from stfusion import __version__
-from stfusion.atomic import atomic_path
+from stfusion.atomic import OutputError, atomic_path, output_error
 from stfusion.errors import InputError
 from stfusion.models import MODELS
 from stfusion.transforms import REFLECTANCE_SCALE
@@ -118,7 +118,10 @@ class Checkpoint:
 
     def build_generator(self) -> nn.Module:
         """The generator with the saved weights, in eval mode, on CPU; InputError if they do not fit."""
-        generator = self.model.build()
+        try:
+            generator = self.model.build()
+        except InputError as exc:
+            raise InputError(f"{self.where()}: {exc}") from exc
         try:
             generator.load_state_dict(self.generator)
         except (RuntimeError, KeyError, TypeError) as exc:
@@ -212,9 +215,23 @@ def save(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Path:
     """Write a checkpoint atomically to ``path`` (the previous file stays until the new one is complete)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint.to_payload(), tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint.to_payload(), tmp)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise output_error(path, exc) from exc
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (disk full, size limit) so
+        raise OutputError(
+            f"{path}: the checkpoint could not be written ({_first_line(exc)}); the previous one is kept"
+        ) from exc
     return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Checkpoint:

@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -130,30 +132,33 @@ class Scaling:
         return self.description or f"reflectance = value x {self.scale:.6g}{_offset_text(self.offset)}"
 
     def factors(self, positions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(C, 1, 1) float32 scales and offsets of the data bands at 0-based ``positions``."""
+        """(C, 1, 1) float64 scales and offsets of the data bands at 0-based ``positions``."""
         scales = [self.band_scales[p] if p < len(self.band_scales) else self.scale for p in positions]
         offsets = [self.band_offsets[p] if p < len(self.band_offsets) else self.offset for p in positions]
         return (
-            np.asarray(scales, dtype=np.float32)[:, None, None],
-            np.asarray(offsets, dtype=np.float32)[:, None, None],
+            np.asarray(scales, dtype=np.float64)[:, None, None],
+            np.asarray(offsets, dtype=np.float64)[:, None, None],
         )
 
     def apply(self, stored: np.ndarray, positions: Sequence[int] | None = None) -> np.ndarray:
         """Reflectance of (C, h, w) stored values (any dtype) as a new float32 array.
 
-        Computed in float32: integers up to 2^24 convert exactly, and x scale + offset then errs by at
-        most ~2 float32 ulps (2.4e-7 near reflectance 1, 1/100 of a Landsat C2 step of 2.75e-5).
+        Computed in float64, then rounded once to float32: the same reflectance stored as x 10000
+        integers or as correctly rounded float32 values gives bit-identical arrays (so methods that
+        compare values, like STARFM's similarity tests, do not depend on how a file was stored).
         ``positions`` are the bands' 0-based positions among the data bands (all, in order, when None).
         """
         if positions is None:
             positions = range(stored.shape[0])
         scales, offsets = self.factors(list(positions))
-        values = stored.astype(np.float32, copy=True)
+        if not (scales != 1).any() and not (offsets != 0).any():
+            return stored.astype(np.float32, copy=True)
+        values = stored.astype(np.float64)
         if (scales != 1).any():
-            values *= scales
+            values *= scales.astype(np.float64)
         if (offsets != 0).any():
-            values += offsets
-        return values
+            values += offsets.astype(np.float64)
+        return values.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -1272,10 +1277,34 @@ def _check_written(written: Path) -> None:
 _CHECK_ERRORS: tuple[type[Exception], ...] = (*_GDAL_ERRORS, _IncompleteWriteError)
 
 
+@contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """Send what native code (libtiff) prints on the process's stderr meanwhile to the log (DEBUG).
+
+    GDAL's bundled libtiff reports write failures (a full disk, the file size limit) straight to file
+    descriptor 2, e.g. "_tiffWriteProc: File too large.", around the one-line error we raise. Only GDAL
+    calls run inside this (never a progress bar); Python's own stderr is flushed first.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.debug("GDAL: %s", line)
+
+
 def _write(path: Path, dst: Any, stored: np.ndarray, window: Window | None = None) -> None:
     """``dst.write`` with GDAL's write errors turned into a one-line OutputError naming ``path``."""
     try:
-        dst.write(stored, window=window)
+        with native_stderr_to_log():
+            dst.write(stored, window=window)
     except _GDAL_ERRORS as exc:
         raise _write_failure(path, Path(dst.name), exc) from exc
 
@@ -1319,26 +1348,30 @@ def _open_output(
             try:
                 yield dst
             except BaseException:
-                _close_quietly(dst)  # the caller's error is the one to report
+                with native_stderr_to_log():
+                    _close_quietly(dst)  # the caller's error is the one to report
                 raise
             try:
-                for index, name in enumerate(band_names, start=1):
-                    if name:
-                        dst.set_band_description(index, name)
-                if tags:
-                    dst.update_tags(**tags)
-                if scales is not None:
-                    dst.scales = tuple(scales)
-                if offsets is not None:
-                    dst.offsets = tuple(offsets)
-                dst.close()
+                with native_stderr_to_log():
+                    for index, name in enumerate(band_names, start=1):
+                        if name:
+                            dst.set_band_description(index, name)
+                    if tags:
+                        dst.update_tags(**tags)
+                    if scales is not None:
+                        dst.scales = tuple(scales)
+                    if offsets is not None:
+                        dst.offsets = tuple(offsets)
+                    dst.close()
             except _GDAL_ERRORS as exc:
-                _close_quietly(dst)
+                with native_stderr_to_log():
+                    _close_quietly(dst)
                 raise _write_failure(path, target, exc) from exc
             try:
                 _check_written(target)
                 if cog:
-                    rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
+                    with native_stderr_to_log():
+                        rasterio.shutil.copy(target, tmp, driver="COG", compress="DEFLATE", blocksize=512)
                     _check_written(tmp)
             except _CHECK_ERRORS as exc:
                 raise _write_failure(path, tmp, exc) from exc

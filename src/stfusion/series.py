@@ -323,7 +323,7 @@ def iter_series(
                 target,
                 dtype=output.dtype,
                 cog=output.cog,
-                overwrite=output.overwrite or target.exists(),
+                overwrite=output.overwrite or (output.skip_existing and target.exists()),
                 tags=workflows.provenance_tags(name, case, options),
                 clip=output.clip_range,
             )

@@ -164,7 +164,7 @@ class TrainConfig:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}")
             number = float(cast(float, value))
-            if number < low or (name in _POSITIVE and number <= 0):
+            if not math.isfinite(number) or number < low or (name in _POSITIVE and number <= 0):
                 bound = "> 0" if name in _POSITIVE else f">= {low}"
                 raise ValueError(f"{name}: {value} is out of range (must be {bound})")
         for name in _FLAGS:
@@ -182,6 +182,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, int | float) for v in value):
                 raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: {self.betas} must be two numbers within [0, 1)")
+        if len(self.channels) != 5 or not all(isinstance(c, int) and c >= 1 for c in self.channels):
+            raise ValueError(f"channels: {self.channels} must be five positive integers (one per level)")
         if min(self.val_tile) < 16 or min(self.val_overlap) < 0:
             raise ValueError(
                 f"val_tile/val_overlap: tiles need >= 16 px and overlaps >= 0, got {self.val_tile}"
@@ -466,6 +470,14 @@ def fit(
     last_path, best_path = save_dir / "last.ckpt", save_dir / "best.ckpt"
     if not train_arrays or not val_arrays:
         raise TrainingError("fit needs training and validation cases")
+    # patches first: cases too small for the patch are refused before the run folder is made
+    dataset = PatchDataset(
+        train_arrays,
+        patch_size=config.patch_size,
+        stride=config.patch_stride,
+        random_crops=config.random_crops,
+        seed=config.seed,
+    )
     if context.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         for stale in save_dir.glob(".*.part"):  # temporaries of a save cut short by SIGKILL
@@ -515,13 +527,6 @@ def fit(
             ms_ssim_min_size(5),
             ms_ssim_scales_for(config.patch_size),
         )
-    dataset = PatchDataset(
-        train_arrays,
-        patch_size=config.patch_size,
-        stride=config.patch_stride,
-        random_crops=config.random_crops,
-        seed=config.seed,
-    )
     saved_config = {**config.to_dict(), "data": data}
     for epoch in range(start_epoch, config.epochs):
         # Everything random in this epoch (order, swaps, dropout) derives from (seed, epoch), the

@@ -132,6 +132,11 @@ def _identity(path: Path) -> Any:
         return str(Path(os.path.realpath(path)))
 
 
+def quality_path(target: Path) -> Path:
+    """Where ``--quality`` writes the quality band of the prediction ``target``."""
+    return target.with_name(f"{target.stem}_quality.tif")
+
+
 def case_files(case: FusionCase) -> list[Path]:
     """Every file a case reads: its images and masks."""
     return [*case.paths().values(), *case.masks.values()]
@@ -184,9 +189,9 @@ def predict_cases(
             names = ", ".join(str(case.paths()[role]) for role in reader.reprojected)
             resampling = (reading or ReadOptions()).resampling
             say(f"reprojecting {names} onto the grid of {case.fine_t1} ({resampling} resampling)")
-        quality_path = target.with_name(f"{target.stem}_quality.tif")
+        quality = quality_path(target)
         if output.quality and context.is_main:
-            raster.check_writable(quality_path, overwrite=output.overwrite or output.skip_existing)
+            raster.check_writable(quality, overwrite=output.overwrite or output.skip_existing)
         prediction = preparer(reader)
         start = time.perf_counter()
         predict_case(
@@ -194,8 +199,9 @@ def predict_cases(
             prediction,
             target,
             dtype=output.dtype,
-            # an unusable leftover (empty, truncated) is replaced; a new file of another run is not
-            overwrite=output.overwrite or target.exists(),
+            # an unusable leftover (empty, truncated) is replaced; a file another run published after
+            # the checks is not: the exclusive publication then fails with one line
+            overwrite=output.overwrite or (output.skip_existing and target.exists()),
             cog=output.cog,
             split=RankSplit(context.rank, context.world_size),
             tags=provenance_tags(method, case, options),
@@ -217,8 +223,8 @@ def predict_cases(
             say(f"wrote {target} ({time.perf_counter() - start:.1f} s)")
             written.append(target)
             if output.quality:
-                write_quality(reader, quality_path, overwrite=output.overwrite or output.skip_existing)
-                say(f"wrote {quality_path}")
+                write_quality(reader, quality, overwrite=output.overwrite or output.skip_existing)
+                say(f"wrote {quality}")
     return written
 
 
@@ -300,7 +306,7 @@ def run_methods(
                     dtype=output.dtype,
                     # existing outputs were refused up front; one appearing meanwhile (another run
                     # writing here) makes this run fail instead of replacing it
-                    overwrite=output.overwrite or target.exists(),
+                    overwrite=output.overwrite or (output.skip_existing and target.exists()),
                     cog=output.cog,
                     tags=provenance_tags(name, case, options),
                     clip=output.clip_range,
@@ -440,6 +446,8 @@ def run_experiment(
     context = context or distributed.Context(device=config.device)
     data_dir = Path(data_dir)
     save_dir = Path(config.save_dir)
+    if save_dir.exists() and not save_dir.is_dir():
+        raise InputError(f"{save_dir}: exists and is not a folder; --save-dir needs a folder")
     existing = [name for name in RUN_FILES if (save_dir / name).exists()]
     if existing and not (resume or overwrite):
         raise InputError(
@@ -452,11 +460,15 @@ def run_experiment(
         raise InputError(f"{data_dir}: no training cases (expected {data_dir / 'train'}/<pair folders>)")
     if not val_cases and not config.val_holdout:
         config.val_holdout = DEFAULT_VAL_HOLDOUT
-        say(
-            f"{data_dir}: no validation folder; validating on the bottom {DEFAULT_VAL_HOLDOUT:.0%} of "
-            "the rows of the training cases (--val-holdout)"
+        log.info(
+            "%s: no validation folder; validating on the bottom %.0f%% of the rows of the training cases "
+            "(--val-holdout)",
+            data_dir,
+            100 * DEFAULT_VAL_HOLDOUT,
         )
-    say(f"{data_dir}: {len(train_cases)} training, {len(test_cases)} test case(s); split {splits.rule}")
+    log.info(
+        "%s: %d training, %d test case(s); split %s", data_dir, len(train_cases), len(test_cases), splits.rule
+    )
     holdout = bool(getattr(config, "val_holdout", 0))
     if not val_cases and not holdout:
         raise InputError(

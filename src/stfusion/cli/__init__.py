@@ -8,6 +8,7 @@ Commands only parse, call a job of the package and print.
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -39,6 +40,9 @@ from stfusion.cli.train import test_command, train_command
 def cli(ctx: click.Context, verbose: bool, quiet: bool, threads: int | None) -> None:
     """Spatiotemporal fusion of satellite images: predict a fine image at a target date."""
     ctx.obj = {"quiet": quiet}
+    if not verbose:
+        # GDAL's own messages (e.g. libtiff's on a full disk) would add raw lines to our one-line errors
+        os.environ.setdefault("CPL_LOG", os.devnull)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

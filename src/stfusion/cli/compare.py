@@ -80,7 +80,9 @@ def compare_command(
     cases = [c for c in found.cases if c.fine_t2 is not None and (split is None or c.split == split)]
     if not cases:
         raise InputError(f"{data}: no case with a known fine t2 (truth) to compare against")
-    names = [name for name in methods.split(",") if name]
+    names = [name for name in methods.split(",") if name.strip()]
+    if not names and not checkpoints:
+        raise InputError(f"--methods {methods!r}: name at least one method (see `stfusion methods`)")
     per_method = fusion.split_method_options(key_values(options), names)
     preparers = {name: fusion.get(name).preparer(per_method[name]) for name in names}
     runtime = {"tiles": make_tiles(tile, overlap, batch_size)}

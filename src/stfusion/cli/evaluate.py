@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stfusion import evaluation, report
+from stfusion import evaluation, report, workflows
 from stfusion.cli.options import one_line_errors, say
 
 
@@ -76,6 +76,8 @@ def evaluate_command(
     UIQI; lower for RMSE, MAE, |bias|, SAM and ERGAS.
     """
     outputs = evaluation.table_outputs(json_path, csv_path, overwrite=overwrite)
+    inputs = [path for path in (pred, truth, mask) if path is not None]
+    workflows.refuse_inputs_as_outputs(list(outputs.values()), inputs)
     if ratio is None and coarse_ratio is not None:
         ratio = 1 / coarse_ratio
     result = evaluation.evaluate_files(

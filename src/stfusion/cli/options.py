@@ -97,7 +97,10 @@ def reading_options(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in READING_PARAMETERS}
-        kwargs["reading"] = read_options(**values)
+        try:
+            kwargs["reading"] = read_options(**values)
+        except StfusionError as exc:  # e.g. --scale nan: a usage error, before any work
+            raise click.UsageError(str(exc)) from None
         return command(*args, **kwargs)
 
     scale_help = "Reflectance per stored unit of {} files without GDAL scale/offset tags [default: auto]."

@@ -13,6 +13,7 @@ from stfusion.cli.options import (
     device_option,
     explicit_masks,
     key_values,
+    make_output_folder,
     make_tiles,
     mask_options,
     one_line_errors,
@@ -182,9 +183,10 @@ def plan_jobs(
         )
         for c2, t in zip(coarse_t2, targets, strict=True)
     ]
-    workflows.refuse_inputs_as_outputs(targets, [p for case, _ in jobs for p in workflows.case_files(case)])
+    outputs = [*targets, *(workflows.quality_path(t) for t in targets)]
+    workflows.refuse_inputs_as_outputs(outputs, [p for case, _ in jobs for p in workflows.case_files(case)])
     if len(targets) > 1 or not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out)
     for target in targets:
         if not (skip_existing and target.exists()):
             raster.check_writable(target, overwrite=overwrite)
