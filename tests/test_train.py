@@ -306,3 +306,44 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
     assert result.exit_code == 0, result.output
     assert json.loads((save_dir / "config.json").read_text())["resampling"] == "nearest"
     assert load_checkpoint(save_dir / "last.ckpt").epoch == 1
+
+
+def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_path: Path) -> None:
+    """`stfusion train FLAT` splits by date (latest target = test); compare marks the trained-on case."""
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+    from stfusion.sample import DATASETS
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["train", str(DATASETS["cia-crop"]), "--save-dir", str(run), "--epochs", "1"]
+    args += ["--patch-size", "32", "--random-crops", "1", "--coarse-factor", "1", "--residual"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(run / "best.ckpt")
+    assert state.config["data"]["train"] == ["20011008-20011017"] and state.config["val_holdout"] == 0.25
+    assert "fine_20011102.tif" not in state.training_files()  # the test date was never seen
+    out = tmp_path / "cmp"
+    compared = runner.invoke(
+        cli,
+        [
+            "compare",
+            str(DATASETS["cia-crop"]),
+            "--out",
+            str(out),
+            "--methods",
+            "coarse-delta",
+            "--checkpoint",
+            str(run / "best.ckpt"),
+            "--tile",
+            "64",
+            "64",
+            "--overlap",
+            "8",
+        ],
+    )
+    assert compared.exit_code == 0, compared.output
+    rows = {line.split("|")[1].strip(): line for line in compared.output.splitlines() if "/mlffgan |" in line}
+    assert "TRAINED ON THIS CASE" in rows["20011008-20011017/mlffgan"]
+    assert "TRAINED ON THIS CASE" not in rows["20011017-20011102/mlffgan"]

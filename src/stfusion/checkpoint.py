@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,17 @@ class Checkpoint:
         """Like :meth:`check_bands`, but a one-band model (applied band by band) fits any scene."""
         if self.bands != 1:
             self.check_bands(bands, source)
+
+    def training_files(self) -> set[str]:
+        """Names of the images the model was trained (or selected) on, as its training run recorded."""
+        files = (self.config.get("data") or {}).get("files") or []
+        return {str(name) for name in files}
+
+    def has_seen(self, case_files: Sequence[Path]) -> bool:
+        """Whether a case's truth or target image was among the training images (so scoring it is not a
+        fair test of this model)."""
+        seen = self.training_files()
+        return any(Path(path).name in seen for path in case_files)
 
     def has_training_state(self) -> bool:
         """Whether the checkpoint can resume training (discriminator and both optimisers saved)."""

@@ -433,7 +433,12 @@ def train(
         log.info("validating on the held-out rows %s", ", ".join(case.name for case in val_arrays))
     else:
         val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, options=reading)
-    data = {"train": [c.name for c in train_cases], "val": [c.name for c in val_cases]}
+    data = {
+        "train": [c.name for c in train_cases],
+        "val": [c.name for c in val_cases],
+        # every image a model learned from (names), so comparisons can mark the cases it has seen
+        "files": sorted({p.name for c in [*train_cases, *val_cases] for p in c.paths().values()}),
+    }
     return fit(
         config,
         train_arrays,

@@ -362,11 +362,13 @@ def write_tables(
     protocol: Mapping[str, Any] | None = None,
     stem: str = "metrics",
     overwrite: bool = False,
+    notes: Mapping[tuple[str, str], str] | None = None,
 ) -> dict[str, Path]:
     """Write the metric tables (CSV + conventions sidecar, JSON, Markdown) of scored results.
 
     Rows are keyed ``<case>/<method>`` when there are several cases, else ``<method>``; each method's
-    wall time and unpredicted pixels are recorded as extra columns.
+    wall time and unpredicted pixels are recorded as extra columns, and ``notes`` ((case, method) ->
+    text, e.g. "trained on this case") as a "note" column.
     """
     reports: dict[str, MetricReport] = {}
     extra: dict[str, dict[str, object]] = {}
@@ -382,6 +384,8 @@ def write_tables(
                 "seconds": round(result.seconds, 3),
                 "unpredicted": result.n_unpredicted,
             }
+            if notes:
+                extra[key]["note"] = notes.get((case_name, method), "")
     if not reports:
         return {}
     paths = {

@@ -86,12 +86,17 @@ def compare_command(
     per_method = fusion.split_method_options(key_values(options), names)
     preparers = {name: fusion.get(name).preparer(per_method[name]) for name in names}
     runtime = {"tiles": make_tiles(tile, overlap, batch_size)}
+    notes: dict[tuple[str, str], str] = {}
     for number, path in enumerate(checkpoints, start=1):
         model = load_checkpoint(path)
         model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
-        preparers["mlffgan" if number == 1 else f"mlffgan{number}"] = fusion.get("mlffgan").preparer(
-            checkpoint=model, runtime=runtime
-        )
+        name = "mlffgan" if number == 1 else f"mlffgan{number}"
+        preparers[name] = fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)
+        notes |= {
+            (c.name, name): "TRAINED ON THIS CASE"
+            for c in cases
+            if model.has_seen([c.fine_t2 or c.coarse_t2])
+        }
     make_output_folder(out)
     for case in cases:  # figures are rewritten when resuming; refused before any work otherwise
         raster.check_writable(out / f"{case.name}.png", overwrite=overwrite or skip_existing)
@@ -120,7 +125,9 @@ def compare_command(
         "resampling": reading.resampling,
         "scoring": "pixels predicted by every method and valid in the truth",
     }
+    if notes:
+        protocol["note"] = "a checkpoint scored on a case it was trained on (marked) is no fair test"
     tables = workflows.write_tables(
-        results, out, protocol=protocol, stem="comparison", overwrite=overwrite or skip_existing
+        results, out, protocol=protocol, stem="comparison", overwrite=overwrite or skip_existing, notes=notes
     )
     say(tables["markdown"].read_text())
