@@ -23,7 +23,6 @@ Outputs under ``out``: ``<dataset>/<case>/<method>.tif`` (kept, so a rerun resum
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -89,37 +88,10 @@ class BenchmarkCase:
 
 def dataset_cases(dataset: str, folder: Path, *, ergas_ratio: float) -> list[BenchmarkCase]:
     """Every ordered pair of dates with fine and coarse images, then the two-pair cases (module doc)."""
-    by_role, _, _ = scenes.flat_images(Path(folder))
-    fine, coarse = by_role["fine"], by_role["coarse"]
-    dates = sorted(set(fine) & set(coarse))
-    if len(dates) < 2:
+    cases = scenes.flat_cases(Path(folder), "all") + scenes.flat_cases(Path(folder), "two-pair")
+    if not cases:
         raise InputError(f"{folder}: a benchmark dataset needs fine and coarse images of two dates or more")
-    cases = []
-    for t1, t2 in itertools.permutations(dates, 2):
-        case = scenes.explicit_case(
-            coarse_t1=coarse[t1],
-            fine_t1=fine[t1],
-            coarse_t2=coarse[t2],
-            fine_t2=fine[t2],
-            name=f"{t1:%Y%m%d}-{t2:%Y%m%d}",
-            date_t1=t1,
-            date_t2=t2,
-        )
-        cases.append(BenchmarkCase(dataset, case, ergas_ratio))
-    for index in range(1, len(dates) - 1):
-        before, target, after = dates[index - 1], dates[index], dates[index + 1]
-        case = scenes.explicit_case(
-            coarse_t1=coarse[before],
-            fine_t1=fine[before],
-            coarse_t2=coarse[target],
-            fine_t2=fine[target],
-            extra_pairs=[(coarse[after], fine[after])],
-            name=f"{before:%Y%m%d}+{after:%Y%m%d}-{target:%Y%m%d}",
-            date_t1=before,
-            date_t2=target,
-        )
-        cases.append(BenchmarkCase(dataset, case, ergas_ratio))
-    return cases
+    return [BenchmarkCase(dataset, case, ergas_ratio) for case in cases]
 
 
 def planned_runs(datasets: Mapping[str, Path], methods: Sequence[MethodSpec]) -> int:

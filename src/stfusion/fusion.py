@@ -31,6 +31,11 @@ from stfusion.blocks import Prediction, SceneSource
 from stfusion.checkpoint import Checkpoint
 from stfusion.errors import InputError
 
+
+class PairCountError(InputError):
+    """A method cannot predict a case with this many reference pairs (e.g. ESTARFM with one)."""
+
+
 #: A method bound to its options (and model), ready to prepare any scene.
 Preparer = Callable[[SceneSource], Prediction]
 
@@ -187,13 +192,13 @@ class Method:
 
         def prepare_scene(source: SceneSource) -> Prediction:
             if source.n_pairs < fewest:
-                raise InputError(
+                raise PairCountError(
                     f"method {self.name} needs at least {fewest} reference pairs, the case has "
                     f"{source.n_pairs}"
                 )
             if most is not None and source.n_pairs > most:
                 if most != 1:
-                    raise InputError(
+                    raise PairCountError(
                         f"method {self.name} takes at most {most} reference pairs, the case has "
                         f"{source.n_pairs}"
                     )

@@ -451,6 +451,49 @@ def discover_flat_folder(
 # any folder, explicit files
 
 
+def flat_cases(folder: Path, mode: str = "consecutive") -> list[FusionCase]:
+    """Cases of a flat folder whose target dates have a fine image (the truth).
+
+    ``mode``: "consecutive" (each date from the nearest earlier date, as :func:`discover`), "all"
+    (every ordered pair of dates, both directions), or "two-pair" (each date from the nearest dates
+    before and after it, for two-pair methods).
+    """
+    by_role, masks, _ = flat_images(Path(folder))
+    fine, coarse = by_role["fine"], by_role["coarse"]
+    dates = sorted(set(fine) & set(coarse))
+
+    def case(refs: Sequence[dt.date], target: dt.date) -> FusionCase:
+        first, *rest = refs
+        images = {
+            "coarse_t1": coarse[first],
+            "fine_t1": fine[first],
+            "coarse_t2": coarse[target],
+            "fine_t2": fine[target],
+        }
+        for index, date in enumerate(rest, start=1):
+            coarse_role, fine_role = pair_roles(index)
+            images[coarse_role], images[fine_role] = coarse[date], fine[date]
+        return FusionCase(
+            name="+".join(f"{d:%Y%m%d}" for d in refs) + f"-{target:%Y%m%d}",
+            coarse_t1=coarse[first],
+            fine_t1=fine[first],
+            coarse_t2=coarse[target],
+            fine_t2=fine[target],
+            date_t1=first,
+            date_t2=target,
+            masks={role: masks[p.stem] for role, p in images.items() if p.stem in masks},
+            extra_pairs=tuple(ReferenceFiles(coarse[d], fine[d], d) for d in rest),
+        )
+
+    if mode == "all":
+        return [case([t1], t2) for t1 in dates for t2 in dates if t1 != t2]
+    if mode == "two-pair":
+        return [case([dates[i - 1], dates[i + 1]], dates[i]) for i in range(1, len(dates) - 1)]
+    if mode == "consecutive":
+        return [case([dates[i - 1]], dates[i]) for i in range(1, len(dates))]
+    raise ValueError(f"mode {mode!r}: one of consecutive, all, two-pair")
+
+
 def discover(root: str | os.PathLike[str]) -> Discovery:
     """Recognise the layout under ``root`` and return its cases.
 

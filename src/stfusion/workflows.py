@@ -28,7 +28,7 @@ from stfusion import __version__, distributed, raster, report
 from stfusion.atomic import atomic_path
 from stfusion.checkpoint import load as load_checkpoint
 from stfusion.errors import InputError
-from stfusion.fusion import Preparer, get
+from stfusion.fusion import PairCountError, Preparer, get
 from stfusion.inputs import CaseReader, ReadOptions
 from stfusion.metrics import MetricReport, compute_metrics
 from stfusion.predict import TileOptions
@@ -258,7 +258,8 @@ def run_methods(
     """Predict every case with every method into ``out_dir/<case>/<method>.tif``, score against the truth.
 
     Each prediction is written by the streaming path, then read back and scored, so the table scores
-    exactly the files a user gets. ERGAS uses ``ratio`` (fine / coarse pixel size), else 1 / the case's
+    exactly the files a user gets; a method that cannot take the case's number of reference pairs is
+    left out of that case. ERGAS uses ``ratio`` (fine / coarse pixel size), else 1 / the case's
     coarse ratio when known (:attr:`stfusion.inputs.CaseReader.coarse_ratio`), else it is not computed.
     Every method of a case is scored on the same pixels: those valid in the truth and predicted by
     every method (how many each left unpredicted is reported). Existing
@@ -299,9 +300,14 @@ def run_methods(
             else:
                 start = time.perf_counter()
                 options = (method_options or {}).get(name)
+                try:
+                    prediction = preparer(reader)
+                except PairCountError as exc:  # e.g. a two-pair method on a one-pair case: not run
+                    log.info("%s: %s", case.name, exc)
+                    continue
                 predict_case(
                     reader,
-                    preparer(reader),
+                    prediction,
                     target,
                     dtype=output.dtype,
                     # existing outputs were refused up front; one appearing meanwhile (another run
@@ -411,6 +417,29 @@ DEFAULT_VAL_HOLDOUT = 0.25
 
 #: Files that make a folder a training run.
 RUN_FILES: tuple[str, ...] = ("last.ckpt", "best.ckpt", "config.json", "history.csv")
+
+
+def winner_sentence(results: Mapping[str, Mapping[str, MethodResult]], metric: str = "rmse") -> str:
+    """One sentence: which method has the best mean ``metric`` over the cases, and by how much."""
+    values: dict[str, list[float]] = {}
+    for methods in results.values():
+        for name, result in methods.items():
+            value = result.metrics.mean.get(metric) if result.metrics else None
+            if value is not None and np.isfinite(value):
+                values.setdefault(name, []).append(value)
+    means = {name: float(np.mean(v)) for name, v in values.items() if len(v) == len(results)}
+    if not means:
+        return "no method was scored on every case"
+    ranked = sorted(means, key=means.__getitem__)
+    best = ranked[0]
+    if len(ranked) == 1:
+        return f"{best}: mean {metric.upper()} {means[best]:.4f} over {len(results)} case(s)"
+    second = ranked[1]
+    gain = 100 * (means[second] - means[best]) / means[second]
+    return (
+        f"best mean {metric.upper()} over {len(results)} case(s): {best} {means[best]:.4f}, "
+        f"{gain:.1f}% lower than the next, {second} {means[second]:.4f}"
+    )
 
 
 @dataclass

@@ -48,6 +48,14 @@ DEFAULT_METHODS = "persistence,coarse-delta,starfm,fsdaf"
 )
 @click.option("--split", default=None, help="Only this split of a paper-layout folder.")
 @click.option(
+    "--pairs",
+    type=click.Choice(["1", "2"]),
+    default="1",
+    show_default=True,
+    help="Flat folders: 1 = each date from the date before; 2 = each date from the dates before and after "
+    "(for two-pair methods such as estarfm; one-pair methods then combine both pairs).",
+)
+@click.option(
     "--option", "options", multiple=True, help="key=value for every method that has it, or method.key=value."
 )
 @ratio_option
@@ -61,6 +69,7 @@ def compare_command(
     methods: str,
     checkpoints: tuple[Path, ...],
     split: str | None,
+    pairs: str,
     options: tuple[str, ...],
     ratio: float | None,
     tile: tuple[int, int],
@@ -78,6 +87,10 @@ def compare_command(
     """
     found = scenes.discover(data)
     cases = [c for c in found.cases if c.fine_t2 is not None and (split is None or c.split == split)]
+    if pairs == "2":
+        if found.layout != "flat":
+            raise InputError("--pairs 2 needs a flat folder of fine_/coarse_YYYYMMDD.tif files")
+        cases = scenes.flat_cases(Path(data), "two-pair")
     if not cases:
         raise InputError(f"{data}: no case with a known fine t2 (truth) to compare against")
     names = [name for name in methods.split(",") if name.strip()]
@@ -131,3 +144,4 @@ def compare_command(
         results, out, protocol=protocol, stem="comparison", overwrite=overwrite or skip_existing, notes=notes
     )
     say(tables["markdown"].read_text())
+    say(workflows.winner_sentence(results))
