@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from stfusion import distributed, fusion, scenes, workflows
+from stfusion import distributed, fusion, recipes, scenes, workflows
 from stfusion.checkpoint import load as load_checkpoint
 from stfusion.cli.options import (
     READING_PARAMETERS,
@@ -53,9 +53,11 @@ TRAIN_FLAGS: tuple[str, ...] = (
 )
 
 
-def train_config(config_file: Path | None, save_dir: Path, explicit: dict[str, Any]) -> TrainConfig:
-    """Defaults < JSON config file < flags given on the command line; InputError naming a bad key."""
-    values: dict[str, Any] = {}
+def train_config(
+    config_file: Path | None, save_dir: Path, explicit: dict[str, Any], recipe: str | None = None
+) -> TrainConfig:
+    """Defaults < recipe < JSON config file < flags given on the command line; InputError naming a bad key."""
+    values: dict[str, Any] = recipes.recipe(recipe) if recipe else {}
     if config_file is not None:
         try:
             loaded = json.loads(Path(config_file).read_text())
@@ -137,6 +139,12 @@ def run_training(
 )
 @click.option("--save-dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON training config.")
+@click.option(
+    "--recipe",
+    type=click.Choice(list(recipes.RECIPES)),
+    default=None,
+    help="A documented set of settings (see docs/training.md); options given here win [default: paper].",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Global batch.")
 @click.option(
@@ -215,6 +223,7 @@ def train_command(
     test_dates: tuple[dt.datetime, ...],
     save_dir: Path,
     config_file: Path | None,
+    recipe: str | None,
     resume: bool,
     overwrite: bool,
     ratio: float | None,
@@ -233,10 +242,11 @@ def train_command(
         raise InputError("give the data folder: stfusion train DATA --save-dir RUN")
     if resume and overwrite:
         raise InputError("--resume continues the run in --save-dir, --overwrite replaces it: give one")
+    from_command_line = config_file is not None or recipe is not None
     given = {
         name
         for name in (*TRAIN_FLAGS, *READING_PARAMETERS)
-        if config_file is None or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        if not from_command_line or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
     }
     explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
     for name in ("resampling", "min_overlap", "fine_scale", "coarse_scale", "fine_bands", "coarse_bands"):
@@ -248,7 +258,7 @@ def train_command(
         }
         if name in given or short.get(name) in given:
             explicit[name] = getattr(reading, name)
-    config = train_config(config_file, save_dir, explicit)
+    config = train_config(config_file, save_dir, explicit, recipe)
     dates = tuple(d.date() for d in test_dates)
     result = run_training(folder, config, resume=resume, overwrite=overwrite, ratio=ratio, test_dates=dates)
     if result.test_split is None:

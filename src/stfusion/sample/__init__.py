@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stfusion.recipes import RECIPES
+
 #: Root of the sample in the MLFF-GAN paper layout (train/val/test pair folders).
 SAMPLE_ROOT: Path = Path(__file__).resolve().parent / "cia"
 
@@ -35,27 +37,8 @@ DATASETS: dict[str, Path] = {name: DATASETS_ROOT / name for name in ("cia-crop",
 DATASET_COARSE_RATIOS: dict[str, float] = {"cia-crop": 10.0, "estarfm-site": 16.0, "lgc-flood": 16.0}
 
 
-#: Demo settings of `stfusion demo` on the sample, chosen to finish in a few minutes on a 2-core CPU.
-DEMO_CONFIG: dict[str, Any] = {
-    "epochs": 60,
-    "lr": 4e-4,
-    "patch_size": 128,
-    "random_crops": 16,  # per epoch the same 16 seeded crops, each seen under a random flip/rotation
-    "flips": True,
-    # Measured on the sample: no extra degradation (factor 1) beat factor 8, whose nearest-then-bicubic
-    # step re-blurs MODIS that is already smoothly resampled on the 50 m grid.
-    "coarse_factor": 1,
-    "residual": True,
-    # Chosen on a spatial hold-out of the training pair, never on the test date: the correction keeps
-    # the coarse-delta mean (the offset of the training dates does not carry over to other dates), no
-    # date swap (the held-out date is a forward prediction), no dropout.
-    "zero_mean_correction": True,
-    "date_swap": False,
-    "dropout": 0.0,
-    "val_holdout": 0.36,  # validate on the bottom 90 of the 250 rows of the training pair, not on val/
-    "val_tile": (256, 256),
-    "val_overlap": (32, 32),
-}
+#: Demo settings of `stfusion demo` on the sample: the "small-data" recipe (stfusion.recipes).
+DEMO_CONFIG: dict[str, Any] = RECIPES["small-data"]
 
 
 def copy_dataset(name: str, destination: Path) -> list[Path]:
