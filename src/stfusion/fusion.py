@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from stfusion.blocks import Prediction, SceneSource
@@ -116,6 +116,7 @@ class Method:
         needs_checkpoint: predicts with a trained model given by ``--checkpoint``.
         load_model: ``"module:function"`` loading a checkpoint once, ``load_model(checkpoint, **runtime)``.
         block: how the method is cut into blocks (for users and contributors).
+        references: the method's publication.
     """
 
     name: str
@@ -127,7 +128,6 @@ class Method:
     load_model: str | None = None
     block: str = "row blocks, no halo (pixel by pixel)"
     references: str = ""
-    runtime_options: tuple[str, ...] = field(default=())
 
     def option(self, name: str) -> Option:
         for option in self.options:
@@ -230,6 +230,8 @@ class Method:
         if most == 1:
             pairs += " (several: one prediction per pair, combined by local temporal weights)"
         lines = [f"{self.name}: {self.summary}", f"  reference pairs: {pairs}", f"  blocks: {self.block}"]
+        if self.references:
+            lines.append(f"  reference: {self.references}")
         if self.needs_checkpoint:
             lines.append("  needs --checkpoint (a trained model)")
         lines += [f"  {option.describe()}" for option in self.options]
