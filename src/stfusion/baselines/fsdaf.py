@@ -595,6 +595,7 @@ def _kernels() -> SimpleNamespace:
             keys = np.empty(ntx, np.float32)
             kbits = keys.view(np.int32)
             omega = np.empty(n_sel)
+            idx = np.empty(ntx + 1, np.int64)
             keys[0] = target_key
             target = np.int64(kbits[0]) << 32  # the target itself: offset rank 0
             for x in range(ntx):
@@ -655,9 +656,13 @@ def _kernels() -> SimpleNamespace:
                         kv[i] = np.float32(accv[i])
                 for i in range(n):
                     okv[i] &= ((np.int64(kb[i]) << 32) | oid) < wv[i]
+                # indices of the targets to update, without a branch per target (most are not)
+                m = 0
                 for i in range(n):
-                    if not okv[i]:
-                        continue
+                    idx[m] = i
+                    m += okv[i]
+                for u in range(m):
+                    i = idx[u]
                     x = xa + i
                     packed = (np.int64(kb[i]) << 32) | oid
                     row = best[x]
@@ -781,6 +786,77 @@ def _kernels() -> SimpleNamespace:
                             out[b, y, x] = out[b, y, x] / mean_cw * r if valid[y, x] else 0.0
 
     @parallel
+    def homogeneity(labels, n_classes, half, out):  # type: ignore[no-untyped-def]
+        # integral image of each class, then one window lookup per pixel (exact integer counts)
+        h, w = labels.shape
+        ii = np.zeros((n_classes + 1, h + 1, w + 1), np.int64)
+        for c in numba.prange(1, n_classes + 1):
+            for y in range(h):
+                run = 0
+                for x in range(w):
+                    run += labels[y, x] == c
+                    ii[c, y + 1, x + 1] = ii[c, y, x + 1] + run
+        for y in numba.prange(h):
+            r0, r1 = max(y - half, 0), min(y + half + 1, h)
+            for x in range(w):
+                c = labels[y, x]
+                if c <= 0:
+                    out[y, x] = np.nan
+                    continue
+                c0, c1 = max(x - half, 0), min(x + half + 1, w)
+                same = ii[c, r1, c1] - ii[c, r0, c1] - ii[c, r1, c0] + ii[c, r0, c0]
+                out[y, x] = same / ((r1 - r0) * (c1 - c0))
+
+    @parallel
+    def temporal_prediction(f1, noise, use_noise, dn_min, dn_max, labels, change, fixed, temporal):  # type: ignore[no-untyped-def]
+        # F1' (noise clamp, spec 3.0) and F_TP = F1' + ΔF(class) (eq. 7), float64
+        nb, h, w = f1.shape
+        for y in numba.prange(h):
+            for b in range(nb):
+                low, high, fill_low, fill_high = noise[0, b], noise[1, b], noise[2, b], noise[3, b]
+                for x in range(w):
+                    v = np.float64(f1[b, y, x])
+                    if use_noise:
+                        if np.isfinite(fill_low) and (v <= low or v < dn_min):
+                            v = fill_low
+                        if np.isfinite(fill_high) and (v >= high or v > dn_max):
+                            v = fill_high
+                    fixed[b, y, x] = v
+                    temporal[b, y, x] = v + change[labels[y, x], b]
+
+    @parallel
+    def cell_means(c1, c2, fixed, temporal, valid, s, count, means):  # type: ignore[no-untyped-def]
+        # means over the valid pixels of each s x s cell of C1, C2, F1', F_TP (eqs. 1-3, 8)
+        nb, h, w = fixed.shape
+        nr, nc = count.shape
+        for ci in numba.prange(nr):
+            ra, rb = ci * s, min(ci * s + s, h)
+            for cj in range(nc):
+                ca, cb = cj * s, min(cj * s + s, w)
+                n = 0
+                for y in range(ra, rb):
+                    for x in range(ca, cb):
+                        n += valid[y, x]
+                count[ci, cj] = n
+                for b in range(nb):
+                    s1 = s2 = s3 = s4 = 0.0
+                    for y in range(ra, rb):
+                        for x in range(ca, cb):
+                            if valid[y, x]:
+                                s1 += np.float64(c1[b, y, x])
+                                s2 += np.float64(c2[b, y, x])
+                                s3 += fixed[b, y, x]
+                                s4 += temporal[b, y, x]
+                    if n == 0:
+                        s1 = s2 = s3 = s4 = np.nan
+                    else:
+                        s1, s2, s3, s4 = s1 / n, s2 / n, s3 / n, s4 / n
+                    means[0, b, ci, cj] = s1
+                    means[1, b, ci, cj] = s2
+                    means[2, b, ci, cj] = s3
+                    means[3, b, ci, cj] = s4
+
+    @parallel
     def all_finite(a, b, c, out):  # type: ignore[no-untyped-def]
         nb, h, w = a.shape
         for r in numba.prange(h):
@@ -864,6 +940,9 @@ def _kernels() -> SimpleNamespace:
         tps_system=tps_system,
         tps_direct=tps_direct,
         residual_share=residual_share,
+        homogeneity=homogeneity,
+        temporal_prediction=temporal_prediction,
+        cell_means=cell_means,
         all_finite=all_finite,
         nearest_centre=nearest_centre,
         lloyd=lloyd,
@@ -1708,20 +1787,6 @@ def _evaluate_tps_cells(
 # --------------------------------------------------------------------------------------------
 
 
-def _box_sum(values: Array, half: int) -> Array:
-    """Sum over a (2·half+1)² window clipped to the array (exact, integral image)."""
-    h, w = values.shape
-    ii = np.zeros((h + 1, w + 1), dtype=np.int64)
-    ii[1:, 1:] = values.astype(np.int64).cumsum(axis=0).cumsum(axis=1)
-    r0 = np.clip(np.arange(h) - half, 0, h)
-    r1 = np.clip(np.arange(h) + half + 1, 0, h)
-    c0 = np.clip(np.arange(w) - half, 0, w)
-    c1 = np.clip(np.arange(w) + half + 1, 0, w)
-    return np.asarray(
-        ii[r1][:, c1] - ii[r0][:, c1] - ii[r1][:, c0] + ii[r0][:, c0],
-    )
-
-
 def homogeneity_index(class_map: Array, half_window: int) -> Array:
     """HI(p) = share of the clipped window around p with the class of p (eq. 11).
 
@@ -1731,12 +1796,10 @@ def homogeneity_index(class_map: Array, half_window: int) -> Array:
     Returns:
         (H, W) float64 in (0, 1]; NaN where class_map is 0.
     """
-    counts = _box_sum(np.ones(class_map.shape, dtype=np.int64), half_window)
-    hi = np.full(class_map.shape, np.nan)
-    for c in np.unique(class_map[class_map > 0]):
-        members = class_map == c
-        hi[members] = _box_sum(members, half_window)[members] / counts[members]
-    return hi
+    labels = np.ascontiguousarray(class_map, dtype=np.int64)
+    out = np.empty(labels.shape)
+    _kernels().homogeneity(labels, max(int(labels.max(initial=0)), 0), int(half_window), out)
+    return out
 
 
 def distribute_residual(
@@ -1901,27 +1964,36 @@ def fsdaf_block(
     e_c0 = max((cs.start // s) * s - ext, 0)
     e_r1 = min(rs.stop + ext, h)
     e_c1 = min(cs.stop + ext, w)
-    f1 = np.asarray(fine_t1, dtype=np.float64)
-    f1_fixed = apply_noise_fix(f1, statistics.noise) if statistics.noise is not None else f1
-    c1 = np.asarray(coarse_t1, dtype=np.float64)
-    c2 = np.asarray(coarse_t2, dtype=np.float64)
-    # (1)-(3) cell means over valid pixels
-    count = _cell_sum(valid.astype(np.float64), s)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c1_cell = _cell_sum(np.where(valid, c1, 0.0), s) / count
-        c2_cell = _cell_sum(np.where(valid, c2, 0.0), s) / count
-        f1_cell = _cell_sum(np.where(valid, f1_fixed, 0.0), s) / count
-    # (7) temporal prediction
+    # (7) F1' and the temporal prediction, (1)-(3) and (8) cell means over valid pixels
+    noise = statistics.noise
+    table = (
+        np.array([noise.low, noise.high, noise.fill_low, noise.fill_high], dtype=np.float64)
+        if noise is not None
+        else np.zeros((4, nb))
+    )
     change = np.vstack([np.zeros((1, nb)), statistics.class_change])  # row 0: unclassified
-    temporal = f1_fixed + np.moveaxis(change[class_map], -1, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tp_cell = _cell_sum(np.where(valid, temporal, 0.0), s) / count
+    f1_fixed = np.empty((nb, h, w))
+    temporal = np.empty((nb, h, w))
+    labels = np.ascontiguousarray(class_map, dtype=np.int64)
+    kernels = _kernels()
+    with _threads(config.n_jobs):
+        kernels.temporal_prediction(
+            np.ascontiguousarray(fine_t1), table, noise is not None,
+            float(config.dn_min), float(config.dn_max), labels, change, f1_fixed, temporal,
+        )  # fmt: skip
+        nr, nc = -(-h // s), -(-w // s)
+        count = np.empty((nr, nc), np.int64)
+        means = np.empty((4, nb, nr, nc))
+        kernels.cell_means(
+            np.ascontiguousarray(coarse_t1), np.ascontiguousarray(coarse_t2), f1_fixed, temporal,
+            np.ascontiguousarray(valid, dtype=bool), s, count, means,
+        )  # fmt: skip
+    c1_cell, c2_cell, f1_cell, tp_cell = means
     residual = (c2_cell - c1_cell) - (tp_cell - f1_cell)  # (8)
     # (9)-(10) TPS through the cell means of C2 at the cell centroids (whole window)
-    rows_idx = np.arange(h, dtype=np.float64)
-    cols_idx = np.arange(w, dtype=np.float64)
-    cy = _cell_sum(np.broadcast_to(rows_idx[:, None], (h, w)), s) / _cell_sum(np.ones((h, w)), s)
-    cx = _cell_sum(np.broadcast_to(cols_idx[None, :], (h, w)), s) / _cell_sum(np.ones((h, w)), s)
+    starts_r, starts_c = np.arange(nr) * s, np.arange(nc) * s
+    cy = np.broadcast_to(((starts_r + np.minimum(starts_r + s, h) - 1) / 2)[:, None], (nr, nc))
+    cx = np.broadcast_to(((starts_c + np.minimum(starts_c + s, w) - 1) / 2)[None, :], (nr, nc))
     control = count > 0
     e_sl = (slice(e_r0, e_r1), slice(e_c0, e_c1))
     if control.any():
@@ -1968,9 +2040,10 @@ def fsdaf_block(
     )
     core_sl = (slice(None), rs, cs)
     if config.range_repair:
+        f1c, c1c, c2c = (np.asarray(a[core_sl], dtype=np.float64) for a in (fine_t1, coarse_t1, coarse_t2))
         with np.errstate(invalid="ignore"):
             bad = (pred < config.dn_min) | (pred > config.dn_max)
-            repair = np.clip(f1[core_sl] + c2[core_sl] - c1[core_sl], config.dn_min, config.dn_max)
+            repair = np.clip(f1c + c2c - c1c, config.dn_min, config.dn_max)
         pred = np.where(bad, repair, pred)
     result = BlockResult(pred.astype(np.float32))
     if return_diagnostics:
