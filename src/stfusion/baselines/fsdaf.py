@@ -857,6 +857,35 @@ def _kernels() -> SimpleNamespace:
                     means[3, b, ci, cj] = s4
 
     @parallel
+    def cell_stats(c2, fixed, labels, valid, s, counts, npix, nvalid, f1_lo, f1_hi, c2_lo, c2_hi):  # type: ignore[no-untyped-def]
+        # per cell: class counts, pixels, valid pixels; per row of cells: range of F1' per class
+        # and of C2 over valid pixels (reduced over rows by the caller)
+        nb, h, w = fixed.shape
+        nr, nc = npix.shape
+        for ci in numba.prange(nr):
+            ra, rb = ci * s, min(ci * s + s, h)
+            for cj in range(nc):
+                ca, cb = cj * s, min(cj * s + s, w)
+                npix[ci, cj] = (rb - ra) * (cb - ca)
+                n = 0
+                for y in range(ra, rb):
+                    for x in range(ca, cb):
+                        lab = labels[y, x]
+                        if lab > 0:
+                            counts[ci, cj, lab - 1] += 1.0
+                            for b in range(nb):
+                                v = fixed[b, y, x]
+                                f1_lo[ci, lab - 1, b] = min(f1_lo[ci, lab - 1, b], v)
+                                f1_hi[ci, lab - 1, b] = max(f1_hi[ci, lab - 1, b], v)
+                        if valid[y, x]:
+                            n += 1
+                            for b in range(nb):
+                                v2 = c2[b, y, x]
+                                c2_lo[ci, b] = min(c2_lo[ci, b], v2)
+                                c2_hi[ci, b] = max(c2_hi[ci, b], v2)
+                nvalid[ci, cj] = n
+
+    @parallel
     def all_finite(a, b, c, out):  # type: ignore[no-untyped-def]
         nb, h, w = a.shape
         for r in numba.prange(h):
@@ -943,6 +972,7 @@ def _kernels() -> SimpleNamespace:
         homogeneity=homogeneity,
         temporal_prediction=temporal_prediction,
         cell_means=cell_means,
+        cell_stats=cell_stats,
         all_finite=all_finite,
         nearest_centre=nearest_centre,
         lloyd=lloyd,
@@ -1226,28 +1256,31 @@ def cell_table(
     s = scale_factor
     if origin[0] % s or origin[1] % s:
         raise ValueError(f"cell_table region origin {origin} is not on the {s}-pixel cell grid")
-    nb = fine_t1_fixed.shape[0]
-    vf = valid.astype(np.float64)
-    count = _cell_sum(vf, s)
-    pixels = _cell_sum(np.ones_like(vf), s)
+    nb, h, w = fine_t1_fixed.shape
+    nr, nc = -(-h // s), -(-w // s)
+    counts = np.zeros((nr, nc, n_classes))
+    pixels = np.empty((nr, nc), np.int64)
+    count = np.empty((nr, nc), np.int64)
+    f1_lo, f1_hi = np.full((nr, n_classes, nb), np.inf), np.full((nr, n_classes, nb), -np.inf)
+    c2_dtype = _as_float(coarse_t2).dtype
+    c2_lo, c2_hi = np.full((nr, nb), np.inf, c2_dtype), np.full((nr, nb), -np.inf, c2_dtype)
+    _kernels().cell_stats(
+        np.ascontiguousarray(_as_float(coarse_t2)), np.ascontiguousarray(fine_t1_fixed, dtype=np.float64),
+        np.ascontiguousarray(class_map, dtype=np.int64), np.ascontiguousarray(valid, dtype=bool),
+        s, counts, pixels, count, f1_lo, f1_hi, c2_lo, c2_hi,
+    )  # fmt: skip
+    # cell means as NumPy sums them (in the inputs' precision), as the reference does
     with np.errstate(invalid="ignore", divide="ignore"):
         c1 = _cell_sum(np.where(valid, coarse_t1, 0.0), s) / count
         c2 = _cell_sum(np.where(valid, coarse_t2, 0.0), s) / count
     delta = (c2 - c1).reshape(nb, -1).T
-    fractions = np.empty((count.size, n_classes))
-    for c in range(n_classes):
-        fractions[:, c] = (_cell_sum((class_map == c + 1).astype(np.float64), s) / pixels).ravel()
+    fractions = (counts / pixels[:, :, None]).reshape(-1, n_classes)
     fractions[fractions.sum(axis=1) <= 0.999] = 0.0
-    f1_min = np.full((n_classes, nb), np.nan)
-    f1_max = np.full((n_classes, nb), np.nan)
-    for c in range(n_classes):
-        members = class_map == c + 1
-        if members.any():
-            vals = fine_t1_fixed[:, members]
-            f1_min[c], f1_max[c] = vals.min(axis=1), vals.max(axis=1)
-    if valid.any():
-        c2v = coarse_t2[:, valid]
-        c2_min, c2_max = c2v.min(axis=1).astype(np.float64), c2v.max(axis=1).astype(np.float64)
+    f1_min, f1_max = f1_lo.min(axis=0, initial=np.inf), f1_hi.max(axis=0, initial=-np.inf)
+    f1_min[~np.isfinite(f1_min)] = np.nan
+    f1_max[~np.isfinite(f1_max)] = np.nan
+    if count.sum() > 0:
+        c2_min, c2_max = c2_lo.min(axis=0).astype(np.float64), c2_hi.max(axis=0).astype(np.float64)
     else:
         c2_min = c2_max = np.full(nb, np.nan)
     cr, cc = np.meshgrid(
