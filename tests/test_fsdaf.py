@@ -649,6 +649,8 @@ def test_prepare_streaming_equals_in_memory(kmeans: bool, monkeypatch: pytest.Mo
         opts["class_map"] = np.repeat(np.arange(h)[:, None] // 13 % 3, w, axis=1) + 1
     monkeypatch.setattr(fsdaf_module, "_KMEANS_SAMPLE", 700)  # sampling by index is exercised
     expected = fsdaf(c1, f1, c2, **opts)
+    # one thread, blocks one after the other: the same numbers as concurrent blocks
+    np.testing.assert_array_equal(fsdaf(c1, f1, c2, n_jobs=1, **opts), expected)
     monkeypatch.setattr(fsdaf_module, "_STAT_ROWS", 11)  # statistics from other row blocks
     source = ArraySource([(c1, f1)], c2)
     prediction = prepare(source, **opts)
