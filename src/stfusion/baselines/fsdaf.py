@@ -30,10 +30,10 @@ a block size at least as large as the scene in coarse cells (up to :data:`MAX_TP
 Why 30: accuracy hardly depends on it and speed favours large blocks. Blocked vs global RMSE on
 the bundled samples (reflectance) for 8 to 24-cell blocks: lgc-flood (s = 16) 1.4e-5 to 6.5e-6,
 cia-crop (s = 9) 4.3e-6 to 1.6e-6, estarfm-site (s = 16) 2.1e-6 to 5.5e-7, against errors vs the
-truth of 0.023, 0.039 and 0.014; at 30 cells each of these samples is one block (= global). The
-per-block costs (TPS fit O(P³) with P = (30 + 2·margin)² control points, shared by blocks with the
-same layout; FFT evaluation; margins read twice) were within 5 % of each other from 16 to 30 cells
-on 2040 x 1720 x 6 at s = 16, with the fewest blocks at 30.
+truth of 0.023, 0.039 and 0.014; at 30 cells each of these samples is one block (= global). Speed:
+on 2040 x 1720 x 6 at s = 16 the CPU time with 20, 30 and 40-cell blocks was the same within the
+run-to-run noise (24 to 29 s): a smaller TPS fit (O(P³), P = (block + 2·margin)² control points,
+one factorisation per distinct control-point layout) is offset by more margin pixels read twice.
 
 **Passes.** :func:`prepare` reads the scene in row blocks: (1) valid pixels, band sums; (2) the
 k-means sample (the in-memory reference's ``rng.choice`` over valid pixels, by index), squared
