@@ -52,11 +52,6 @@ def block_mean(image: np.ndarray, s: int) -> np.ndarray:
     return np.repeat(np.repeat(cells, s, axis=-2), s, axis=-1)[..., :h, :w]
 
 
-def cell_mean(image: np.ndarray, s: int) -> np.ndarray:
-    h, w = image.shape[-2:]
-    return block_mean(image, s)[..., ::s, ::s] if h % s == 0 and w % s == 0 else block_mean(image, s)
-
-
 def blob_scene(
     h: int = 64, w: int = 64, seed: int = 0, noise: float = 0.002
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -1316,6 +1316,21 @@ def cell_table(
     return CellTable(fractions, delta, f1_min, f1_max, c2_min, c2_max, cells)
 
 
+def merge_cell_tables(tables: Sequence[CellTable]) -> CellTable:
+    """Concatenate the cells of several regions, raster order of the cells."""
+    cells = np.concatenate([t.cells for t in tables])
+    order = np.lexsort((cells[:, 1], cells[:, 0]))
+    return CellTable(
+        fractions=np.concatenate([t.fractions for t in tables])[order],
+        delta_coarse=np.concatenate([t.delta_coarse for t in tables])[order],
+        f1_class_min=np.fmin.reduce([t.f1_class_min for t in tables]),
+        f1_class_max=np.fmax.reduce([t.f1_class_max for t in tables]),
+        c2_min=np.fmin.reduce([t.c2_min for t in tables]),
+        c2_max=np.fmax.reduce([t.c2_max for t in tables]),
+        cells=cells[order],
+    )
+
+
 class _Unmixing:
     """Streaming accumulator of the unmixing (3.3): feed cell rows in raster order, then solve.
 
@@ -1624,23 +1639,43 @@ def _cell_statistics(
     pixel: _PixelStatistics,
     *,
     valid_mask: Array | None,
-    rows: int,
 ) -> FSDAFStatistics:
-    """Class changes and t2 clamp bounds in one pass over cell-aligned row blocks (3.2-3.3, 18)."""
+    """Class changes and t2 clamp bounds in one pass over the rows of FSDAF blocks (3.2-3.3, 18).
+
+    The cell table is built block by block, as the in-memory reference did: its coarse cell means
+    are float32 sums when the inputs are float32, and NumPy's summation order depends on the
+    region's shape (a one-cell-wide block sums differently), so the regions must be the same.
+    """
     s = config.scale_factor
     nb, lc = source.bands, pixel.labeler.n_classes
-    rows = max(s, rows // s * s)
+    step = config.block_size * s
     unmix = _Unmixing(lc, nb, n_pure=config.n_pure, min_fraction=config.min_fraction)
     f1_min = np.full((lc, nb), np.nan)
     f1_max = np.full((lc, nb), np.nan)
     c2_min = np.full(nb, np.nan)
     c2_max = np.full(nb, np.nan)
-    for block in iter_source_blocks(source, rows):
+    for top in block_row_starts(source.height, config=config):
+        block = source.block(top, min(top + step, source.height))
         c1, f1, c2, valid, r = _block_inputs(block, valid_mask)
         labels = pixel.labeler(f1, valid, r)
         valid &= labels > 0
         fixed = apply_noise_fix(f1, pixel.noise) if pixel.noise is not None else f1
-        table = cell_table(c1, fixed, c2, labels, valid, scale_factor=s, n_classes=lc, origin=(block.top, 0))
+        tables = []
+        for col in range(0, source.width, step):
+            cols = slice(col, min(col + step, source.width))
+            tables.append(
+                cell_table(
+                    c1[:, :, cols],
+                    fixed[:, :, cols],
+                    c2[:, :, cols],
+                    labels[:, cols],
+                    valid[:, cols],
+                    scale_factor=s,
+                    n_classes=lc,
+                    origin=(top, col),
+                )
+            )
+        table = merge_cell_tables(tables)  # cells in raster order: the purest-cell tie order
         unmix.add(table.fractions, table.delta_coarse)
         f1_min, f1_max = np.fmin(f1_min, table.f1_class_min), np.fmax(f1_max, table.f1_class_max)
         c2_min, c2_max = np.fmin(c2_min, table.c2_min), np.fmax(c2_max, table.c2_max)
@@ -2273,7 +2308,7 @@ def _scene_model(
             s = _estimate_from_source(source)
             resolved = FSDAFConfig.from_preset(preset, scale_factor=s, **options)
             _check_tps_size(source.height, source.width, resolved)
-        stats = _cell_statistics(source, resolved, pixel, valid_mask=valid_mask, rows=_STAT_ROWS)
+        stats = _cell_statistics(source, resolved, pixel, valid_mask=valid_mask)
     return _SceneModel(resolved, stats, pixel.labeler, valid_mask, source.bands)
 
 
