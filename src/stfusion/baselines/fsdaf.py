@@ -1659,14 +1659,15 @@ def _cell_statistics(
         c1, f1, c2, valid, r = _block_inputs(block, valid_mask)
         labels = pixel.labeler(f1, valid, r)
         valid &= labels > 0
-        fixed = apply_noise_fix(f1, pixel.noise) if pixel.noise is not None else f1
         tables = []
         for col in range(0, source.width, step):
             cols = slice(col, min(col + step, source.width))
+            f1_block = f1[:, :, cols]
+            fixed = apply_noise_fix(f1_block, pixel.noise) if pixel.noise is not None else f1_block
             tables.append(
                 cell_table(
                     c1[:, :, cols],
-                    fixed[:, :, cols],
+                    fixed,
                     c2[:, :, cols],
                     labels[:, cols],
                     valid[:, cols],
