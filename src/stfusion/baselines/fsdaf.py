@@ -1609,7 +1609,8 @@ def _pixel_statistics(
             f1, valid, r = selected(block)
             if class_map is None:
                 raw = classify(f1, valid, labeler.centres)  # type: ignore[arg-type]
-                classes_seen.update(int(v) for v in np.unique(raw[valid]))
+                hits = np.bincount(raw[valid], minlength=labeler.centres.shape[0] + 1)  # type: ignore[union-attr]
+                classes_seen.update(int(v) for v in np.flatnonzero(hits))
             if order is not None:
                 values = f1[:, valid].astype(np.float64)
                 for b in range(nb):
