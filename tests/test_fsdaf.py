@@ -1,4 +1,4 @@
-"""Tests for stfusion.baselines.fsdaf against /work/shared/spec/FSDAF.md (sections 3, 6, 7).
+"""Tests for stfusion.baselines.fsdaf against docs/specs/FSDAF.md (sections 3, 6, 7).
 
 Reference implementations kept here (not in the package) to check the compiled kernels:
 ``reference_similar`` is the NumPy final step of commit 8d77b7c (``_similar_chunk``), and

@@ -1,6 +1,6 @@
 """FSDAF: Flexible Spatiotemporal DAta Fusion (Zhu et al. 2016), NumPy/SciPy + numba implementation.
 
-Implements /work/shared/spec/FSDAF.md (section numbers below refer to it). Two presets:
+Implements docs/specs/FSDAF.md (section numbers below refer to it). Two presets:
 
 - ``"fsdaf_idl"`` (default): the author's 2019 IDL reference (noise clamp of F1, HI window w,
   residual sign rule and weight clamp, t2 clamp, all-band similarity threshold, weights
@@ -2360,7 +2360,8 @@ def prepare(
 
     Args:
         source: the scene; ``source.n_pairs`` must be 1 (fine and coarse at t1).
-        scale_factor: s; None = :func:`estimate_scale_factor` on the coarse image at t1.
+        scale_factor: s; None = the source's ``coarse_ratio`` when it knows it (native coarse images,
+            ``--coarse-ratio``), else :func:`estimate_scale_factor` on the coarse image at t1.
         preset: "fsdaf_idl" (default) or "zhu2016".
         class_map: optional (H, W) integer classification of F1 (<= 0 = unclassified); else
             k-means (``n_classes``, ``seed``).
@@ -2371,6 +2372,10 @@ def prepare(
         ValueError: bad option (naming it, its value and what is allowed), more than one
             reference pair, or a scale factor that cannot be estimated.
     """
+    known_ratio = getattr(source, "coarse_ratio", None)
+    if scale_factor is None and config is None and known_ratio:
+        # the true ratio of a native-resolution coarse image (or the user's --coarse-ratio) beats an estimate
+        scale_factor = max(1, round(float(known_ratio)))
     model = _scene_model(
         source, scale_factor=scale_factor, preset=preset, class_map=class_map, valid_mask=valid_mask,
         config=config, options=options,
