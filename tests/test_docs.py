@@ -58,6 +58,8 @@ def test_no_reference_to_a_file_the_repository_lacks() -> None:
             resolved = (path.parent / target).resolve()
             if not resolved.exists():
                 problems.append(f"{path.relative_to(ROOT)}: link to missing {target}")
+        if "docs/specs" in str(path):  # the specs cite files of other projects' repositories
+            continue
         for target in re.findall(r"`((?:docs|src|scripts|benchmarks|tests)/[\w./-]+)`", text):
             if target.rstrip("/") not in present and not (ROOT / target).exists():
                 problems.append(f"{path.relative_to(ROOT)}: mentions missing {target}")
