@@ -39,8 +39,9 @@ one factorisation per distinct control-point layout) is offset by more margin pi
 k-means sample (the in-memory reference's ``rng.choice`` over valid pixels, by index), squared
 deviations, first level of the exact noise-clamp quantiles (histograms of float bit patterns);
 (2') the quantiles' second level (float64 data may need more); (3) classes present and the clamp's
-fill values; (4) the cell table for the unmixing (per class only the ``n_pure`` purest cells are
-kept). Memory is a block of rows plus O(classes x n_pure) numbers, whatever the scene size.
+fill values; (4) over the rows of FSDAF blocks, the cell table for the unmixing, block by block as
+the reference builds it (per class only the ``n_pure`` purest cells are kept). Memory is a block of
+rows plus O(classes x n_pure) numbers, whatever the scene's height.
 
 **Scale factor.** ``scale_factor=None`` (default) estimates s from the coarse image with
 :func:`estimate_scale_factor` (on up to 512 rows around the scene's middle); pass the true ratio
