@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from stfusion import raster, scenes
 from stfusion.baselines import coarse_delta
+from stfusion.baselines.fsdaf import fsdaf as fsdaf_function
+from stfusion.baselines.starfm import starfm as starfm_function
 from stfusion.checkpoint import ModelSpec
 from stfusion.cli import cli
 from stfusion.inputs import CaseReader
@@ -279,3 +281,53 @@ def test_predict_mask_file_quality_band_and_cog(case: scenes.FusionCase, tmp_pat
     valid = quality == 0
     assert valid.sum() == HEIGHT * WIDTH - 200 - 84
     assert (predicted[:, valid] != nodata).all()
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "in_memory"),
+    [
+        (
+            "starfm",
+            ["window_size=11", "block_rows=10"],
+            lambda c1, f1, c2: starfm_function(c1, f1, c2, window_size=11),
+        ),
+        (
+            "fsdaf",
+            ["scale_factor=4", "block_size=4"],
+            lambda c1, f1, c2: fsdaf_function(c1, f1, c2, scale_factor=4, block_size=4),
+        ),
+        ("estarfm", ["half_window=4", "block_rows=10"], None),
+    ],
+)
+def test_streamed_classical_methods_equal_their_whole_scene_functions(
+    case: scenes.FusionCase, tmp_path: Path, method: str, options: list[str], in_memory: Any
+) -> None:
+    """`stfusion predict` streams STARFM, FSDAF and ESTARFM block by block from GeoTIFFs; the pixels equal
+    the methods' in-memory functions on the whole scene (float32 output, to float rounding)."""
+    reader = CaseReader(case)
+    c1, f1, c2 = (reader.read(role) for role in ("coarse_t1", "fine_t1", "coarse_t2"))
+    args = ["predict", "--method", method, "--dtype", "float32", "--out", str(tmp_path / "p.tif")]
+    args += [
+        "--fine-t1",
+        str(case.fine_t1),
+        "--coarse-t1",
+        str(case.coarse_t1),
+        "--coarse-t2",
+        str(case.coarse_t2),
+    ]
+    if method == "estarfm":  # a second pair: the coarse t2 image's neighbour in time, made up
+        f3 = write_tif(tmp_path / "f3.tif", np.rint(np.nan_to_num(f1 * 1.05) * 1e4).astype(np.int16))
+        c3 = write_tif(tmp_path / "c3.tif", np.rint(np.nan_to_num(c1 * 1.05) * 1e4).astype(np.int16))
+        args += ["--fine-t3", str(f3), "--coarse-t3", str(c3)]
+        from stfusion.baselines.estarfm import estarfm
+
+        whole = estarfm(c1, f1, raster.read(c3).data, raster.read(f3).data, c2, half_window=4)
+    else:
+        whole = in_memory(c1, f1, c2)
+    for option in options:
+        args += ["--option", option]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    streamed = read_float(tmp_path / "p.tif")
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=2e-6, equal_nan=True)
+    assert np.isnan(streamed[:, 30:37, 40:52]).all()  # the nodata block of fine t1

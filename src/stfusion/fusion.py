@@ -297,6 +297,13 @@ METHODS: dict[str, Method] = {
                     "Fill pixels the rules leave unpredicted (local value F1 + C2 - C1, clipped); false: NaN",
                 ),
                 Option("engine", str, "auto", "Computation engine.", choices=("auto", "numba", "torch")),
+                Option(
+                    "block_rows",
+                    int,
+                    None,
+                    "Output rows per block: memory only, the pixels do not change; auto: ~64 MiB of work.",
+                    minimum=1,
+                ),
             ),
             block="row blocks with a halo of window_size // 2 rows; global tolerances from one pass",
             references="Gao, Masek, Schwaller, Hall, IEEE TGRS 44(8) (2006) 2207-2218",
@@ -327,6 +334,13 @@ METHODS: dict[str, Method] = {
                 ),
                 Option(
                     "max_similar", int, None, "Keep only the n most similar pixels (ESTARFM_FAST).", minimum=1
+                ),
+                Option(
+                    "block_rows",
+                    int,
+                    None,
+                    "Output rows per block: memory only, the pixels do not change; auto: ~64 MiB of work.",
+                    minimum=1,
                 ),
                 Option(
                     "coarse_factor",
