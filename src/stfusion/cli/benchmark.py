@@ -17,7 +17,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "persistence",
     "coarse-delta",
     "starfm",
-    "starfm:preset=starfm4py",
+    "starfm:preset=starfm_v121",
     "fsdaf",
     "estarfm",
 )

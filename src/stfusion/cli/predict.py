@@ -43,8 +43,9 @@ def target_outputs(out: Path, coarse_t2: tuple[Path, ...]) -> list[Path]:
     "--method",
     type=click.Choice(fusion.names()),
     default=None,
-    help=f"Fusion method (see `stfusion methods`) [default: mlffgan with --checkpoint, else "
-    f"{fusion.DEFAULT_METHOD}].",
+    help=f"Fusion method (see `stfusion methods`) [default: mlffgan with --checkpoint; else "
+    f"{fusion.DEFAULT_METHOD} with one reference pair, {fusion.TWO_PAIR_DEFAULT} with two: the leave-out "
+    "benchmark's best].",
 )
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="MLFF-GAN checkpoint.")
 @click.option(
@@ -118,7 +119,8 @@ def predict_command(
     memory. Under `torchrun --nproc_per_node N -m stfusion predict ...` the rows of each scene are split
     across the N processes and joined into one file.
     """
-    name = method or ("mlffgan" if checkpoint else fusion.DEFAULT_METHOD)
+    pairs = 2 if fine_t3 is not None else 1
+    name = method or ("mlffgan" if checkpoint else fusion.default_method(pairs))
     jobs = plan_jobs(
         fine_t1,
         coarse_t1,
