@@ -90,7 +90,7 @@ def test_options_are_typed_checked_and_named_in_errors(tiny: fusion.Method) -> N
         "window_size": 31,
         "fill_holes": False,
     }
-    with pytest.raises(InputError, match="choose one of starfm_v121, gao2006, starfm4py"):
+    with pytest.raises(InputError, match="choose one of starfm4py, starfm_v121, gao2006"):
         starfm.parse_options({"preset": "other"})
 
 
