@@ -289,7 +289,7 @@ def test_predict_mask_file_quality_band_and_cog(case: scenes.FusionCase, tmp_pat
         (
             "starfm",
             ["window_size=11", "block_rows=10"],
-            lambda c1, f1, c2: starfm_function(c1, f1, c2, window_size=11),
+            lambda c1, f1, c2: starfm_function(c1, f1, c2, preset="starfm4py", window_size=11),
         ),
         (
             "fsdaf",
