@@ -104,3 +104,46 @@ def test_learned_methods_need_a_fold_trainer(tmp_path: Path) -> None:
             ratios=DATASET_COARSE_RATIOS,
         )
     assert fusion.get("mlffgan").needs_checkpoint
+
+
+def test_a_fold_trains_on_the_pool_without_its_own_dataset() -> None:
+    cases = benchmark.dataset_cases("cia-crop", DATASETS["cia-crop"], ergas_ratio=1)
+    (fold,) = benchmark.leave_one_dataset_out(cases, {"cia-crop": DATASETS["cia-crop"]}, DATASETS)
+    assert fold.train_datasets == ("estarfm-site", "lgc-flood")
+    benchmark.check_disjoint(fold)
+
+
+def test_mlffgan_is_trained_per_fold_band_by_band_on_other_datasets_only(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Real training (1 epoch) of each fold on datasets of 3 and 2 bands; each model never saw its tests."""
+    datasets = {"a": tiny_dataset(tmp_path / "a", rng), "b": tmp_path / "b"}
+    for date in ("20020101", "20020201"):
+        for role in ("fine", "coarse"):
+            write_tif(datasets["b"] / f"{role}_{date}.tif", random_scene(rng, 2, 24, 32))
+    trainer = benchmark.mlffgan_trainer(
+        overrides={
+            "epochs": 1,
+            "random_crops": 1,
+            "patch_size": 16,
+            "val_holdout": 0.25,
+            "channels": (4, 4, 4, 4, 4),
+        }
+    )
+    result = benchmark.run_benchmark(
+        tmp_path / "out",
+        datasets=datasets,
+        methods=[benchmark.MethodSpec("coarse-delta"), benchmark.MethodSpec("mlffgan")],
+        ratios={"a": 10.0, "b": 10.0},
+        train_fold=trainer,
+    )
+    from stfusion.checkpoint import load as load_checkpoint
+
+    for fold in result.folds:
+        model = load_checkpoint(tmp_path / "out" / "models" / fold.name / "best.ckpt")
+        assert model.bands == 1  # one network for 3-band and 2-band data
+        tested = {p.name for p in fold.test_files}
+        assert model.training_files() and not model.training_files() & tested
+    b_case = result.results["b/20020101-20020201"]
+    assert b_case["mlffgan"].prediction.shape == (2, 24, 32)
+    assert b_case["mlffgan"].metrics is not None

@@ -93,3 +93,16 @@ def test_split_holdout_keeps_bottom_rows_apart(tiny_paper_data: Path) -> None:
     assert val_part.valid.shape == (10, 48) and "rows 30:40" in val_part.name
     with pytest.raises(ValueError, match="fraction"):
         split_holdout(case, 1.0)
+
+
+def test_split_bands_gives_one_case_per_band(tiny_paper_data: Path) -> None:
+    from stfusion.dataset import split_bands
+
+    case = load_case(scenes.discover(tiny_paper_data).split("train")[0], coarse_factor=1)
+    parts = split_bands(case)
+    assert [p.shape for p in parts] == [(1, 40, 48)] * 3
+    assert parts[2].name.endswith("[band 3]")
+    for band, part in enumerate(parts):
+        for role in ("coarse_t1", "fine_t1", "coarse_t2", "fine_t2"):
+            np.testing.assert_array_equal(getattr(part, role)[0], getattr(case, role)[band])
+        np.testing.assert_array_equal(part.valid, case.valid)

@@ -48,3 +48,16 @@ def test_the_readme_tutorial_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "my-run" / "best.ckpt").exists() and (
         tmp_path / "my-run" / "test" / "metrics.md"
     ).exists()
+    # the README's Python example, on the tutorial's my-data/
+    example = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert len(example) == 1
+    check = "\nassert july.prediction.shape == (3, 400, 400)\nassert prediction.shape == (3, 400, 400)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", example[0] + check],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr

@@ -111,12 +111,21 @@ class Fold:
     test_files: tuple[Path, ...]
 
 
-def leave_one_dataset_out(cases: Sequence[BenchmarkCase], datasets: Mapping[str, Path]) -> list[Fold]:
-    """One fold per dataset: trained on the other datasets' files, scored on this dataset's cases."""
+def leave_one_dataset_out(
+    cases: Sequence[BenchmarkCase],
+    datasets: Mapping[str, Path],
+    training: Mapping[str, Path] | None = None,
+) -> list[Fold]:
+    """One fold per tested dataset: trained on the other datasets' files, scored on this dataset's cases.
+
+    ``training`` is the pool of datasets models may learn from (default: ``datasets``); a fold never
+    takes the dataset it tests from it.
+    """
+    pool = dict(training if training is not None else datasets)
     folds = []
     for name in datasets:
-        others = tuple(other for other in datasets if other != name)
-        train_files = tuple(p for other in others for p in sorted(Path(datasets[other]).glob("*.tif")))
+        others = tuple(other for other in pool if other != name)
+        train_files = tuple(p for other in others for p in sorted(Path(pool[other]).glob("*.tif")))
         mine = [c for c in cases if c.dataset == name]
         folds.append(
             Fold(
@@ -173,8 +182,54 @@ class BenchmarkResult:
         return {label: sum(values) / len(values) for label, values in sums.items()}
 
 
-#: A hook training a learned model for a fold: (fold, datasets, save_dir) -> its preparer.
+#: A hook training a learned model for a fold: (fold, training datasets, save_dir) -> its preparer.
 FoldTrainer = Callable[[Fold, Mapping[str, Path], Path], fusion.Preparer]
+
+#: Training settings of MLFF-GAN in the benchmark: the ``leave-out`` recipe (:mod:`stfusion.recipes`).
+MLFFGAN_RECIPE: str = "leave-out"
+
+#: ``--quick``: the recipe cut to a smoke run (few epochs and crops), to check the protocol end to end.
+QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "random_crops": 2}
+
+
+def mlffgan_trainer(
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    reading: ReadOptions | None = None,
+    on_epoch: Callable[[str], None] | None = None,
+) -> FoldTrainer:
+    """The FoldTrainer of ``mlffgan``: the ``leave-out`` recipe (with ``overrides``, e.g.
+    :data:`QUICK_OVERRIDES`) on every one-pair case of the fold's training datasets (every ordered date
+    pair), band by band; its epoch chosen on held-out rows of those cases.
+
+    A fold whose training already finished in ``save_dir`` is reused (the benchmark resumes); one cut
+    short continues from its last epoch. ``on_epoch(fold name)`` is called after each epoch.
+    """
+    from stfusion import recipes
+    from stfusion.checkpoint import load as load_checkpoint
+    from stfusion.train import TrainConfig, train
+
+    def train_fold(fold: Fold, datasets: Mapping[str, Path], save_dir: Path) -> fusion.Preparer:
+        values = recipes.recipe(MLFFGAN_RECIPE) | dict(overrides or {})
+        if reading is not None:
+            values |= {
+                "fine_scale": reading.fine_scale,
+                "coarse_scale": reading.coarse_scale,
+                "resampling": reading.resampling,
+            }
+        config = TrainConfig(save_dir=str(save_dir), **values)
+        cases = [c for name in fold.train_datasets for c in scenes.flat_cases(datasets[name], "all")]
+        log.info("fold %s: training MLFF-GAN on %d cases of %s", fold.name, len(cases), fold.train_datasets)
+        result = train(
+            config,
+            cases,
+            [],
+            resume=(save_dir / "last.ckpt").exists(),
+            on_epoch=(lambda record: on_epoch(fold.name)) if on_epoch is not None else None,
+        )
+        return fusion.get("mlffgan").preparer(checkpoint=load_checkpoint(result.best))
+
+    return train_fold
 
 
 def run_benchmark(
@@ -186,19 +241,22 @@ def run_benchmark(
     reading: ReadOptions | None = None,
     overwrite: bool = False,
     train_fold: FoldTrainer | None = None,
+    training: Mapping[str, Path] | None = None,
     on_run: Callable[[str, str], None] | None = None,
 ) -> BenchmarkResult:
     """Run the benchmark (module docstring) into ``out``; existing predictions are kept (resumable).
 
-    ``train_fold`` trains the learned method (``mlffgan``) of each fold; without it, ``mlffgan`` in
-    ``methods`` is an InputError. ``on_run(case, method)`` is called before each prediction.
+    ``train_fold`` trains the learned method (``mlffgan``) of each fold on ``training`` datasets other
+    than the fold's (default: ``datasets``); without it, ``mlffgan`` in ``methods`` is an InputError.
+    ``on_run(case, method)`` is called before each prediction.
     """
     cases = [
         c
         for name, folder in datasets.items()
         for c in dataset_cases(name, folder, ergas_ratio=1 / ratios[name])
     ]
-    folds = leave_one_dataset_out(cases, datasets)
+    pool = dict(training if training is not None else datasets)
+    folds = leave_one_dataset_out(cases, datasets, pool)
     for fold in folds:
         check_disjoint(fold)
     learned = [m for m in methods if fusion.get(m.name).needs_checkpoint]
@@ -207,7 +265,7 @@ def run_benchmark(
     fold_preparers: dict[str, fusion.Preparer] = {}
     if learned and train_fold is not None:
         for fold in folds:
-            fold_preparers[fold.name] = train_fold(fold, datasets, out / "models" / fold.name)
+            fold_preparers[fold.name] = train_fold(fold, pool, out / "models" / fold.name)
     output = workflows.OutputOptions(overwrite=overwrite, skip_existing=not overwrite)
     results: dict[str, dict[str, workflows.MethodResult]] = {}
     for case in cases:

@@ -81,6 +81,22 @@ def load_cases(
     return loaded
 
 
+def split_bands(case: CaseArrays) -> list[CaseArrays]:
+    """One one-band case per band of ``case`` (named ``<case>[band i]``, i from 1).
+
+    For a per-band model: datasets of different sensors (6 Landsat bands here, 3 there) train one
+    network together, and it predicts any band count band by band.
+    """
+    return [
+        CaseArrays(
+            name=f"{case.name}[band {band + 1}]",
+            valid=case.valid,
+            **{role: getattr(case, role)[band : band + 1] for role in ROLES},
+        )
+        for band in range(case.shape[0])
+    ]
+
+
 def split_holdout(case: CaseArrays, fraction: float) -> tuple[CaseArrays, CaseArrays]:
     """Split a case into its top rows (training) and its bottom ``fraction`` of rows (validation).
 

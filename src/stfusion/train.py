@@ -30,7 +30,16 @@ from stfusion.atomic import atomic_path
 from stfusion.checkpoint import Checkpoint, ModelSpec
 from stfusion.checkpoint import load as load_checkpoint
 from stfusion.checkpoint import save as save_checkpoint
-from stfusion.dataset import CaseArrays, PatchDataset, flip_rotate, load_cases, split_holdout, swap_dates
+from stfusion.dataset import (
+    CaseArrays,
+    PatchDataset,
+    flip_rotate,
+    load_case,
+    load_cases,
+    split_bands,
+    split_holdout,
+    swap_dates,
+)
 from stfusion.errors import StfusionError
 from stfusion.inputs import ReadOptions
 from stfusion.losses import (
@@ -76,6 +85,7 @@ _FLAGS = (
     "flips",
     "residual",
     "zero_mean_correction",
+    "per_band",
     "amp",
     "channels_last",
     "ms_ssim_reference_bug",
@@ -109,6 +119,9 @@ class TrainConfig:
     flips: bool = False
     residual: bool = False  # ours, not the paper's: learn F2 - (F1 + C2 - C1), see models/residual.py
     zero_mean_correction: bool = False  # ours, residual only: zero-mean correction per band and tile
+    # ours: a one-band network trained on every band of every case (cases may differ in band count);
+    # it predicts any number of bands, band by band
+    per_band: bool = False
     # ours: > 0 validates on the bottom fraction of the rows of every training case (never trained
     # on) instead of the val split
     val_holdout: float = 0.0
@@ -426,13 +439,20 @@ def train(
     if not val_cases and not config.val_holdout:
         raise TrainingError("no validation cases (a split apart from test is needed to select `best`)")
     reading = config.read_options()
-    train_arrays = load_cases(train_cases, coarse_factor=config.coarse_factor, options=reading)
+
+    def load(cases: Sequence[FusionCase]) -> list[CaseArrays]:
+        if not config.per_band:
+            return load_cases(cases, coarse_factor=config.coarse_factor, options=reading)
+        loaded = (load_case(case, coarse_factor=config.coarse_factor, options=reading) for case in cases)
+        return [band for arrays in loaded for band in split_bands(arrays)]
+
+    train_arrays = load(train_cases)
     if config.val_holdout:
         parts = [split_holdout(case, config.val_holdout) for case in train_arrays]
         train_arrays, val_arrays = [p[0] for p in parts], [p[1] for p in parts]
-        log.info("validating on the held-out rows %s", ", ".join(case.name for case in val_arrays))
+        log.info("validating on the held-out rows of %d training cases", len(val_arrays))
     else:
-        val_arrays = load_cases(val_cases, coarse_factor=config.coarse_factor, options=reading)
+        val_arrays = load(val_cases)
     data = {
         "train": [c.name for c in train_cases],
         "val": [c.name for c in val_cases],
@@ -444,7 +464,7 @@ def train(
         train_arrays,
         val_arrays,
         resume=resume,
-        band_names=band_names,
+        band_names=None if config.per_band else band_names,
         context=context,
         data=data,
         on_step=on_step,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from stfusion import benchmark
+from stfusion import benchmark, fusion
 from stfusion.cli.options import make_output_folder, one_line_errors, progress, say
 from stfusion.errors import InputError
 from stfusion.sample import DATASET_COARSE_RATIOS, DATASETS
@@ -20,6 +20,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "starfm:preset=starfm_v121",
     "fsdaf",
     "estarfm",
+    "mlffgan",
 )
 
 
@@ -46,7 +47,12 @@ DEFAULT_METHODS: tuple[str, ...] = (
     help="A bundled dataset (" + ", ".join(DATASETS) + ") or NAME=FOLDER:RATIO for a flat folder of your "
     "own (RATIO: coarse/fine pixel size); repeatable [default: every bundled dataset].",
 )
-@click.option("--quick", is_flag=True, help="Few training epochs for learned methods (a smoke run).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Learned methods train for 2 epochs of few crops (a smoke run of the protocol, minutes); their "
+    "scores then say nothing about the recipe.",
+)
 @click.option("--overwrite", is_flag=True, help="Redo every prediction (default: keep those in --out).")
 @one_line_errors("predictions done so far are kept; rerun the same command to continue")
 def benchmark_command(
@@ -65,6 +71,15 @@ def benchmark_command(
     cases = [
         c for name, folder in folders.items() for c in benchmark.dataset_cases(name, folder, ergas_ratio=1)
     ]
+    learned = any(fusion.get(spec.name).needs_checkpoint for spec in specs)
+    if learned:
+        say(
+            f"training MLFF-GAN ({benchmark.MLFFGAN_RECIPE} recipe{', --quick' if quick else ''}) once per "
+            f"tested dataset, on the others only: {', '.join(folders)}"
+        )
+    trainer = (
+        benchmark.mlffgan_trainer(overrides=benchmark.QUICK_OVERRIDES if quick else None) if learned else None
+    )
     with progress(len(cases) * len(specs), "benchmark", unit="run") as bar:
         result = benchmark.run_benchmark(
             out,
@@ -72,12 +87,15 @@ def benchmark_command(
             methods=specs,
             ratios=ratios,
             overwrite=overwrite,
+            train_fold=trainer,
+            training=_training_pool(folders),
             on_run=lambda case, method: bar.update(1),
         )
     protocol = {
         "datasets": ", ".join(f"{n} ({f})" for n, f in folders.items()),
         "cases": "every ordered date pair, and the two-pair cases (dates before and after -> the date)",
-        "learned models": "leave-one-dataset-out (trained on the other datasets only)",
+        "learned models": f"leave-one-dataset-out (trained on the other datasets only), recipe "
+        f"{benchmark.MLFFGAN_RECIPE}{' (--quick)' if quick else ''}",
         "metrics": "docs/metrics.md (SSIM data_range 2; ERGAS ratio = fine / coarse pixel size); every "
         "method of a case on the pixels all methods predicted",
         "quick": quick,
@@ -107,3 +125,8 @@ def _datasets(given: tuple[str, ...]) -> tuple[dict[str, Path], dict[str, float]
             raise InputError(f"--dataset {text!r}: RATIO must be a number (coarse/fine pixel size)") from None
         folders[name] = Path(folder)
     return folders, ratios
+
+
+def _training_pool(tested: dict[str, Path]) -> dict[str, Path]:
+    """What learned models may train on: every bundled dataset, and the user's own given ones."""
+    return {**DATASETS, **tested}

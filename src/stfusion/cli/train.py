@@ -49,6 +49,7 @@ TRAIN_FLAGS: tuple[str, ...] = (
     "flips",
     "residual",
     "zero_mean_correction",
+    "per_band",
     "val_holdout",
 )
 
@@ -203,6 +204,13 @@ def run_training(
     default=False,
     show_default=True,
     help="Residual mode: the correction has zero mean per band and tile (keeps coarse-delta's mean).",
+)
+@click.option(
+    "--per-band/--no-per-band",
+    default=False,
+    show_default=True,
+    help="Train one one-band network on every band of every case (cases may differ in bands); it "
+    "predicts any band count, band by band.",
 )
 @click.option(
     "--val-holdout",

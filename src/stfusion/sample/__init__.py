@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from stfusion.recipes import RECIPES
 
 #: Root of the sample in the MLFF-GAN paper layout (train/val/test pair folders).
 SAMPLE_ROOT: Path = Path(__file__).resolve().parent / "cia"
@@ -35,10 +32,6 @@ DATASETS: dict[str, Path] = {name: DATASETS_ROOT / name for name in ("cia-crop",
 #: MODIS (10, the sample's ERGAS convention 0.1); ESTARFM site 30 m vs 500 m; LGC flood 25 m vs 16 x 16
 #: block means (400 m). ERGAS uses 1 / ratio.
 DATASET_COARSE_RATIOS: dict[str, float] = {"cia-crop": 10.0, "estarfm-site": 16.0, "lgc-flood": 16.0}
-
-
-#: Demo settings of `stfusion demo` on the sample: the "small-data" recipe (stfusion.recipes).
-DEMO_CONFIG: dict[str, Any] = RECIPES["small-data"]
 
 
 def copy_dataset(name: str, destination: Path) -> list[Path]:
