@@ -117,13 +117,16 @@ def test_fuse_killed_halfway_redoes_only_the_missing_dates(tmp_path: Path) -> No
     process.wait()
     done = {p: p.stat().st_mtime_ns for p in out.glob("fused_*.tif")}
     assert 5 <= len(done) < 20, len(done)
-    assert not list(out.glob(".*.part*"))  # nothing half-written is left
+    for path in done:  # nothing half-written under a final name (a killed write leaves a hidden .part)
+        with rasterio.open(path) as src:
+            assert src.read().shape == (3, 64, 64)
     rerun = subprocess.run([*args, "--skip-existing"], capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert rerun.stdout.count("(kept)") == len(done)
     assert rerun.stdout.count("starfm from") - rerun.stdout.count("(kept)") == 20 - len(done)
     assert len(list(out.glob("fused_*.tif"))) == 20
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())
+    assert not list(out.glob(".*.part"))  # the rerun removed the killed write's temporary, if any
 
 
 def test_cloudy_references_are_reported_not_skipped_silently(tmp_path: Path) -> None:
