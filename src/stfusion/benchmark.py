@@ -195,7 +195,6 @@ QUICK_OVERRIDES: dict[str, Any] = {"epochs": 2, "random_crops": 2}
 def mlffgan_trainer(
     *,
     overrides: Mapping[str, Any] | None = None,
-    reading: ReadOptions | None = None,
     on_epoch: Callable[[str], None] | None = None,
 ) -> FoldTrainer:
     """The FoldTrainer of ``mlffgan``: the ``leave-out`` recipe (with ``overrides``, e.g.
@@ -211,12 +210,6 @@ def mlffgan_trainer(
 
     def train_fold(fold: Fold, datasets: Mapping[str, Path], save_dir: Path) -> fusion.Preparer:
         values = recipes.recipe(MLFFGAN_RECIPE) | dict(overrides or {})
-        if reading is not None:
-            values |= {
-                "fine_scale": reading.fine_scale,
-                "coarse_scale": reading.coarse_scale,
-                "resampling": reading.resampling,
-            }
         config = TrainConfig(save_dir=str(save_dir), **values)
         cases = [c for name in fold.train_datasets for c in scenes.flat_cases(datasets[name], "all")]
         log.info("fold %s: training MLFF-GAN on %d cases of %s", fold.name, len(cases), fold.train_datasets)
