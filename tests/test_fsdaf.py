@@ -302,7 +302,10 @@ def test_final_step_worked_example(weighting: str, expected: float) -> None:
 def test_final_step_matches_numpy_reference(dtype: type, rule: str) -> None:
     """Random scenes with many exact ties (quantised values) and invalid pixels."""
     rng = np.random.default_rng(3)
-    for nb, (h, wd), window, n_sim in ((1, (23, 31), 3, 7), (3, (29, 19), 4, 20), (6, (17, 22), 2, 30)):
+    # (bands, shape, window, n_similar); n_similar 1 and 2 exercise a list that is full at once
+    cases = ((1, (23, 31), 3, 7), (3, (29, 19), 4, 20), (6, (17, 22), 2, 30), (2, (13, 11), 2, 1))
+    cases += ((4, (9, 14), 3, 2),)
+    for nb, (h, wd), window, n_sim in cases:
         f1 = (np.round(rng.uniform(0.05, 0.3, (nb, h, wd)) * 100) / 100).astype(dtype)
         f1[:, rng.random((h, wd)) < 0.07] = np.nan
         change = rng.normal(0, 0.01, (nb, h, wd))

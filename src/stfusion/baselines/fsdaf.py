@@ -54,6 +54,15 @@ control-point layout) and evaluated on the cell lattice by FFT convolution, per 
 direct sum costs O(pixels x control points)); homogeneity, temporal prediction, cell means and
 residual distribution are numba kernels too. ``n_jobs`` (default: numba's thread count) sets the
 threads of the kernels and FFTs. The kernels are compiled on first use and cached on disk.
+
+A strip runs in two phases: steps 3.4-3.9 of its blocks (:func:`block_change`) in concurrent threads,
+one kernel thread each (their NumPy and LAPACK parts are serial), then the final step of each block
+(:func:`block_prediction`) on every thread, row-parallel, so that narrow edge blocks do not leave a
+core idle. BLAS runs on one thread meanwhile: OpenBLAS's idle threads spin after each call and took
+the cores from the final step. The final step's candidate loop is vector code over a row of targets:
+a candidate failing the threshold gets an infinite key, each target's sorted list is updated by a
+vector min/max on the (key, offset) pairs read as float64, and the targets to update are found
+eight flags at a time; the selection is the reference's, unchanged.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ from numpy.typing import NDArray
 from scipy import fft as sp_fft
 from scipy import linalg as scipy_linalg
 from scipy.optimize import lsq_linear
+from threadpoolctl import threadpool_limits
 
 from stfusion.blocks import (
     ArraySource,
@@ -589,6 +599,15 @@ def _threads(n_jobs: int | None) -> Iterator[int]:
         numba.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def _serial_blas() -> Iterator[None]:
+    """One BLAS thread inside: FSDAF's LAPACK calls are small and run in concurrent blocks, and
+    OpenBLAS's idle threads spin after each call, taking the cores from the compiled kernels
+    (measured: a third of the final step's speed on 2 cores)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """numba kernels, compiled on first use and cached on disk.
@@ -602,25 +621,38 @@ def _kernels() -> SimpleNamespace:
 
     @parallel
     def similar(f1, inv, change, labels, off_dy, off_dx, off_d, factor, th, eps_key, target_key, eps_den,  # type: ignore[no-untyped-def]
-                r0, r1, c0, c1, half, n_sel, use_threshold, idl, out):  # fmt: skip
+                big, r0, r1, c0, c1, half, n_sel, use_threshold, idl, out):  # fmt: skip
         # Targets of one row at a time, every window offset as a vector over the row's targets
         # (contiguous slices, so that LLVM vectorises). Each target keeps its n_sel best entries
         # (key bits << 32 | offset rank), ascending: keys are >= 0, so their float32 bit patterns
-        # sort like the floats and the packed value orders by key, then by offset rank.
+        # sort like the floats and the packed value orders by key, then by offset rank. A
+        # candidate failing the threshold gets the key `big` (+inf), which is never selected
+        # (a passing candidate's key is finite: S < 1e37 for any reflectance).
         nb, h, wd = f1.shape
         ntx = c1 - c0
-        empty = np.int64(0x7FFFFFFFFFFFFFFF)
+        # these non-negative int64 patterns order like the float64 values they encode, so the
+        # sorted list is updated with vector float64 min/max; +inf marks an empty slot
+        empty = np.int64(0x7FF0000000000000)
+        no_key = np.int32(0x7F800000)  # bits of a +inf float32 key: never below a target's worst
         for r in numba.prange(r1 - r0):
             ty = r0 + r
-            best = np.full((ntx, n_sel), empty, np.int64)
-            worst = np.full(ntx, empty, np.int64)
+            # column 0 of each target's list is a sentinel (+0.0) below every entry, so that the
+            # insertion is one vector expression: new[j] = min(list[j], max(list[j - 1], packed))
+            best = np.full((ntx, n_sel + 1), empty, np.int64)
+            best[:, 0] = 0
+            bestf = best.view(np.float64)
+            worst = np.full(ntx, no_key, np.int32)  # key bits of each target's n_sel-th entry
             tvalid = np.empty(ntx, np.bool_)
             acc = np.empty(ntx, f1.dtype)
-            ok = np.empty(ntx, np.bool_)
             keys = np.empty(ntx, np.float32)
             kbits = keys.view(np.int32)
+            # flags of the targets to update, read 8 per 64-bit word: most words are zero
+            flag = np.zeros(((ntx + 15) // 8) * 8, np.uint8)
+            flag64 = flag.view(np.uint64)
+            idx = np.empty(ntx + 8, np.int64)
+            one = np.empty(1, np.int64)
+            one_f = one.view(np.float64)
             omega = np.empty(n_sel)
-            idx = np.empty(ntx + 1, np.int64)
             keys[0] = target_key
             target = np.int64(kbits[0]) << 32  # the target itself: offset rank 0
             for x in range(ntx):
@@ -630,9 +662,9 @@ def _kernels() -> SimpleNamespace:
                         good = False
                 tvalid[x] = good
                 if good:
-                    best[x, 0] = target
+                    best[x, 1] = target
                     if n_sel == 1:
-                        worst[x] = target
+                        worst[x] = kbits[0]
             for oid in range(1, off_dy.size):  # nearest offsets first: good keys early
                 dy = off_dy[oid]
                 dx = off_dx[oid]
@@ -644,7 +676,6 @@ def _kernels() -> SimpleNamespace:
                 n = xb - xa
                 if n <= 0:
                     continue
-                okv = ok[xa:xb]
                 accv = acc[xa:xb]
                 # S summed band after band in f1's precision, as the NumPy reference does
                 q = f1[0, qy, c0 + dx + xa : c0 + dx + xb]
@@ -653,8 +684,7 @@ def _kernels() -> SimpleNamespace:
                 thb = th[0]
                 for i in range(n):
                     d = abs(q[i] - t[i])
-                    okv[i] = d < thb
-                    accv[i] = d * iv[i]
+                    accv[i] = d * iv[i] if d < thb else big
                 for b in range(1, nb):
                     q = f1[b, qy, c0 + dx + xa : c0 + dx + xb]
                     t = f1[b, ty, c0 + xa : c0 + xb]
@@ -662,13 +692,8 @@ def _kernels() -> SimpleNamespace:
                     thb = th[b]
                     for i in range(n):
                         d = abs(q[i] - t[i])
-                        okv[i] &= d < thb
-                        accv[i] = accv[i] + d * iv[i]
-                if not use_threshold:
-                    lq = labels[qy, c0 + dx + xa : c0 + dx + xb]
-                    lt = labels[ty, c0 + xa : c0 + xb]
-                    for i in range(n):
-                        okv[i] = (lq[i] == lt[i]) & (lt[i] > 0)
+                        a = accv[i] + d * iv[i]
+                        accv[i] = a if d < thb else big
                 kv = keys[xa:xb]
                 kb = kbits[xa:xb]
                 wv = worst[xa:xb]
@@ -676,26 +701,34 @@ def _kernels() -> SimpleNamespace:
                     fac = factor[oid]
                     for i in range(n):
                         kv[i] = np.float32(np.float64(accv[i] + eps_key) * fac)
+                    for i in range(n):
+                        flag[i] = kb[i] < wv[i]
                 else:
+                    lq = labels[qy, c0 + dx + xa : c0 + dx + xb]
+                    lt = labels[ty, c0 + xa : c0 + xb]
                     for i in range(n):
                         kv[i] = np.float32(accv[i])
-                for i in range(n):
-                    okv[i] &= ((np.int64(kb[i]) << 32) | oid) < wv[i]
-                # indices of the targets to update, without a branch per target (most are not)
+                    for i in range(n):
+                        flag[i] = (lq[i] == lt[i]) & (lt[i] > 0) & (kb[i] < wv[i])
+                for i in range(n, n + 8):
+                    flag[i] = 0
                 m = 0
-                for i in range(n):
-                    idx[m] = i
-                    m += okv[i]
+                for g in range((n + 7) >> 3):
+                    word = flag64[g]
+                    if word == 0:
+                        continue
+                    for k in range(8):
+                        idx[m] = 8 * g + k
+                        m += (word >> np.uint64(8 * k)) & np.uint64(1)
                 for u in range(m):
                     i = idx[u]
                     x = xa + i
-                    packed = (np.int64(kb[i]) << 32) | oid
-                    row = best[x]
-                    # branch-free insertion into the sorted list
-                    for j in range(n_sel - 1, 0, -1):
-                        row[j] = min(row[j], max(row[j - 1], packed))
-                    row[0] = min(row[0], packed)
-                    worst[x] = row[n_sel - 1]
+                    one[0] = (np.int64(kb[i]) << 32) | oid
+                    p = one_f[0]
+                    for j in range(n_sel, 0, -1):  # reads j - 1 before it is written: vectorises
+                        lo = bestf[x, j - 1] if bestf[x, j - 1] > p else p
+                        bestf[x, j] = bestf[x, j] if bestf[x, j] < lo else lo
+                    worst[x] = min(np.int32(best[x, n_sel] >> 32), no_key)
             for x in range(ntx):
                 tx = c0 + x
                 if not tvalid[x]:
@@ -705,9 +738,9 @@ def _kernels() -> SimpleNamespace:
                 total = 0.0
                 m = 0
                 for j in range(n_sel):
-                    if best[x, j] == empty:
+                    if best[x, j + 1] == empty:
                         break
-                    oid = best[x, j] & 0xFFFFFFFF
+                    oid = best[x, j + 1] & 0xFFFFFFFF
                     qy = ty + off_dy[oid]
                     qx = tx + off_dx[oid]
                     spectral = 0.0
@@ -724,7 +757,7 @@ def _kernels() -> SimpleNamespace:
                 for b in range(nb):
                     a = 0.0
                     for j in range(m):
-                        oid = best[x, j] & 0xFFFFFFFF
+                        oid = best[x, j + 1] & 0xFFFFFFFF
                         a += (omega[j] / total) * change[b, ty + off_dy[oid], tx + off_dx[oid]]
                     out[b, r, x] = np.float64(f1[b, ty, tx]) + a
 
@@ -923,6 +956,25 @@ def _kernels() -> SimpleNamespace:
                     row[x] &= np.isfinite(ra[x]) & np.isfinite(rb[x]) & np.isfinite(rc[x])
 
     @parallel
+    def fill_bounds(fine, valid, low, high, dn_min, dn_max, fill_low, fill_high):  # type: ignore[no-untyped-def]
+        # per band: the smallest valid value above the clamp's low threshold (and >= dn_min),
+        # the largest below its high threshold (and <= dn_max); folded into fill_low/fill_high
+        nb, h, w = fine.shape
+        for b in numba.prange(nb):
+            lo = fill_low[b]
+            hi = fill_high[b]
+            for y in range(h):
+                for x in range(w):
+                    if valid[y, x]:
+                        v = np.float64(fine[b, y, x])
+                        if v > low[b] and v >= dn_min and v < lo:
+                            lo = v
+                        if v < high[b] and v <= dn_max and v > hi:
+                            hi = v
+            fill_low[b] = lo
+            fill_high[b] = hi
+
+    @parallel
     def nearest_centre(fine, valid, centres, c_norm, out):  # type: ignore[no-untyped-def]
         nb, h, w = fine.shape
         k = centres.shape[0]
@@ -999,6 +1051,7 @@ def _kernels() -> SimpleNamespace:
         cell_means=cell_means,
         cell_stats=cell_stats,
         all_finite=all_finite,
+        fill_bounds=fill_bounds,
         nearest_centre=nearest_centre,
         lloyd=lloyd,
     )
@@ -1613,15 +1666,10 @@ def _pixel_statistics(
                 hits = np.bincount(raw[valid], minlength=labeler.centres.shape[0] + 1)  # type: ignore[union-attr]
                 classes_seen.update(int(v) for v in np.flatnonzero(hits))
             if order is not None:
-                values = f1[:, valid].astype(np.float64)
-                for b in range(nb):
-                    v = values[b]
-                    rest = v[(v > low[b]) & (v >= config.dn_min)]
-                    if rest.size:
-                        fill_low[b] = min(fill_low[b], float(rest.min()))
-                    rest = v[(v < high[b]) & (v <= config.dn_max)]
-                    if rest.size:
-                        fill_high[b] = max(fill_high[b], float(rest.max()))
+                _kernels().fill_bounds(
+                    np.ascontiguousarray(f1), np.ascontiguousarray(valid), low, high,
+                    float(config.dn_min), float(config.dn_max), fill_low, fill_high,
+                )  # fmt: skip
     if order is not None:
         # nothing left (e.g. a constant band): leave those pixels unchanged
         fill_low[~np.isfinite(fill_low)] = np.nan
@@ -1997,7 +2045,8 @@ def similar_pixel_prediction(
     dtype = f1.dtype.type
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / (np.abs(f1) + 1e-8)
-    th = np.asarray(threshold if threshold is not None else np.full(nb, np.inf), dtype=f1.dtype)
+    # the class rule has no threshold: +inf passes every valid candidate (NaN fails it)
+    th = np.asarray(threshold if rule == "threshold" else np.full(nb, np.inf), dtype=f1.dtype)
     if rule == "class":
         assert class_map is not None
         labels = np.where(np.isfinite(f1).all(axis=0), class_map, 0).astype(np.int32)
@@ -2008,7 +2057,7 @@ def similar_pixel_prediction(
         _kernels().similar(
             f1, inv, np.ascontiguousarray(total_change, dtype=np.float64), labels,
             off_dy, off_dx, off_d, factor, th,
-            dtype(1e-5), np.float32(1e-4 if rule == "threshold" else 0.0), dtype(1e-8),
+            dtype(1e-5), np.float32(1e-4 if rule == "threshold" else 0.0), dtype(1e-8), dtype(np.inf),
             rs.start, rs.stop, cs.start, cs.stop, window, n_similar, rule == "threshold",
             weighting == "idl", out,
         )  # fmt: skip
@@ -2028,7 +2077,26 @@ class BlockResult:
     diagnostics: dict[str, Array] = field(default_factory=dict)
 
 
-def fsdaf_block(
+@dataclass
+class BlockChange:
+    """Steps 3.4-3.9 of one read window: what the final step (3.10) needs.
+
+    Attributes:
+        fine_t1: (nb, eh, ew) F1 of the evaluation area (the core plus ⌈w/s⌉ cells), NaN = invalid.
+        total_change: (nb, eh, ew) ΔF_tot (19) on the evaluation area, NaN = invalid.
+        class_map: (eh, ew) labels of the evaluation area.
+        targets: the core inside the evaluation area.
+        diagnostics: intermediate results for the core (when asked for).
+    """
+
+    fine_t1: Array
+    total_change: Array
+    class_map: Array
+    targets: tuple[slice, slice]
+    diagnostics: dict[str, Array] = field(default_factory=dict)
+
+
+def block_change(
     coarse_t1: Array,
     fine_t1: Array,
     coarse_t2: Array,
@@ -2039,20 +2107,8 @@ def fsdaf_block(
     config: FSDAFConfig,
     core: tuple[slice, slice] | None = None,
     return_diagnostics: bool = False,
-) -> BlockResult:
-    """Steps 3.4-3.10 for one read window (spec); exact for ``core`` given enough margin.
-
-    Args:
-        coarse_t1, fine_t1, coarse_t2: (nb, h, w) reflectance of the read window. The window
-            must start on a coarse-cell boundary of the image; its edges must be the image
-            edges or lie at least ``block_margin_cells(config)`` cells beyond the core.
-        class_map: (h, w) labels 1..Lc (global numbering), 0 = invalid.
-        valid: (h, w) bool (already including class_map > 0).
-        statistics: global quantities (:func:`scene_statistics`).
-        core: region to predict (default: everything).
-    Returns:
-        :class:`BlockResult` for the core.
-    """
+) -> BlockChange:
+    """Steps 3.4-3.9 for one read window (arguments as :func:`fsdaf_block`)."""
     s = config.scale_factor
     nb, h, w = fine_t1.shape
     rs, cs = core if core is not None else (slice(0, h), slice(0, w))
@@ -2119,33 +2175,16 @@ def fsdaf_block(
     if config.clamp_t2:  # (18)
         f2_prime = np.clip(f2_prime, statistics.t2_low[:, None, None], statistics.t2_high[:, None, None])
     total = np.where(v_e, f2_prime - f1_fixed[(slice(None), *e_sl)], np.nan)  # (19)
-    # 3.10 on the original F1
-    f1_nan = np.where(valid, fine_t1, np.nan).astype(fine_t1.dtype, copy=False)
+    # 3.10 runs on the original F1
+    f1_e = fine_t1[(slice(None), *e_sl)]
+    f1_nan = np.where(v_e, f1_e, np.nan).astype(f1_e.dtype, copy=False)
     if not np.issubdtype(f1_nan.dtype, np.floating):
         f1_nan = f1_nan.astype(np.float32)
     t_core = (slice(rs.start - e_r0, rs.stop - e_r0), slice(cs.start - e_c0, cs.stop - e_c0))
-    pred = similar_pixel_prediction(
-        f1_nan[(slice(None), *e_sl)],
-        total,
-        window=config.window,
-        n_similar=config.n_similar,
-        rule=config.similar_rule,
-        weighting=config.final_weighting,
-        threshold=statistics.similarity_threshold,
-        class_map=class_map[e_sl],
-        targets=t_core,
-        n_jobs=config.n_jobs,
-    )
-    core_sl = (slice(None), rs, cs)
-    if config.range_repair:
-        f1c, c1c, c2c = (np.asarray(a[core_sl], dtype=np.float64) for a in (fine_t1, coarse_t1, coarse_t2))
-        with np.errstate(invalid="ignore"):
-            bad = (pred < config.dn_min) | (pred > config.dn_max)
-            repair = np.clip(f1c + c2c - c1c, config.dn_min, config.dn_max)
-        pred = np.where(bad, repair, pred)
-    result = BlockResult(pred.astype(np.float32))
+    result = BlockChange(f1_nan, total, class_map[e_sl], t_core)
     if return_diagnostics:
         sub = (slice(None), *t_core)
+        core_sl = (slice(None), rs, cs)
         result.diagnostics = {
             "temporal": temporal[core_sl],
             "spatial": spatial[sub],
@@ -2155,6 +2194,82 @@ def fsdaf_block(
             "total_change": total[sub],
         }
     return result
+
+
+def block_prediction(
+    change: BlockChange,
+    coarse_t1: Array,
+    coarse_t2: Array,
+    *,
+    statistics: FSDAFStatistics,
+    config: FSDAFConfig,
+) -> BlockResult:
+    """Step 3.10 (and the range repair) for the core of :func:`block_change`'s window.
+
+    Args:
+        change: the window's :class:`BlockChange`.
+        coarse_t1, coarse_t2: (nb, core h, core w) coarse images of the core (range repair).
+    """
+    rs, cs = change.targets
+    pred = similar_pixel_prediction(
+        change.fine_t1,
+        change.total_change,
+        window=config.window,
+        n_similar=config.n_similar,
+        rule=config.similar_rule,
+        weighting=config.final_weighting,
+        threshold=statistics.similarity_threshold,
+        class_map=change.class_map,
+        targets=change.targets,
+        n_jobs=config.n_jobs,
+    )
+    if config.range_repair:
+        f1c = np.asarray(change.fine_t1[:, rs, cs], dtype=np.float64)
+        c1c, c2c = (np.asarray(a, dtype=np.float64) for a in (coarse_t1, coarse_t2))
+        with np.errstate(invalid="ignore"):
+            bad = (pred < config.dn_min) | (pred > config.dn_max)
+            repair = np.clip(f1c + c2c - c1c, config.dn_min, config.dn_max)
+        pred = np.where(bad, repair, pred)
+    return BlockResult(pred.astype(np.float32), change.diagnostics)
+
+
+def fsdaf_block(
+    coarse_t1: Array,
+    fine_t1: Array,
+    coarse_t2: Array,
+    class_map: Array,
+    valid: Array,
+    *,
+    statistics: FSDAFStatistics,
+    config: FSDAFConfig,
+    core: tuple[slice, slice] | None = None,
+    return_diagnostics: bool = False,
+) -> BlockResult:
+    """Steps 3.4-3.10 for one read window (spec); exact for ``core`` given enough margin.
+
+    :func:`block_change` then :func:`block_prediction`.
+
+    Args:
+        coarse_t1, fine_t1, coarse_t2: (nb, h, w) reflectance of the read window. The window
+            must start on a coarse-cell boundary of the image; its edges must be the image
+            edges or lie at least ``block_margin_cells(config)`` cells beyond the core.
+        class_map: (h, w) labels 1..Lc (global numbering), 0 = invalid.
+        valid: (h, w) bool (already including class_map > 0).
+        statistics: global quantities (:func:`scene_statistics`).
+        core: region to predict (default: everything).
+    Returns:
+        :class:`BlockResult` for the core.
+    """
+    h, w = fine_t1.shape[1:]
+    rs, cs = core if core is not None else (slice(0, h), slice(0, w))
+    change = block_change(
+        coarse_t1, fine_t1, coarse_t2, class_map, valid, statistics=statistics, config=config,
+        core=(rs, cs), return_diagnostics=return_diagnostics,
+    )  # fmt: skip
+    core_sl = (slice(None), rs, cs)
+    return block_prediction(
+        change, coarse_t1[core_sl], coarse_t2[core_sl], statistics=statistics, config=config
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -2185,7 +2300,7 @@ class _SceneModel:
         diagnostics: dict[str, Array] | None = None,
     ) -> Array:
         """Predict a strip of blocks (read with its margin rows): (C, rows - halos, W) float32."""
-        with _threads(self.config.n_jobs if self.config is not None else None):
+        with _threads(self.config.n_jobs if self.config is not None else None), _serial_blas():
             return self._predict_strip(block, halo_top, halo_bottom, diagnostics)
 
     def _predict_strip(
@@ -2206,39 +2321,41 @@ class _SceneModel:
         margin = block_margin_cells(config) * s
         core_rows = slice(halo_top, h - halo_bottom)
         columns = list(range(0, w, step))
-        # blocks run concurrently, one thread each: the serial parts (NumPy, LAPACK) of one block
-        # overlap the compiled parts of another, instead of leaving cores idle
+        # steps 3.4-3.9 of the blocks run concurrently, one thread each (their NumPy and LAPACK
+        # parts are serial); then the final step of each block uses every thread, row-parallel,
+        # which balances the load whatever the blocks' widths
         workers = min(numba.get_num_threads(), len(columns)) if _CONCURRENT_BLOCKS else 1
         block_config = replace(config, n_jobs=1) if workers > 1 else config
 
-        def run(col: int) -> BlockResult:
+        def window(col: int) -> tuple[slice, slice]:  # (read columns, core columns)
             stop = min(col + step, w)
-            read = slice(max(col - margin, 0), min(stop + margin, w))
+            return slice(max(col - margin, 0), min(stop + margin, w)), slice(col, stop)
+
+        def change(col: int) -> BlockChange:
+            read, cols = window(col)
             with _threads(1) if workers > 1 else contextlib.nullcontext(0):
-                return fsdaf_block(
-                    c1[:, :, read],
-                    f1[:, :, read],
-                    c2[:, :, read],
-                    labels[:, read],
-                    valid[:, read],
-                    statistics=stats,
-                    config=block_config,
-                    core=(core_rows, slice(col - read.start, stop - read.start)),
+                return block_change(
+                    c1[:, :, read], f1[:, :, read], c2[:, :, read], labels[:, read], valid[:, read],
+                    statistics=stats, config=block_config,
+                    core=(core_rows, slice(cols.start - read.start, cols.stop - read.start)),
                     return_diagnostics=diagnostics is not None,
-                )
+                )  # fmt: skip
 
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(run, columns))
+                changes = list(pool.map(change, columns))
         else:
-            results = [run(col) for col in columns]
-        for col, res in zip(columns, results, strict=True):
-            stop = min(col + step, w)
-            out[:, :, col:stop] = res.prediction
+            changes = [change(col) for col in columns]
+        for col, block_delta in zip(columns, changes, strict=True):
+            _, cols = window(col)
+            res = block_prediction(
+                block_delta, c1[:, core_rows, cols], c2[:, core_rows, cols], statistics=stats, config=config
+            )
+            out[:, :, cols] = res.prediction
             if diagnostics is not None:
                 top = block.top + halo_top
                 for name, value in res.diagnostics.items():
-                    diagnostics[name][(..., slice(top, top + out.shape[1]), slice(col, stop))] = value
+                    diagnostics[name][(..., slice(top, top + out.shape[1]), cols)] = value
         return out
 
 
@@ -2301,7 +2418,7 @@ def _scene_model(
     class_map, valid_mask = _check_maps(source, class_map, valid_mask)
     if not estimate:
         _check_tps_size(source.height, source.width, resolved)
-    with _threads(resolved.n_jobs):
+    with _threads(resolved.n_jobs), _serial_blas():
         pixel = _pixel_statistics(
             source, resolved, class_map=class_map, valid_mask=valid_mask, rows=_STAT_ROWS
         )
