@@ -58,11 +58,11 @@ threads of the kernels and FFTs. The kernels are compiled on first use and cache
 A strip runs in two phases: steps 3.4-3.9 of its blocks (:func:`block_change`) in concurrent threads,
 one kernel thread each (their NumPy and LAPACK parts are serial), then the final step of each block
 (:func:`block_prediction`) on every thread, row-parallel, so that narrow edge blocks do not leave a
-core idle. BLAS runs on one thread meanwhile: OpenBLAS's idle threads spin after each call and took
-the cores from the final step. The final step's candidate loop is vector code over a row of targets:
-a candidate failing the threshold gets an infinite key, each target's sorted list is updated by a
-vector min/max on the (key, offset) pairs read as float64, and the targets to update are found
-eight flags at a time; the selection is the reference's, unchanged.
+core idle; ``workers`` blocks at a time, so memory holds that many blocks' intermediate results. The
+final step's candidate loop is vector code over a row of targets: a candidate failing the threshold
+gets an infinite key, each target's sorted list is updated by a vector min/max on the (key, offset)
+pairs read as float64, and the targets to update are found eight flags at a time; the selection is
+the reference's, unchanged.
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ from numpy.typing import NDArray
 from scipy import fft as sp_fft
 from scipy import linalg as scipy_linalg
 from scipy.optimize import lsq_linear
-from threadpoolctl import threadpool_limits
 
 from stfusion.blocks import (
     ArraySource,
@@ -599,15 +598,6 @@ def _threads(n_jobs: int | None) -> Iterator[int]:
         numba.set_num_threads(previous)
 
 
-@contextlib.contextmanager
-def _serial_blas() -> Iterator[None]:
-    """One BLAS thread inside: FSDAF's LAPACK calls are small and run in concurrent blocks, and
-    OpenBLAS's idle threads spin after each call, taking the cores from the compiled kernels
-    (measured: a third of the final step's speed on 2 cores)."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 @functools.cache
 def _kernels() -> SimpleNamespace:
     """numba kernels, compiled on first use and cached on disk.
@@ -626,8 +616,8 @@ def _kernels() -> SimpleNamespace:
         # (contiguous slices, so that LLVM vectorises). Each target keeps its n_sel best entries
         # (key bits << 32 | offset rank), ascending: keys are >= 0, so their float32 bit patterns
         # sort like the floats and the packed value orders by key, then by offset rank. A
-        # candidate failing the threshold gets the key `big` (+inf), which is never selected
-        # (a passing candidate's key is finite: S < 1e37 for any reflectance).
+        # candidate failing the threshold (or NaN) gets the key `big` (+inf), which is never
+        # selected; a passing candidate's key is finite for any data below ~1e29 in magnitude.
         nb, h, wd = f1.shape
         ntx = c1 - c0
         # these non-negative int64 patterns order like the float64 values they encode, so the
@@ -2300,7 +2290,7 @@ class _SceneModel:
         diagnostics: dict[str, Array] | None = None,
     ) -> Array:
         """Predict a strip of blocks (read with its margin rows): (C, rows - halos, W) float32."""
-        with _threads(self.config.n_jobs if self.config is not None else None), _serial_blas():
+        with _threads(self.config.n_jobs if self.config is not None else None):
             return self._predict_strip(block, halo_top, halo_bottom, diagnostics)
 
     def _predict_strip(
@@ -2341,21 +2331,22 @@ class _SceneModel:
                     return_diagnostics=diagnostics is not None,
                 )  # fmt: skip
 
-        if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                changes = list(pool.map(change, columns))
-        else:
-            changes = [change(col) for col in columns]
-        for col, block_delta in zip(columns, changes, strict=True):
-            _, cols = window(col)
-            res = block_prediction(
-                block_delta, c1[:, core_rows, cols], c2[:, core_rows, cols], statistics=stats, config=config
-            )
-            out[:, :, cols] = res.prediction
-            if diagnostics is not None:
-                top = block.top + halo_top
-                for name, value in res.diagnostics.items():
-                    diagnostics[name][(..., slice(top, top + out.shape[1]), cols)] = value
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            # `workers` blocks at a time: memory holds that many blocks' changes, not a strip's
+            for first in range(0, len(columns), workers):
+                group = columns[first : first + workers]
+                changes = list(pool.map(change, group)) if workers > 1 else [change(group[0])]
+                for col, block_delta in zip(group, changes, strict=True):
+                    _, cols = window(col)
+                    res = block_prediction(
+                        block_delta, c1[:, core_rows, cols], c2[:, core_rows, cols],
+                        statistics=stats, config=config,
+                    )  # fmt: skip
+                    out[:, :, cols] = res.prediction
+                    if diagnostics is not None:
+                        top = block.top + halo_top
+                        for name, value in res.diagnostics.items():
+                            diagnostics[name][(..., slice(top, top + out.shape[1]), cols)] = value
         return out
 
 
@@ -2418,7 +2409,7 @@ def _scene_model(
     class_map, valid_mask = _check_maps(source, class_map, valid_mask)
     if not estimate:
         _check_tps_size(source.height, source.width, resolved)
-    with _threads(resolved.n_jobs), _serial_blas():
+    with _threads(resolved.n_jobs):
         pixel = _pixel_statistics(
             source, resolved, class_map=class_map, valid_mask=valid_mask, rows=_STAT_ROWS
         )
