@@ -2098,7 +2098,20 @@ def block_change(
     core: tuple[slice, slice] | None = None,
     return_diagnostics: bool = False,
 ) -> BlockChange:
-    """Steps 3.4-3.9 for one read window (arguments as :func:`fsdaf_block`)."""
+    """Steps 3.4-3.9 for one read window (spec); exact for ``core`` given enough margin.
+
+    Then :func:`block_prediction` gives the core's prediction.
+
+    Args:
+        coarse_t1, fine_t1, coarse_t2: (nb, h, w) reflectance of the read window. The window
+            must start on a coarse-cell boundary of the image; its edges must be the image
+            edges or lie at least ``block_margin_cells(config)`` cells beyond the core.
+        class_map: (h, w) labels 1..Lc (global numbering), 0 = invalid.
+        valid: (h, w) bool (already including class_map > 0).
+        statistics: global quantities (:func:`scene_statistics`).
+        core: region to predict (default: everything).
+        return_diagnostics: keep the intermediate results of the core.
+    """
     s = config.scale_factor
     nb, h, w = fine_t1.shape
     rs, cs = core if core is not None else (slice(0, h), slice(0, w))
@@ -2221,45 +2234,6 @@ def block_prediction(
             repair = np.clip(f1c + c2c - c1c, config.dn_min, config.dn_max)
         pred = np.where(bad, repair, pred)
     return BlockResult(pred.astype(np.float32), change.diagnostics)
-
-
-def fsdaf_block(
-    coarse_t1: Array,
-    fine_t1: Array,
-    coarse_t2: Array,
-    class_map: Array,
-    valid: Array,
-    *,
-    statistics: FSDAFStatistics,
-    config: FSDAFConfig,
-    core: tuple[slice, slice] | None = None,
-    return_diagnostics: bool = False,
-) -> BlockResult:
-    """Steps 3.4-3.10 for one read window (spec); exact for ``core`` given enough margin.
-
-    :func:`block_change` then :func:`block_prediction`.
-
-    Args:
-        coarse_t1, fine_t1, coarse_t2: (nb, h, w) reflectance of the read window. The window
-            must start on a coarse-cell boundary of the image; its edges must be the image
-            edges or lie at least ``block_margin_cells(config)`` cells beyond the core.
-        class_map: (h, w) labels 1..Lc (global numbering), 0 = invalid.
-        valid: (h, w) bool (already including class_map > 0).
-        statistics: global quantities (:func:`scene_statistics`).
-        core: region to predict (default: everything).
-    Returns:
-        :class:`BlockResult` for the core.
-    """
-    h, w = fine_t1.shape[1:]
-    rs, cs = core if core is not None else (slice(0, h), slice(0, w))
-    change = block_change(
-        coarse_t1, fine_t1, coarse_t2, class_map, valid, statistics=statistics, config=config,
-        core=(rs, cs), return_diagnostics=return_diagnostics,
-    )  # fmt: skip
-    core_sl = (slice(None), rs, cs)
-    return block_prediction(
-        change, coarse_t1[core_sl], coarse_t2[core_sl], statistics=statistics, config=config
-    )
 
 
 # --------------------------------------------------------------------------------------------
