@@ -393,6 +393,21 @@ def test_tps_lattice_fft_matches_direct_sum(
     np.testing.assert_allclose(fast, direct, atol=1e-11)
 
 
+def test_lu_solve_kernel_matches_lapack() -> None:
+    """The kernel's triangular solves (used by fit_tps) give LAPACK getrs's solution."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(120, 120))  # pivoting: rows are interchanged
+    factors = linalg.lu_factor(a)
+    assert (factors[1] != np.arange(120)).any()
+    rhs = rng.normal(size=(120, 4))
+    solution = np.ascontiguousarray(rhs.T)
+    fsdaf_module._kernels().lu_solve(*factors, solution)
+    np.testing.assert_allclose(solution.T, linalg.lu_solve(factors, rhs), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(a @ solution.T, rhs, atol=1e-9)
+
+
 def test_tps_collinear_points() -> None:
     pts = np.array([[3.5, 3.5], [3.5, 11.5], [3.5, 19.5]])
     tps = fit_tps(pts, np.array([[0.1], [0.2], [0.4]]))

@@ -50,10 +50,12 @@ rows plus O(classes x n_pure) numbers, whatever the scene's height.
 **Speed.** The final neighbourhood step (3.10) is a numba kernel, parallel over target rows, with
 the reference's float32 selection keys and tie order (offset distance, then raster order); the TPS
 is fitted by a LAPACK LU of a system built by numba (factorisations reused by blocks with the same
-control-point layout) and evaluated on the cell lattice by FFT convolution, per pixel phase (the
-direct sum costs O(pixels x control points)); homogeneity, temporal prediction, cell means and
-residual distribution are numba kernels too. ``n_jobs`` (default: numba's thread count) sets the
-threads of the kernels and FFTs. The kernels are compiled on first use and cached on disk.
+control-point layout; the triangular solves are a kernel too, as OpenBLAS's threads would spin after
+each call on the core of the concurrent block) and evaluated on the cell lattice by FFT convolution,
+per pixel phase (the direct sum costs O(pixels x control points)); homogeneity, temporal prediction,
+cell means and residual distribution are numba kernels too. ``n_jobs`` (default: numba's thread
+count) sets the threads of the kernels and FFTs. The kernels are compiled on first use and cached on
+disk.
 
 A strip runs in two phases: steps 3.4-3.9 of its blocks (:func:`block_change`) in concurrent threads,
 one kernel thread each (their NumPy and LAPACK parts are serial), then the final step of each block
@@ -62,7 +64,8 @@ core idle; ``workers`` blocks at a time, so memory holds that many blocks' inter
 final step's candidate loop is vector code over a row of targets: a candidate failing the threshold
 gets an infinite key, each target's sorted list is updated by a vector min/max on the (key, offset)
 pairs read as float64, and the targets to update are found eight flags at a time; the selection is
-the reference's, unchanged.
+the reference's, unchanged. The weights of the selected pixels are then computed tile by tile (a
+tile's window fits in the L2 cache) from pixel-major copies of F1 and the total change.
 """
 
 from __future__ import annotations
@@ -610,10 +613,14 @@ def _kernels() -> SimpleNamespace:
     serial = numba.njit(nogil=True, cache=True)
 
     @parallel
-    def similar(f1, inv, change, labels, off_dy, off_dx, off_d, factor, th, eps_key, target_key, eps_den,  # type: ignore[no-untyped-def]
-                big, r0, r1, c0, c1, half, n_sel, use_threshold, idl, out):  # fmt: skip
-        # Targets of one row at a time, every window offset as a vector over the row's targets
-        # (contiguous slices, so that LLVM vectorises). Each target keeps its n_sel best entries
+    def similar(f1, f1p, chp, nbp, labels, off_dy, off_dx, off_flat, odist, factor, th, one, eps_key,  # type: ignore[no-untyped-def]
+                target_key, eps_den, big, r0, r1, c0, c1, n_sel, use_threshold, idl, sel, count,
+                out):  # fmt: skip
+        # Selection (first loop): the targets of one row at a time, every window offset as a
+        # vector over the row's targets (contiguous slices, so that LLVM vectorises); the row's
+        # selection goes to sel/count. Weights (second loop): tiles of targets, reading the
+        # selected pixels from the pixel-major copies f1p/chp (see similar_pixel_prediction).
+        # Each target keeps its n_sel best entries
         # (key bits << 32 | offset rank), ascending: keys are >= 0, so their float32 bit patterns
         # sort like the floats and the packed value orders by key, then by offset rank. A
         # candidate failing the threshold (or NaN) gets the key `big` (+inf), which is never
@@ -626,6 +633,11 @@ def _kernels() -> SimpleNamespace:
         no_key = np.int32(0x7F800000)  # bits of a +inf float32 key: never below a target's worst
         for r in numba.prange(r1 - r0):
             ty = r0 + r
+            # 1 / (|F1| + 1e-8) of the row's targets, in F1's precision as the NumPy reference
+            inv = np.empty((nb, ntx), f1.dtype)
+            for b in range(nb):
+                for x in range(ntx):
+                    inv[b, x] = one / (abs(f1[b, ty, c0 + x]) + eps_den)
             # column 0 of each target's list is a sentinel (+0.0) below every entry, so that the
             # insertion is one vector expression: new[j] = min(list[j], max(list[j - 1], packed))
             best = np.full((ntx, n_sel + 1), empty, np.int64)
@@ -640,9 +652,8 @@ def _kernels() -> SimpleNamespace:
             flag = np.zeros(((ntx + 15) // 8) * 8, np.uint8)
             flag64 = flag.view(np.uint64)
             idx = np.empty(ntx + 8, np.int64)
-            one = np.empty(1, np.int64)
-            one_f = one.view(np.float64)
-            omega = np.empty(n_sel)
+            packed = np.empty(1, np.int64)
+            packed_f = packed.view(np.float64)
             keys[0] = target_key
             target = np.int64(kbits[0]) << 32  # the target itself: offset rank 0
             for x in range(ntx):
@@ -670,7 +681,7 @@ def _kernels() -> SimpleNamespace:
                 # S summed band after band in f1's precision, as the NumPy reference does
                 q = f1[0, qy, c0 + dx + xa : c0 + dx + xb]
                 t = f1[0, ty, c0 + xa : c0 + xb]
-                iv = inv[0, ty, c0 + xa : c0 + xb]
+                iv = inv[0, xa:xb]
                 thb = th[0]
                 for i in range(n):
                     d = abs(q[i] - t[i])
@@ -678,7 +689,7 @@ def _kernels() -> SimpleNamespace:
                 for b in range(1, nb):
                     q = f1[b, qy, c0 + dx + xa : c0 + dx + xb]
                     t = f1[b, ty, c0 + xa : c0 + xb]
-                    iv = inv[b, ty, c0 + xa : c0 + xb]
+                    iv = inv[b, xa:xb]
                     thb = th[b]
                     for i in range(n):
                         d = abs(q[i] - t[i])
@@ -713,43 +724,104 @@ def _kernels() -> SimpleNamespace:
                 for u in range(m):
                     i = idx[u]
                     x = xa + i
-                    one[0] = (np.int64(kb[i]) << 32) | oid
-                    p = one_f[0]
+                    packed[0] = (np.int64(kb[i]) << 32) | oid
+                    p = packed_f[0]
                     for j in range(n_sel, 0, -1):  # reads j - 1 before it is written: vectorises
                         lo = bestf[x, j - 1] if bestf[x, j - 1] > p else p
                         bestf[x, j] = bestf[x, j] if bestf[x, j] < lo else lo
                     worst[x] = min(np.int32(best[x, n_sel] >> 32), no_key)
             for x in range(ntx):
-                tx = c0 + x
-                if not tvalid[x]:
-                    for b in range(nb):
-                        out[b, r, x] = np.nan
-                    continue
-                total = 0.0
-                m = 0
-                for j in range(n_sel):
-                    if best[x, j + 1] == empty:
-                        break
-                    oid = best[x, j + 1] & 0xFFFFFFFF
-                    qy = ty + off_dy[oid]
-                    qx = tx + off_dx[oid]
-                    spectral = 0.0
-                    for b in range(nb):
-                        tb = f1[b, ty, tx]
-                        den = abs(tb) + eps_den
-                        spectral += abs(np.float64(f1[b, qy, qx]) - np.float64(tb)) / np.float64(den)
-                    o = 1.0 / (1.0 + off_d[oid] / half)
-                    if idl:
-                        o = o / (1.0 + spectral)
-                    omega[j] = o
-                    total += o
-                    m += 1
+                found = 0
+                if tvalid[x]:
+                    while found < n_sel and best[x, found + 1] != empty:
+                        sel[r, x, found] = np.int32(best[x, found + 1] & 0xFFFFFFFF)
+                        found += 1
+                count[r, x] = found if tvalid[x] else -1
+        # the weights, tile by tile: a tile's window fits in the L2 cache; per target, the selected
+        # pixels' bands are contiguous (f1p, chp: (h * w * nbp,), bands padded to nbp lanes)
+        tile = 24
+        for tr in numba.prange((r1 - r0 + tile - 1) // tile):
+            omega = np.empty(n_sel)
+            pos = np.empty(n_sel, np.uint64)
+            tval = np.empty(nbp)
+            tden = np.empty(nbp)
+            term = np.empty(nbp)
+            wsum = np.empty(nbp)
+            for tc in range(0, ntx, tile):
+                for r in range(tr * tile, min(tr * tile + tile, r1 - r0)):
+                    ty = r0 + r
+                    for x in range(tc, min(tc + tile, ntx)):
+                        n_found = count[r, x]
+                        if n_found < 0:
+                            for b in range(nb):
+                                out[b, r, x] = np.nan
+                            continue
+                        tpix = ty * wd + c0 + x
+                        tp = np.uint64(tpix * nbp)
+                        for b in range(nbp):
+                            v = f1p[tp + np.uint64(b)]
+                            tval[b] = np.float64(v)
+                            tden[b] = np.float64(abs(v) + eps_den)
+                            wsum[b] = 0.0
+                        # eqs. (23)-(25): spectral distance in float64, summed band by band
+                        total = 0.0
+                        for j in range(n_found):
+                            oid = sel[r, x, j]
+                            qp = np.uint64((tpix + off_flat[oid]) * nbp)
+                            pos[j] = qp
+                            for b in range(nbp):
+                                term[b] = abs(np.float64(f1p[qp + np.uint64(b)]) - tval[b]) / tden[b]
+                            spectral = 0.0
+                            for b in range(nb):
+                                spectral += term[b]
+                            o = odist[oid]
+                            if idl:
+                                o = o / (1.0 + spectral)
+                            omega[j] = o
+                            total += o
+                        for j in range(n_found):
+                            weight = omega[j] / total
+                            qp = pos[j]
+                            for b in range(nbp):
+                                wsum[b] += weight * chp[qp + np.uint64(b)]
+                        for b in range(nb):
+                            out[b, r, x] = tval[b] + wsum[b]
+
+    @parallel
+    def pixel_major(f1, change, nbp, f1p, chp):  # type: ignore[no-untyped-def]
+        # (nb, h, w) band-major -> (h * w * nbp,) pixel-major, padding lanes zero
+        nb, h, w = f1.shape
+        for y in numba.prange(h):
+            for x in range(w):
+                p = (y * w + x) * nbp
                 for b in range(nb):
-                    a = 0.0
-                    for j in range(m):
-                        oid = best[x, j + 1] & 0xFFFFFFFF
-                        a += (omega[j] / total) * change[b, ty + off_dy[oid], tx + off_dx[oid]]
-                    out[b, r, x] = np.float64(f1[b, ty, tx]) + a
+                    f1p[p + b] = f1[b, y, x]
+                    chp[p + b] = change[b, y, x]
+                for b in range(nb, nbp):
+                    f1p[p + b] = 0
+                    chp[p + b] = 0.0
+
+    # a zero pivot gives inf/NaN, as LAPACK would, rather than ZeroDivisionError
+    @numba.njit(nogil=True, cache=True, error_model="numpy")
+    def lu_solve(lu, piv, rhs):  # type: ignore[no-untyped-def]
+        # LAPACK getrs with the factors of getrf (lu column-major), rhs (k, n) solved in place;
+        # column-oriented loops: every inner loop runs down a contiguous column of lu
+        n = lu.shape[0]
+        for k in range(rhs.shape[0]):
+            x = rhs[k]
+            for i in range(n):
+                p = piv[i]
+                if p != i:
+                    x[i], x[p] = x[p], x[i]
+            for j in range(n):
+                xj = x[j]
+                for i in range(j + 1, n):
+                    x[i] -= lu[i, j] * xj
+            for j in range(n - 1, -1, -1):
+                x[j] /= lu[j, j]
+                xj = x[j]
+                for i in range(j):
+                    x[i] -= lu[i, j] * xj
 
     @parallel
     def tps_system(u, system):  # type: ignore[no-untyped-def]
@@ -1033,6 +1105,8 @@ def _kernels() -> SimpleNamespace:
 
     return SimpleNamespace(
         similar=similar,
+        pixel_major=pixel_major,
+        lu_solve=lu_solve,
         tps_system=tps_system,
         tps_direct=tps_direct,
         residual_share=residual_share,
@@ -1775,7 +1849,12 @@ def fit_tps(points: Array, values: Array, *, n_jobs: int | None = None) -> ThinP
     rhs[:p] = vals
     factors = _tps_factors(pts, origin, length, n_jobs)
     if isinstance(factors, tuple):
-        coef = scipy_linalg.lu_solve(factors, rhs)
+        # solved here rather than by LAPACK: OpenBLAS's threads would spin for a while after each
+        # call and take the core of the block running beside this one
+        lu, piv = factors
+        solution = np.ascontiguousarray(rhs.T)
+        _kernels().lu_solve(lu, piv, solution)
+        coef = solution.T
     else:  # collinear control points: the affine part is not unique, take the min-norm one
         coef = np.linalg.lstsq(factors, rhs, rcond=None)[0]
     return ThinPlateSpline(pts, coef[:p], coef[p:], origin, length)
@@ -2023,6 +2102,10 @@ def similar_pixel_prediction(
         n_jobs: threads (default: numba's thread count).
     Returns:
         (nb, th, tw) float64 prediction for the target region (no range repair).
+
+    Memory beyond the inputs: pixel-major copies of F1 and ΔF_tot (12 bytes per band, bands
+    padded to a multiple of 4, per pixel of the array) and the selection (4 bytes per similar
+    pixel per target).
     """
     f1 = np.ascontiguousarray(_as_float(fine_t1))
     nb, h, wd = f1.shape
@@ -2033,8 +2116,6 @@ def similar_pixel_prediction(
     rs, cs = targets if targets is not None else (slice(0, h), slice(0, wd))
     off_dy, off_dx, off_d, factor = _offset_tables(window)
     dtype = f1.dtype.type
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / (np.abs(f1) + 1e-8)
     # the class rule has no threshold: +inf passes every valid candidate (NaN fails it)
     th = np.asarray(threshold if rule == "threshold" else np.full(nb, np.inf), dtype=f1.dtype)
     if rule == "class":
@@ -2042,14 +2123,23 @@ def similar_pixel_prediction(
         labels = np.where(np.isfinite(f1).all(axis=0), class_map, 0).astype(np.int32)
     else:
         labels = np.zeros((1, 1), np.int32)
-    out = np.empty((nb, rs.stop - rs.start, cs.stop - cs.start))
+    th_rows, th_cols = rs.stop - rs.start, cs.stop - cs.start
+    out = np.empty((nb, th_rows, th_cols))
+    # the selected pixels of a target are scattered over its window: their bands are read from
+    # pixel-major copies (bands padded to a multiple of 4 lanes), one or two cache lines each
+    nbp = -(-nb // 4) * 4
+    f1p = np.empty(h * wd * nbp, f1.dtype)
+    chp = np.empty(h * wd * nbp)
+    selected = np.empty((th_rows, th_cols, n_similar), np.int32)  # offset ranks, best first
+    count = np.empty((th_rows, th_cols), np.int32)  # selected per target, -1: invalid target
+    kernels = _kernels()
     with _threads(n_jobs):
-        _kernels().similar(
-            f1, inv, np.ascontiguousarray(total_change, dtype=np.float64), labels,
-            off_dy, off_dx, off_d, factor, th,
-            dtype(1e-5), np.float32(1e-4 if rule == "threshold" else 0.0), dtype(1e-8), dtype(np.inf),
-            rs.start, rs.stop, cs.start, cs.stop, window, n_similar, rule == "threshold",
-            weighting == "idl", out,
+        kernels.pixel_major(f1, np.ascontiguousarray(total_change, dtype=np.float64), nbp, f1p, chp)
+        kernels.similar(
+            f1, f1p, chp, nbp, labels, off_dy, off_dx, off_dy * wd + off_dx, 1.0 / (1.0 + off_d / window),
+            factor, th, dtype(1.0), dtype(1e-5), np.float32(1e-4 if rule == "threshold" else 0.0),
+            dtype(1e-8), dtype(np.inf), rs.start, rs.stop, cs.start, cs.stop, n_similar,
+            rule == "threshold", weighting == "idl", selected, count, out,
         )  # fmt: skip
     return out
 
@@ -2226,13 +2316,13 @@ def block_prediction(
         targets=change.targets,
         n_jobs=config.n_jobs,
     )
-    if config.range_repair:
-        f1c = np.asarray(change.fine_t1[:, rs, cs], dtype=np.float64)
-        c1c, c2c = (np.asarray(a, dtype=np.float64) for a in (coarse_t1, coarse_t2))
+    if config.range_repair:  # F1 + C2 - C1 (float64), clipped, where out of range (NaN is not)
         with np.errstate(invalid="ignore"):
-            bad = (pred < config.dn_min) | (pred > config.dn_max)
-            repair = np.clip(f1c + c2c - c1c, config.dn_min, config.dn_max)
-        pred = np.where(bad, repair, pred)
+            bad = np.nonzero((pred < config.dn_min) | (pred > config.dn_max))
+        if bad[0].size:
+            f1c = change.fine_t1[:, rs, cs][bad].astype(np.float64)
+            c1c, c2c = (np.asarray(a)[bad].astype(np.float64) for a in (coarse_t1, coarse_t2))
+            pred[bad] = np.clip(f1c + c2c - c1c, config.dn_min, config.dn_max)
     return BlockResult(pred.astype(np.float32), change.diagnostics)
 
 
