@@ -8,6 +8,7 @@ Reference implementations kept here (not in the package) to check the compiled k
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -692,6 +693,29 @@ def test_streaming_statistics_equal_in_memory_estimators() -> None:
     table = cell_table(c1, fixed, c2, labels, np.ones((h, w), bool), scale_factor=s, n_classes=4)
     change = unmix_class_change(table.fractions, table.delta_coarse, n_pure=30)
     np.testing.assert_allclose(stats.class_change, change, atol=1e-13)
+
+
+def test_map_blocks_keeps_row_order_and_raises() -> None:
+    """The statistics passes' block map: results in row order with concurrent threads, errors raised."""
+    rng = np.random.default_rng(0)
+    images = [rng.random((2, 23, 5)).astype(np.float32) for _ in range(3)]
+    source = ArraySource([(images[0], images[1])], images[2])
+
+    def top(block: Block) -> int:
+        time.sleep(0.01 * (block.top % 2))  # odd blocks finish later
+        return block.top
+
+    for threads in (1, 2):
+        with fsdaf_module._threads(threads):
+            assert list(fsdaf_module._map_blocks(source, 3, top)) == list(range(0, 23, 3))
+
+    def fail(block: Block) -> int:
+        if block.top == 6:
+            raise ValueError("bad block")
+        return block.top
+
+    with fsdaf_module._threads(2), pytest.raises(ValueError, match="bad block"):
+        list(fsdaf_module._map_blocks(source, 3, fail))
 
 
 def test_prepare_large_scene_blocks_bound_the_tps(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,9 +14,11 @@ every statistic and neighbourhood and its output is NaN.
 
 **Entry points.** :func:`prepare` runs FSDAF on a :class:`~stfusion.blocks.SceneSource` (the
 package's streaming path): it computes the scene-wide statistics in passes over row blocks, with
-memory bounded by a block, and returns a :class:`~stfusion.blocks.Prediction` whose blocks are
-full-width strips of FSDAF blocks. :func:`fsdaf` is the in-memory function (arrays in, array out);
-it is exactly ``predict_scene(prepare(ArraySource(...)))``, so both paths give identical results.
+memory bounded by a few blocks (``n_jobs`` computed at a time, reduced in row order, so the results
+do not depend on the thread count), and returns a :class:`~stfusion.blocks.Prediction` whose blocks
+are full-width strips of FSDAF blocks. :func:`fsdaf` is the in-memory function (arrays in, array
+out); it is exactly ``predict_scene(prepare(ArraySource(...)))``, so both paths give identical
+results.
 
 **Blocks.** The scene is cut into blocks of ``block_size`` x ``block_size`` coarse cells (default
 :data:`DEFAULT_BLOCK_SIZE` = 30, the reference's block size). Global quantities (classification,
@@ -70,6 +72,7 @@ tile's window fits in the L2 cache) from pixel-major copies of F1 and the total 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -77,7 +80,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any, Literal, overload
@@ -1295,11 +1298,18 @@ class _OrderStatistics:
 
     def feed(self, band: int, values: Array) -> None:
         """Values (1D) of one band from the current block; call once per block and band per pass."""
-        todo = [t for t in self.targets if t["band"] == band and t["value"] is None]
+        self.add(self.contributions(band, values))
+
+    def contributions(self, band: int, values: Array) -> list[tuple[int, Array]]:
+        """What :meth:`feed` would add, as (target index, histogram or keys); changes nothing, so
+        blocks can be computed in concurrent threads and added (:meth:`add`) in any order."""
+        todo = [i for i, t in enumerate(self.targets) if t["band"] == band and t["value"] is None]
         if not todo or values.size == 0:
-            return
+            return []
         keys = self._keys(values)
-        for t in todo:
+        out = []
+        for i in todo:
+            t = self.targets[i]
             pbits = t["pbits"]
             sel = (
                 keys
@@ -1309,9 +1319,19 @@ class _OrderStatistics:
             if t["mode"] == "hist":
                 shift = self.bits - pbits - 16
                 digits = ((sel >> self.utype(shift)) & self.utype(0xFFFF)).astype(np.intp)
-                t["acc"] += np.bincount(digits, minlength=1 << 16)
+                out.append((i, np.bincount(digits, minlength=1 << 16)))
             else:
-                t["acc"].append(sel)
+                out.append((i, sel))
+        return out
+
+    def add(self, contributions: list[tuple[int, Array]]) -> None:
+        """Accumulate :meth:`contributions` of the current pass."""
+        for i, part in contributions:
+            t = self.targets[i]
+            if t["mode"] == "hist":
+                t["acc"] += part
+            else:
+                t["acc"].append(part)
 
     def finish_pass(self) -> None:
         """Narrow every target down after a complete pass over the data."""
@@ -1627,6 +1647,33 @@ def _block_inputs(block: Block, valid_mask: Array | None) -> tuple[Array, Array,
     return c1, f1, c2, valid, rows
 
 
+def _map_blocks(source: SceneSource, rows: int, compute: Callable[[Block], Any]) -> Iterator[Any]:
+    """``compute(block)`` over the scene's row blocks, results in row order.
+
+    With n kernel threads (numba's current count), n blocks are computed at a time in threads, one
+    kernel thread each, while the next block is read here; the caller reduces the results in order,
+    so sums come out as in one thread. Memory: n + 1 blocks.
+    """
+    workers = numba.get_num_threads()
+    blocks = iter_source_blocks(source, rows)
+    if workers <= 1:
+        yield from map(compute, blocks)
+        return
+
+    def run(block: Block) -> Any:
+        with _threads(1):
+            return compute(block)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        for block in blocks:
+            pending.append(pool.submit(run, block))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 @dataclass
 class _PixelStatistics:
     """Scene statistics that do not depend on the scale factor (passes 1-3 of :func:`prepare`)."""
@@ -1658,17 +1705,28 @@ def _pixel_statistics(
     sums = np.zeros(nb)
     present: set[int] = set()
     dtype: np.dtype[Any] | None = None
-    # pass 1
-    for block in iter_source_blocks(source, rows):
+    # the passes compute blocks concurrently (_map_blocks) and reduce them here in row order
+
+    def pass_1(block: Block) -> tuple[np.dtype[Any], int, Array | None, int, Array]:
         _, f1, _, valid, r = _block_inputs(block, valid_mask)
-        dtype = f1.dtype if dtype is None else np.promote_types(dtype, f1.dtype)
-        n_in += int(valid.sum())
+        n_in_block = int(valid.sum())
+        labels_present = None
         if class_map is not None:
             labels = np.asarray(class_map[r])
             valid = valid & (labels > 0)
-            present.update(int(v) for v in np.unique(labels[valid]))
-        n_valid += int(valid.sum())
-        sums += f1[:, valid].sum(axis=1, dtype=np.float64)
+            labels_present = np.unique(labels[valid])
+        block_sums = f1[:, valid].sum(axis=1, dtype=np.float64)
+        return f1.dtype, n_in_block, labels_present, int(valid.sum()), block_sums
+
+    for block_dtype, n_in_block, labels_present, n_valid_block, block_sums in _map_blocks(
+        source, rows, pass_1
+    ):
+        dtype = block_dtype if dtype is None else np.promote_types(dtype, block_dtype)
+        n_in += n_in_block
+        if labels_present is not None:
+            present.update(int(v) for v in labels_present)
+        n_valid += n_valid_block
+        sums += block_sums
     if n_valid == 0 or dtype is None:
         return _PixelStatistics(_Labeler(class_map, None, np.zeros(0, np.int64)), None, np.zeros(nb), 0)
     mean = sums / n_valid
@@ -1692,20 +1750,26 @@ def _pixel_statistics(
     seen = 0
     # pass 2 (+ more quantile passes for float64 data whose bins are crowded)
     first = True
+
+    def pass_2(block: Block) -> tuple[Array, Array | None, list[list[tuple[int, Array]]]]:
+        f1, valid, _ = selected(block)
+        values = f1[:, valid]
+        deviations = ((values.astype(np.float64) - mean[:, None]) ** 2).sum(axis=1) if first else None
+        parts = [order.contributions(b, values[b]) for b in range(nb)] if order is not None else []
+        return values, deviations, parts
+
     while first or (order is not None and not order.done):
-        for block in iter_source_blocks(source, rows):
-            f1, valid, _ = selected(block)
-            values = f1[:, valid]
-            if first:
-                m2 += ((values.astype(np.float64) - mean[:, None]) ** 2).sum(axis=1)
-                if sample_idx is not None:
-                    lo = np.searchsorted(sample_idx, seen)
-                    hi = np.searchsorted(sample_idx, seen + values.shape[1])
-                    samples.append(values[:, sample_idx[lo:hi] - seen].T)
-                    seen += values.shape[1]
+        for values, deviations, parts in _map_blocks(source, rows, pass_2):
+            if deviations is not None:
+                m2 += deviations
+            if first and sample_idx is not None:
+                lo = np.searchsorted(sample_idx, seen)
+                hi = np.searchsorted(sample_idx, seen + values.shape[1])
+                samples.append(values[:, sample_idx[lo:hi] - seen].T)
+                seen += values.shape[1]
             if order is not None:
-                for b in range(nb):
-                    order.feed(b, values[b])
+                for part in parts:
+                    order.add(part)
         if order is not None:
             order.finish_pass()
         first = False
@@ -1722,18 +1786,29 @@ def _pixel_statistics(
         fill_high = np.full(nb, -np.inf)
     classes_seen: set[int] = set()
     # pass 3
+
+    def pass_3(block: Block) -> tuple[Array | None, Array, Array]:
+        f1, valid, _ = selected(block)
+        hit_classes = None
+        if class_map is None:
+            raw = classify(f1, valid, labeler.centres)  # type: ignore[arg-type]
+            hits = np.bincount(raw[valid], minlength=labeler.centres.shape[0] + 1)  # type: ignore[union-attr]
+            hit_classes = np.flatnonzero(hits)
+        block_low, block_high = np.full(nb, np.inf), np.full(nb, -np.inf)
+        if order is not None:
+            _kernels().fill_bounds(
+                np.ascontiguousarray(f1), np.ascontiguousarray(valid), low, high,
+                float(config.dn_min), float(config.dn_max), block_low, block_high,
+            )  # fmt: skip
+        return hit_classes, block_low, block_high
+
     if order is not None or class_map is None:
-        for block in iter_source_blocks(source, rows):
-            f1, valid, r = selected(block)
-            if class_map is None:
-                raw = classify(f1, valid, labeler.centres)  # type: ignore[arg-type]
-                hits = np.bincount(raw[valid], minlength=labeler.centres.shape[0] + 1)  # type: ignore[union-attr]
-                classes_seen.update(int(v) for v in np.flatnonzero(hits))
-            if order is not None:
-                _kernels().fill_bounds(
-                    np.ascontiguousarray(f1), np.ascontiguousarray(valid), low, high,
-                    float(config.dn_min), float(config.dn_max), fill_low, fill_high,
-                )  # fmt: skip
+        for hit_classes, block_low, block_high in _map_blocks(source, rows, pass_3):
+            if hit_classes is not None:
+                classes_seen.update(int(v) for v in hit_classes)
+            if order is not None:  # min and max: the same whatever the blocks' order
+                fill_low = np.minimum(fill_low, block_low)
+                fill_high = np.maximum(fill_high, block_high)
     if order is not None:
         # nothing left (e.g. a constant band): leave those pixels unchanged
         fill_low[~np.isfinite(fill_low)] = np.nan
