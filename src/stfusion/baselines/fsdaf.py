@@ -623,9 +623,9 @@ def _kernels() -> SimpleNamespace:
         # vector over the row's targets (contiguous slices, so that LLVM vectorises); the row's
         # selection goes to sel/count. Weights (second loop): tiles of targets, reading the
         # selected pixels from the pixel-major copies f1p/chp (see similar_pixel_prediction).
-        # Each target keeps its n_sel best entries
-        # (key bits << 32 | offset rank), ascending: keys are >= 0, so their float32 bit patterns
-        # sort like the floats and the packed value orders by key, then by offset rank. A
+        # Each target keeps its n_sel best entries (key bits << 32 | offset rank), ascending:
+        # keys are >= 0, so their float32 bit patterns sort like the floats and the packed value
+        # orders by key, then by offset rank. A
         # candidate failing the threshold (or NaN) gets the key `big` (+inf), which is never
         # selected; a passing candidate's key is finite for any data below ~1e29 in magnitude.
         nb, h, wd = f1.shape
@@ -2198,15 +2198,15 @@ def similar_pixel_prediction(
         labels = np.where(np.isfinite(f1).all(axis=0), class_map, 0).astype(np.int32)
     else:
         labels = np.zeros((1, 1), np.int32)
-    th_rows, th_cols = rs.stop - rs.start, cs.stop - cs.start
-    out = np.empty((nb, th_rows, th_cols))
+    n_rows, n_cols = rs.stop - rs.start, cs.stop - cs.start  # targets
+    out = np.empty((nb, n_rows, n_cols))
     # the selected pixels of a target are scattered over its window: their bands are read from
     # pixel-major copies (bands padded to a multiple of 4 lanes), one or two cache lines each
     nbp = -(-nb // 4) * 4
     f1p = np.empty(h * wd * nbp, f1.dtype)
     chp = np.empty(h * wd * nbp)
-    selected = np.empty((th_rows, th_cols, n_similar), np.int32)  # offset ranks, best first
-    count = np.empty((th_rows, th_cols), np.int32)  # selected per target, -1: invalid target
+    selected = np.empty((n_rows, n_cols, n_similar), np.int32)  # offset ranks, best first
+    count = np.empty((n_rows, n_cols), np.int32)  # selected per target, -1: invalid target
     kernels = _kernels()
     with _threads(n_jobs):
         kernels.pixel_major(f1, np.ascontiguousarray(total_change, dtype=np.float64), nbp, f1p, chp)
@@ -2470,6 +2470,7 @@ class _SceneModel:
                     return_diagnostics=diagnostics is not None,
                 )  # fmt: skip
 
+        top = block.top + halo_top  # scene row of the strip's first output row
         with ThreadPoolExecutor(max_workers=workers) as pool:
             # `workers` blocks at a time: memory holds that many blocks' changes, not a strip's
             for first in range(0, len(columns), workers):
@@ -2483,7 +2484,6 @@ class _SceneModel:
                     )  # fmt: skip
                     out[:, :, cols] = res.prediction
                     if diagnostics is not None:
-                        top = block.top + halo_top
                         for name, value in res.diagnostics.items():
                             diagnostics[name][(..., slice(top, top + out.shape[1]), cols)] = value
         return out
