@@ -7,6 +7,7 @@ Reference implementations kept here (not in the package) to check the compiled k
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any
@@ -394,19 +395,98 @@ def test_tps_lattice_fft_matches_direct_sum(
     np.testing.assert_allclose(fast, direct, atol=1e-11)
 
 
-def test_lu_solve_kernel_matches_lapack() -> None:
-    """The kernel's triangular solves (used by fit_tps) give LAPACK getrs's solution."""
+@pytest.mark.parametrize("n_rhs", [1, 4, 6])
+def test_lu_solve_kernel_matches_lapack(n_rhs: int) -> None:
+    """The kernel's triangular solves (used by fit_tps) give LAPACK getrs's solution, for right-hand
+    sides solved three at a time and one at a time."""
     from scipy import linalg
 
     rng = np.random.default_rng(5)
     a = rng.normal(size=(120, 120))  # pivoting: rows are interchanged
     factors = linalg.lu_factor(a)
     assert (factors[1] != np.arange(120)).any()
-    rhs = rng.normal(size=(120, 4))
-    solution = np.ascontiguousarray(rhs.T)
+    rhs = rng.normal(size=(120, n_rhs))
+    solution = rhs.T.copy()  # solved in place
     fsdaf_module._kernels().lu_solve(*factors, solution)
     np.testing.assert_allclose(solution.T, linalg.lu_solve(factors, rhs), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(a @ solution.T, rhs, atol=1e-9)
+
+
+def _cell_inputs(seed: int) -> tuple[np.ndarray, ...]:
+    """(nb, 37, 29) float64 arrays and a validity mask with an empty 4 x 4 cell; cells of 4 pixels,
+    partial cells at the bottom and right edges."""
+    rng = np.random.default_rng(seed)
+    a, b, c, d = (rng.uniform(0.0, 0.5, (3, 37, 29)) for _ in range(4))
+    valid = rng.random((37, 29)) > 0.2
+    valid[8:12, 4:8] = False
+    return a, b, c, d, valid
+
+
+def test_cell_means_kernel_matches_numpy() -> None:
+    """Cell means over valid pixels (eqs. 1-3, 8): NaN for a cell without valid pixels."""
+    c1, c2, fixed, temporal, valid = _cell_inputs(7)
+    s, (nr, nc) = 4, (10, 8)
+    count = np.empty((nr, nc), np.int64)
+    means = np.empty((4, 3, nr, nc))
+    fsdaf_module._kernels().cell_means(c1, c2, fixed, temporal, valid, s, count, means)
+    for i in range(nr):
+        for j in range(nc):
+            cell = (slice(i * s, i * s + s), slice(j * s, j * s + s))
+            v = valid[cell]
+            assert count[i, j] == v.sum()
+            for q, a in enumerate((c1, c2, fixed, temporal)):
+                expected = a[(slice(None), *cell)][:, v].mean(axis=1) if v.any() else np.full(3, np.nan)
+                np.testing.assert_allclose(means[q, :, i, j], expected, rtol=1e-13)
+    assert np.isnan(means[:, :, 2, 1]).all()
+
+
+@pytest.mark.parametrize("sign_rule", [True, False])
+def test_residual_share_kernel_matches_numpy(sign_rule: bool) -> None:
+    """Eqs. 12-16 cell by cell in NumPy (the weights' clamp at 10 with the reference sign rule)."""
+    temporal, spatial, homog, _, valid = _cell_inputs(8)
+    valid[8:12, 4:8] = True  # every cell has valid pixels
+    homog = homog[0] * 2.0
+    s, (nr, nc) = 4, (10, 8)
+    residual = np.random.default_rng(9).normal(0.0, 0.05, (3, nr, nc))
+    out = np.empty_like(temporal)
+    fsdaf_module._kernels().residual_share(
+        temporal, spatial, residual, homog, valid, s, sign_rule, 1e-10, out
+    )
+    for i in range(nr):
+        for j in range(nc):
+            cell = (slice(i * s, i * s + s), slice(j * s, j * s + s))
+            v, hi = valid[cell], homog[cell]
+            for b in range(3):
+                r = residual[b, i, j]
+                e = spatial[b][cell] - temporal[b][cell]
+                if sign_rule:
+                    e = np.abs(np.minimum(e, 0.0) if r <= 0 else np.maximum(e, 0.0))
+                cw = np.where(v, e * hi + (abs(r) if sign_rule else r) * (1.0 - hi) + 1e-10, 0.0)
+                w = cw / cw[v].mean()
+                if sign_rule:
+                    w = np.where(w > 10.0, w[v].mean(), w)
+                    w = np.where(v, w / w[v].mean(), 0.0)
+                np.testing.assert_allclose(out[b][cell], np.where(v, w * r, 0.0), rtol=1e-12, atol=1e-15)
+
+
+def test_total_change_kernel_matches_numpy() -> None:
+    """Eqs. 17-19 as np.clip and np.where do them: a NaN bound gives NaN, low > high gives high."""
+    rng = np.random.default_rng(10)
+    temporal, fixed = rng.normal(size=(2, 3, 20, 22))
+    temporal[0, 3, 4] = np.nan
+    share = rng.normal(size=(3, 10, 12))
+    valid = rng.random((10, 12)) > 0.2
+    bounds = [
+        (np.array([-0.5, -1.0, np.nan]), np.array([0.5, 0.2, 1.0])),
+        (np.array([0.3, -1, -2]), np.array([0.1, 1, 2])),
+    ]
+    for (low, high), clamp in itertools.product(bounds, (True, False)):
+        out = np.empty_like(share)
+        fsdaf_module._kernels().total_change(temporal, share, fixed, valid, 3, 4, clamp, low, high, out)
+        f2 = temporal[:, 3:13, 4:16] + share
+        if clamp:
+            f2 = np.clip(f2, low[:, None, None], high[:, None, None])
+        np.testing.assert_array_equal(out, np.where(valid, f2 - fixed[:, 3:13, 4:16], np.nan))
 
 
 def test_tps_collinear_points() -> None:

@@ -808,23 +808,51 @@ def _kernels() -> SimpleNamespace:
     @numba.njit(nogil=True, cache=True, error_model="numpy")
     def lu_solve(lu, piv, rhs):  # type: ignore[no-untyped-def]
         # LAPACK getrs with the factors of getrf (lu column-major), rhs (k, n) solved in place;
-        # column-oriented loops: every inner loop runs down a contiguous column of lu
+        # column-oriented loops: every inner loop runs down a contiguous column of lu, for three
+        # right-hand sides at a time (each one's operations in the same order as alone)
         n = lu.shape[0]
-        for k in range(rhs.shape[0]):
+        m = rhs.shape[0]
+        for k in range(m):
             x = rhs[k]
             for i in range(n):
                 p = piv[i]
                 if p != i:
                     x[i], x[p] = x[p], x[i]
-            for j in range(n):
-                xj = x[j]
-                for i in range(j + 1, n):
-                    x[i] -= lu[i, j] * xj
-            for j in range(n - 1, -1, -1):
-                x[j] /= lu[j, j]
-                xj = x[j]
-                for i in range(j):
-                    x[i] -= lu[i, j] * xj
+        k = 0
+        while k < m:
+            if k + 3 <= m:
+                a, b, c = rhs[k], rhs[k + 1], rhs[k + 2]
+                for j in range(n):
+                    aj, bj, cj = a[j], b[j], c[j]
+                    for i in range(j + 1, n):
+                        v = lu[i, j]
+                        a[i] -= v * aj
+                        b[i] -= v * bj
+                        c[i] -= v * cj
+                for j in range(n - 1, -1, -1):
+                    d = lu[j, j]
+                    a[j] /= d
+                    b[j] /= d
+                    c[j] /= d
+                    aj, bj, cj = a[j], b[j], c[j]
+                    for i in range(j):
+                        v = lu[i, j]
+                        a[i] -= v * aj
+                        b[i] -= v * bj
+                        c[i] -= v * cj
+                k += 3
+            else:
+                x = rhs[k]
+                for j in range(n):
+                    xj = x[j]
+                    for i in range(j + 1, n):
+                        x[i] -= lu[i, j] * xj
+                for j in range(n - 1, -1, -1):
+                    x[j] /= lu[j, j]
+                    xj = x[j]
+                    for i in range(j):
+                        x[i] -= lu[i, j] * xj
+                k += 1
 
     @parallel
     def tps_system(u, system):  # type: ignore[no-untyped-def]
@@ -858,24 +886,28 @@ def _kernels() -> SimpleNamespace:
 
     @parallel
     def residual_share(temporal, spatial, residual, homog, valid, s, sign_rule, eps_cw, out):  # type: ignore[no-untyped-def]
-        # spec eqs. 12-16, one coarse cell at a time (a cell's weights are normalised over it)
+        # spec eqs. 12-16, a cell's weights normalised over it; each pass goes row by row across a
+        # row of cells, so that each cell's sums take its pixels in the same order as cell by cell
+        # (rows, then columns), with many cells' sums in flight at once
         nb, h, w = temporal.shape
         nr, nc = residual.shape[1:]
         for ci in numba.prange(nr):
             ra, rb = ci * s, min(ci * s + s, h)
-            for cj in range(nc):
-                ca, cb = cj * s, min(cj * s + s, w)
-                count = 0
+            count = np.zeros(nc, np.int64)
+            for y in range(ra, rb):
+                for cj in range(nc):
+                    for x in range(cj * s, min(cj * s + s, w)):
+                        count[cj] += valid[y, x]
+            total = np.empty(nc)
+            mean = np.empty(nc)
+            for b in range(nb):
+                total[:] = 0.0
                 for y in range(ra, rb):
-                    for x in range(ca, cb):
-                        if valid[y, x]:
-                            count += 1
-                for b in range(nb):
-                    r = residual[b, ci, cj]
-                    e_he = abs(r) if sign_rule else r
-                    total = 0.0
-                    for y in range(ra, rb):
-                        for x in range(ca, cb):
+                    for cj in range(nc):
+                        r = residual[b, ci, cj]
+                        e_he = abs(r) if sign_rule else r
+                        t = total[cj]
+                        for x in range(cj * s, min(cj * s + s, w)):
                             cw = 0.0
                             if valid[y, x]:
                                 e = spatial[b, y, x] - temporal[b, y, x]
@@ -884,29 +916,41 @@ def _kernels() -> SimpleNamespace:
                                 hi = homog[y, x]
                                 cw = e * hi + e_he * (1.0 - hi) + eps_cw
                             out[b, y, x] = cw
-                            total += cw
-                    mean_cw = total / count
-                    if sign_rule:
-                        total = 0.0
-                        for y in range(ra, rb):
-                            for x in range(ca, cb):
-                                wt = out[b, y, x] / mean_cw if valid[y, x] else 0.0
+                            t += cw
+                        total[cj] = t
+                for cj in range(nc):
+                    mean[cj] = total[cj] / count[cj]
+                if sign_rule:
+                    total[:] = 0.0
+                    for y in range(ra, rb):
+                        for cj in range(nc):
+                            m, t = mean[cj], total[cj]
+                            for x in range(cj * s, min(cj * s + s, w)):
+                                wt = out[b, y, x] / m if valid[y, x] else 0.0
                                 out[b, y, x] = wt
-                                total += wt
-                        mean_w = total / count
-                        total = 0.0
-                        for y in range(ra, rb):
-                            for x in range(ca, cb):
+                                t += wt
+                            total[cj] = t
+                    for cj in range(nc):
+                        mean[cj] = total[cj] / count[cj]  # mean weight
+                    total[:] = 0.0
+                    for y in range(ra, rb):
+                        for cj in range(nc):
+                            m, t = mean[cj], total[cj]
+                            for x in range(cj * s, min(cj * s + s, w)):
                                 wt = out[b, y, x]
                                 if wt > 10.0:
-                                    wt = mean_w
+                                    wt = m
                                 out[b, y, x] = wt
                                 if valid[y, x]:
-                                    total += wt
-                        mean_cw = total / count
-                    for y in range(ra, rb):
-                        for x in range(ca, cb):
-                            out[b, y, x] = out[b, y, x] / mean_cw * r if valid[y, x] else 0.0
+                                    t += wt
+                            total[cj] = t
+                    for cj in range(nc):
+                        mean[cj] = total[cj] / count[cj]
+                for y in range(ra, rb):
+                    for cj in range(nc):
+                        m, r = mean[cj], residual[b, ci, cj]
+                        for x in range(cj * s, min(cj * s + s, w)):
+                            out[b, y, x] = out[b, y, x] / m * r if valid[y, x] else 0.0
 
     @parallel
     def homogeneity(labels, n_classes, half, out):  # type: ignore[no-untyped-def]
@@ -948,36 +992,59 @@ def _kernels() -> SimpleNamespace:
                     temporal[b, y, x] = v + change[labels[y, x], b]
 
     @parallel
+    def total_change(temporal, share, fixed, valid, r0, c0, clamp, low, high, out):  # type: ignore[no-untyped-def]
+        # eqs. 17-19 on the evaluation area, whose (0, 0) is (r0, c0) in temporal and fixed:
+        # F2' = F_TP + r, clamped to [low, high] as np.clip (a NaN bound or value gives NaN),
+        # ΔF_tot = F2' - F1' at valid pixels, NaN elsewhere
+        nb, h, w = out.shape
+        for y in numba.prange(h):
+            for b in range(nb):
+                lo, hi = low[b], high[b]
+                for x in range(w):
+                    v = np.nan
+                    if valid[y, x]:
+                        v = temporal[b, r0 + y, c0 + x] + share[b, y, x]
+                        if clamp:
+                            if np.isnan(lo) or np.isnan(hi):
+                                v = np.nan
+                            if v < lo:
+                                v = lo
+                            if v > hi:
+                                v = hi
+                        v -= fixed[b, r0 + y, c0 + x]
+                    out[b, y, x] = v
+
+    @parallel
     def cell_means(c1, c2, fixed, temporal, valid, s, count, means):  # type: ignore[no-untyped-def]
-        # means over the valid pixels of each s x s cell of C1, C2, F1', F_TP (eqs. 1-3, 8)
+        # means over the valid pixels of each s x s cell of C1, C2, F1', F_TP (eqs. 1-3, 8); row by
+        # row across a row of cells: each cell's sums take its pixels in the same order as cell by
+        # cell (rows, then columns), with many cells' sums in flight at once
         nb, h, w = fixed.shape
         nr, nc = count.shape
         for ci in numba.prange(nr):
             ra, rb = ci * s, min(ci * s + s, h)
-            for cj in range(nc):
-                ca, cb = cj * s, min(cj * s + s, w)
-                n = 0
+            n = np.zeros(nc, np.int64)
+            for y in range(ra, rb):
+                for cj in range(nc):
+                    for x in range(cj * s, min(cj * s + s, w)):
+                        n[cj] += valid[y, x]
+            count[ci] = n
+            acc = np.empty((4, nc))
+            for b in range(nb):
+                acc[:] = 0.0
                 for y in range(ra, rb):
-                    for x in range(ca, cb):
-                        n += valid[y, x]
-                count[ci, cj] = n
-                for b in range(nb):
-                    s1 = s2 = s3 = s4 = 0.0
-                    for y in range(ra, rb):
-                        for x in range(ca, cb):
+                    for cj in range(nc):
+                        s1, s2, s3, s4 = acc[0, cj], acc[1, cj], acc[2, cj], acc[3, cj]
+                        for x in range(cj * s, min(cj * s + s, w)):
                             if valid[y, x]:
                                 s1 += np.float64(c1[b, y, x])
                                 s2 += np.float64(c2[b, y, x])
                                 s3 += fixed[b, y, x]
                                 s4 += temporal[b, y, x]
-                    if n == 0:
-                        s1 = s2 = s3 = s4 = np.nan
-                    else:
-                        s1, s2, s3, s4 = s1 / n, s2 / n, s3 / n, s4 / n
-                    means[0, b, ci, cj] = s1
-                    means[1, b, ci, cj] = s2
-                    means[2, b, ci, cj] = s3
-                    means[3, b, ci, cj] = s4
+                        acc[0, cj], acc[1, cj], acc[2, cj], acc[3, cj] = s1, s2, s3, s4
+                for cj in range(nc):
+                    for q in range(4):
+                        means[q, b, ci, cj] = acc[q, cj] / n[cj] if n[cj] > 0 else np.nan
 
     @parallel
     def cell_stats(c2, fixed, labels, valid, s, counts, npix, nvalid, f1_lo, f1_hi, c2_lo, c2_hi):  # type: ignore[no-untyped-def]
@@ -1115,6 +1182,7 @@ def _kernels() -> SimpleNamespace:
         residual_share=residual_share,
         homogeneity=homogeneity,
         temporal_prediction=temporal_prediction,
+        total_change=total_change,
         cell_means=cell_means,
         cell_stats=cell_stats,
         all_finite=all_finite,
@@ -1843,32 +1911,28 @@ def _cell_statistics(
     f1_max = np.full((lc, nb), np.nan)
     c2_min = np.full(nb, np.nan)
     c2_max = np.full(nb, np.nan)
-    for top in block_row_starts(source.height, config=config):
-        block = source.block(top, min(top + step, source.height))
-        c1, f1, c2, valid, r = _block_inputs(block, valid_mask)
-        labels = pixel.labeler(f1, valid, r)
-        valid &= labels > 0
-        tables = []
-        for col in range(0, source.width, step):
-            cols = slice(col, min(col + step, source.width))
-            f1_block = f1[:, :, cols]
-            fixed = apply_noise_fix(f1_block, pixel.noise) if pixel.noise is not None else f1_block
-            tables.append(
-                cell_table(
-                    c1[:, :, cols],
-                    fixed,
-                    c2[:, :, cols],
-                    labels[:, cols],
-                    valid[:, cols],
-                    scale_factor=s,
-                    n_classes=lc,
-                    origin=(top, col),
-                )
-            )
-        table = merge_cell_tables(tables)  # cells in raster order: the purest-cell tie order
-        unmix.add(table.fractions, table.delta_coarse)
-        f1_min, f1_max = np.fmin(f1_min, table.f1_class_min), np.fmax(f1_max, table.f1_class_max)
-        c2_min, c2_max = np.fmin(c2_min, table.c2_min), np.fmax(c2_max, table.c2_max)
+    columns = range(0, source.width, step)
+    # the blocks of a strip are tabulated n_jobs at a time in threads (one kernel thread each)
+    workers = min(numba.get_num_threads(), len(columns))
+
+    def tabulate(strip: tuple[Array, Array, Array, Array, Array], top: int, col: int) -> CellTable:
+        c1, f1, c2, labels, valid = (a[..., col : col + step] for a in strip)
+        with _threads(1) if workers > 1 else contextlib.nullcontext(0):
+            fixed = apply_noise_fix(f1, pixel.noise) if pixel.noise is not None else f1
+            return cell_table(c1, fixed, c2, labels, valid, scale_factor=s, n_classes=lc, origin=(top, col))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for top in block_row_starts(source.height, config=config):
+            block = source.block(top, min(top + step, source.height))
+            c1, f1, c2, valid, r = _block_inputs(block, valid_mask)
+            labels = pixel.labeler(f1, valid, r)
+            valid &= labels > 0
+            strip_table = functools.partial(tabulate, (c1, f1, c2, labels, valid), top)
+            tables = list(pool.map(strip_table, columns) if workers > 1 else map(strip_table, columns))
+            table = merge_cell_tables(tables)  # cells in raster order: the purest-cell tie order
+            unmix.add(table.fractions, table.delta_coarse)
+            f1_min, f1_max = np.fmin(f1_min, table.f1_class_min), np.fmax(f1_max, table.f1_class_max)
+            c2_min, c2_max = np.fmin(c2_min, table.c2_min), np.fmax(c2_max, table.c2_max)
     change = unmix.solve(config.quantiles)
     with np.errstate(invalid="ignore"):
         tp_min = np.fmin.reduce(f1_min + change, axis=0)
@@ -2339,10 +2403,12 @@ def block_change(
         sign_rule=config.sign_rule,
         eps_cw=config.eps_cw,
     )
-    f2_prime = temporal[(slice(None), *e_sl)] + share  # (17)
-    if config.clamp_t2:  # (18)
-        f2_prime = np.clip(f2_prime, statistics.t2_low[:, None, None], statistics.t2_high[:, None, None])
-    total = np.where(v_e, f2_prime - f1_fixed[(slice(None), *e_sl)], np.nan)  # (19)
+    total = np.empty_like(share)  # (17)-(19)
+    with _threads(config.n_jobs):
+        kernels.total_change(
+            temporal, share, f1_fixed, np.ascontiguousarray(v_e), e_r0, e_c0, config.clamp_t2,
+            np.asarray(statistics.t2_low, np.float64), np.asarray(statistics.t2_high, np.float64), total,
+        )  # fmt: skip
     # 3.10 runs on the original F1
     f1_e = fine_t1[(slice(None), *e_sl)]
     f1_nan = np.where(v_e, f1_e, np.nan).astype(f1_e.dtype, copy=False)
