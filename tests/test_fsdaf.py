@@ -489,6 +489,14 @@ def test_total_change_kernel_matches_numpy() -> None:
         np.testing.assert_array_equal(out, np.where(valid, f2 - fixed[:, 3:13, 4:16], np.nan))
 
 
+@pytest.mark.parametrize("limit", [1, 3, 5, 1000])
+def test_distinct_rows_counts_as_numpy_unique(limit: int) -> None:
+    """k-means' k: distinct spectra (as floats: -0.0 is 0.0), counted up to the limit."""
+    rng = np.random.default_rng(11)
+    for x in (rng.integers(0, 2, (500, 2)).astype(float), np.zeros((40, 3)), np.array([[0.0, 1], [-0.0, 1]])):
+        assert fsdaf_module._distinct_rows(x, limit) == min(limit, np.unique(x, axis=0).shape[0])
+
+
 def test_tps_collinear_points() -> None:
     pts = np.array([[3.5, 3.5], [3.5, 11.5], [3.5, 19.5]])
     tps = fit_tps(pts, np.array([[0.1], [0.2], [0.4]]))

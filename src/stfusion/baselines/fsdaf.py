@@ -1075,6 +1075,31 @@ def _kernels() -> SimpleNamespace:
                                 c2_hi[ci, b] = max(c2_hi[ci, b], v2)
                 nvalid[ci, cj] = n
 
+    @serial
+    def radix_digits(u, top, prefix_shift, prefix, digit_shift, mask, every, hist):  # type: ignore[no-untyped-def]
+        # keys that order like the floats whose IEEE bit patterns are u (unsigned): a negative
+        # value's bits inverted, others with the sign bit set; counts the digit
+        # (key >> digit_shift) & mask of the keys whose bits from prefix_shift up equal prefix
+        # (every: all keys); all scalars of u's unsigned type
+        for i in range(u.size):
+            v = u[i]
+            key = ~v if (v & top) != 0 else (v | top)
+            if every or (key >> prefix_shift) == prefix:
+                hist[(key >> digit_shift) & mask] += 1
+
+    @serial
+    def radix_collect(u, top, prefix_shift, prefix):  # type: ignore[no-untyped-def]
+        # the keys (as radix_digits) whose bits from prefix_shift up equal prefix, in input order
+        out = np.empty_like(u)
+        m = 0
+        for i in range(u.size):
+            v = u[i]
+            key = ~v if (v & top) != 0 else (v | top)
+            if (key >> prefix_shift) == prefix:
+                out[m] = key
+                m += 1
+        return out[:m].copy()
+
     @parallel
     def all_finite(a, b, c, out):  # type: ignore[no-untyped-def]
         nb, h, w = a.shape
@@ -1186,6 +1211,8 @@ def _kernels() -> SimpleNamespace:
         cell_means=cell_means,
         cell_stats=cell_stats,
         all_finite=all_finite,
+        radix_digits=radix_digits,
+        radix_collect=radix_collect,
         fill_bounds=fill_bounds,
         nearest_centre=nearest_centre,
         lloyd=lloyd,
@@ -1214,6 +1241,17 @@ def renumber_classes(class_map: Array, valid: Array) -> tuple[Array, int]:
     return out, int(present.size)
 
 
+def _distinct_rows(x: Array, limit: int) -> int:
+    """Number of distinct rows of ``x`` (compared as floats), counted up to ``limit``; spectra
+    usually reach the limit within the first rows, where sorting them all would take a while."""
+    seen: set[tuple[float, ...]] = set()
+    for row in x:
+        seen.add(tuple(row.tolist()))
+        if len(seen) >= limit:
+            break
+    return len(seen)
+
+
 def fit_classes(samples: Array, *, n_classes: int, seed: int, max_iter: int = 100) -> Array:
     """k-means (k-means++ seeding) on pixel spectra: the spec's deterministic ISODATA substitute.
 
@@ -1227,7 +1265,7 @@ def fit_classes(samples: Array, *, n_classes: int, seed: int, max_iter: int = 10
     x = np.ascontiguousarray(samples, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError("fit_classes needs a non-empty (N, nb) sample of valid pixels")
-    k = min(n_classes, np.unique(x, axis=0).shape[0])
+    k = _distinct_rows(x, n_classes)
     rng = np.random.default_rng(seed)
     centres = np.empty((k, x.shape[1]))
     centres[0] = x[rng.integers(x.shape[0])]
@@ -1353,12 +1391,6 @@ class _OrderStatistics:
     def done(self) -> bool:
         return all(t["value"] is not None for t in self.targets)
 
-    def _keys(self, values: Array) -> Array:
-        u: Array = np.ascontiguousarray(values, dtype=self.dtype).view(self.utype)
-        top: Array = np.array(1 << (self.bits - 1), dtype=self.utype)
-        # order-preserving map of IEEE bit patterns to unsigned integers
-        return np.where(np.bitwise_and(u, top) != 0, np.invert(u), np.bitwise_or(u, top))
-
     def _start_pass(self) -> None:
         for t in self.targets:
             if t["value"] is None:
@@ -1374,22 +1406,28 @@ class _OrderStatistics:
         todo = [i for i, t in enumerate(self.targets) if t["band"] == band and t["value"] is None]
         if not todo or values.size == 0:
             return []
-        keys = self._keys(values)
+        u = np.ascontiguousarray(values, dtype=self.dtype).view(self.utype)
+        kind = self.utype
+        top = kind(1 << (self.bits - 1))
+        kernels = _kernels()
+        done: dict[tuple[str, int, int], Array] = {}  # targets sharing a prefix share the result
         out = []
         for i in todo:
             t = self.targets[i]
-            pbits = t["pbits"]
-            sel = (
-                keys
-                if pbits == 0
-                else keys[(keys >> self.utype(self.bits - pbits)) == self.utype(t["prefix"])]
-            )
-            if t["mode"] == "hist":
-                shift = self.bits - pbits - 16
-                digits = ((sel >> self.utype(shift)) & self.utype(0xFFFF)).astype(np.intp)
-                out.append((i, np.bincount(digits, minlength=1 << 16)))
-            else:
-                out.append((i, sel))
+            pbits, prefix = t["pbits"], t["prefix"]
+            spec = (t["mode"], pbits, prefix)
+            if spec not in done:
+                prefix_shift = kind(self.bits - pbits) if pbits else kind(0)
+                if t["mode"] == "hist":
+                    hist = np.zeros(1 << 16, np.int64)
+                    digit_shift = kind(self.bits - pbits - 16)
+                    kernels.radix_digits(
+                        u, top, prefix_shift, kind(prefix), digit_shift, kind(0xFFFF), pbits == 0, hist
+                    )
+                    done[spec] = hist
+                else:
+                    done[spec] = kernels.radix_collect(u, top, prefix_shift, kind(prefix))
+            out.append((i, done[spec]))
         return out
 
     def add(self, contributions: list[tuple[int, Array]]) -> None:
