@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import termios
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,14 @@ def commands(folders: dict[str, Path], out: str) -> dict[str, tuple[list[str], s
 @pytest.mark.parametrize("name", ["predict", "compare", "fuse", "train"])
 def test_progress_on_a_terminal_only(folders: dict[str, Path], name: str) -> None:
     cwd = folders["root"]
-    args, label = commands(folders, f"tty-{name}")[name]
-    assert has_bar(on_terminal([*STFUSION, *args], cwd), label)
-    args, label = commands(folders, f"pipe-{name}")[name]
-    assert not has_bar(redirected([*STFUSION, *args], cwd), label)
-    args, label = commands(folders, f"quiet-{name}")[name]
-    assert not has_bar(on_terminal([*STFUSION, "-q", *args], cwd), label)
+    (tty, label), (pipe, _), (quiet, _) = (
+        commands(folders, f"{way}-{name}")[name] for way in ("tty", "pipe", "quiet")
+    )
+    # the three runs write to different outputs: run side by side
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        on_tty = pool.submit(on_terminal, [*STFUSION, *tty], cwd)
+        on_pipe = pool.submit(redirected, [*STFUSION, *pipe], cwd)
+        on_tty_quiet = pool.submit(on_terminal, [*STFUSION, "-q", *quiet], cwd)
+        assert has_bar(on_tty.result(), label)
+        assert not has_bar(on_pipe.result(), label)
+        assert not has_bar(on_tty_quiet.result(), label)
