@@ -102,9 +102,11 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tm
 
     # the uninterrupted reference run trains beside the interrupted one (separate processes and
     # folders; each run's result does not depend on what else the machine runs)
-    reference = subprocess.Popen(
-        [*args, "--save-dir", str(tmp_path / "full")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    reference_log = tmp_path / "full.log"
+    with reference_log.open("wb") as log:  # a file, not a pipe: nothing can block the run
+        reference = subprocess.Popen(
+            [*args, "--save-dir", str(tmp_path / "full")], stdout=log, stderr=subprocess.STDOUT
+        )
 
     # interrupted run: SIGKILL once the first epoch's checkpoint exists, mid-way through a later epoch
     interrupted = tmp_path / "killed"
@@ -125,8 +127,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tiny_paper_data: Path, tm
         subprocess.run(
             [*args, "--save-dir", str(interrupted), "--resume"], check=True, capture_output=True, timeout=600
         )
-        _, errors = reference.communicate(timeout=600)
-        assert reference.returncode == 0, errors.decode()
+        assert reference.wait(timeout=600) == 0, reference_log.read_text(errors="replace")
     finally:
         for running in (process, reference):
             if running.poll() is None:
