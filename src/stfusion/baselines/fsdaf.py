@@ -1000,12 +1000,13 @@ def _kernels() -> SimpleNamespace:
         for y in numba.prange(h):
             for b in range(nb):
                 lo, hi = low[b], high[b]
+                nan_bound = np.isnan(lo) or np.isnan(hi)
                 for x in range(w):
                     v = np.nan
                     if valid[y, x]:
                         v = temporal[b, r0 + y, c0 + x] + share[b, y, x]
                         if clamp:
-                            if np.isnan(lo) or np.isnan(hi):
+                            if nan_bound:
                                 v = np.nan
                             if v < lo:
                                 v = lo
