@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,29 @@ def test_predict_coarse_delta_is_georeferenced(
     f1, c1, c2 = (raster.read(triple[k]).data for k in ("fine_t1", "coarse_t1", "coarse_t2"))
     expected = np.rint((f1 + c2 - c1) / 1e-4)
     np.testing.assert_allclose(stored, expected, atol=1)
+
+
+@pytest.mark.parametrize("method", ["starfm", "fsdaf"])
+def test_classical_predictions_leave_torch_and_matplotlib_unimported(
+    triple: dict[str, Path], tmp_path: Path, method: str
+) -> None:
+    # a fresh interpreter: this one has imported them for other tests. The CLI's start-up and a
+    # classical method's run need neither (torch alone takes seconds to import).
+    out = tmp_path / "pred.tif"
+    args = predict_args(triple, out, method)
+    code = (
+        "import json, sys\n"
+        "from stfusion.cli import cli\n"
+        "try:\n"
+        f"    cli({args!r}, prog_name='stfusion')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'matplotlib', 'numba') if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["numba"]
 
 
 def test_predict_many_targets_into_a_folder(

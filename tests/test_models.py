@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from stfusion.models import DISCRIMINATORS, MODELS, MLFFGenerator, PatchDiscriminator
+from stfusion.models.batchnorm import CrossRankBatchNorm2d, convert_batchnorm
 from stfusion.models.mlffgan import adaptive_instance_norm
 
 
@@ -236,3 +239,27 @@ def test_residual_zero_mean_correction_keeps_the_coarse_delta_mean() -> None:
     plain = MODELS["mlffgan-residual"](3, dropout=0.0)
     plain.load_state_dict(model.state_dict())
     assert not torch.allclose(plain(**x).mean(dim=(-2, -1)), base.mean(dim=(-2, -1)), atol=1e-4)
+
+
+def test_cross_rank_batchnorm_without_a_process_group_is_batchnorm() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    plain = copy.deepcopy(model)
+    converted = convert_batchnorm(model)
+    assert converted is model
+    kinds = [type(m) for m in converted.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert kinds == [CrossRankBatchNorm2d, CrossRankBatchNorm2d]
+    for a, b in zip(plain.state_dict().values(), converted.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(converted(x), plain(x))  # training mode: batch statistics
+    for a, b in zip(plain.state_dict().values(), converted.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)  # the running statistics moved alike
+    converted.eval()
+    plain.eval()
+    torch.testing.assert_close(converted(x), plain(x))

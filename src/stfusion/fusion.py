@@ -25,11 +25,13 @@ import importlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from stfusion.blocks import Prediction, SceneSource
-from stfusion.checkpoint import Checkpoint
 from stfusion.errors import InputError
+
+if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
+    from stfusion.checkpoint import Checkpoint
 
 
 class PairCountError(InputError):
@@ -45,6 +47,7 @@ DEFAULT_REASON = (
     "the leave-out benchmark's best mean RMSE with one reference pair: 0.0216 over 16 cases of 3 datasets, "
     "ahead of STARFM (starfm4py preset, 0.0235) in every one-pair case"
 )
+
 #: The method used with two reference pairs or more when none is given: the benchmark's best mean RMSE on
 #: its two-pair cases (ESTARFM 0.0180, FSDAF pair by pair 0.0182, STARFM 0.0199 to 0.0241).
 TWO_PAIR_DEFAULT = "estarfm"

@@ -24,20 +24,11 @@ from torch import nn
 
 from stfusion.blocks import ArraySource, SceneSource, check_fusion_inputs, predict_scene
 from stfusion.checkpoint import Checkpoint
-from stfusion.tiling import Mosaic, Window, tile_grid, tile_rows
+from stfusion.tiling import Mosaic, TileOptions, Window, tile_grid, tile_rows
 from stfusion.transforms import degrade_valid, valid_mask
 
 #: Batch predictor: three (N, C, h, w) arrays (coarse t1, fine t1, coarse t2) -> (N, C, h, w).
 BatchPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """Window size (rows, cols), overlap (rows, cols) and tiles per batch for scene prediction."""
-
-    tile: tuple[int, int] = (1024, 768)
-    overlap: tuple[int, int] = (64, 64)
-    batch_size: int = 1
 
 
 #: Window reader: a tile of the scene -> its (coarse t1, fine t1, coarse t2), each (C, h, w) float32

@@ -36,15 +36,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib import dates as mdates
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from stfusion.atomic import atomic_path
 from stfusion.metrics import (
@@ -55,6 +49,10 @@ from stfusion.metrics import (
     MetricReport,
     encode_float,
 )
+
+if TYPE_CHECKING:  # matplotlib is imported by the figure functions only: tables and text do not need it
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: RGB colour of pixels with no finite value (neutral grey).
 NAN_COLOUR: tuple[float, float, float] = (0.6, 0.6, 0.6)
@@ -470,9 +468,18 @@ def _error_limit(errors: Sequence[np.ndarray], error_limit: float | None) -> flo
     return limit if limit > 0 else 1e-6
 
 
-def _new_figure(n_rows: int, n_cols: int, panel_inches: float) -> tuple[Figure, np.ndarray]:
-    figure = Figure(figsize=(panel_inches * n_cols, panel_inches * n_rows), layout="constrained")
+def _figure(width_inches: float, height_inches: float) -> Figure:
+    """A bare Figure on an Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_inches, height_inches), layout="constrained")
     FigureCanvasAgg(figure)
+    return figure
+
+
+def _new_figure(n_rows: int, n_cols: int, panel_inches: float) -> tuple[Figure, np.ndarray]:
+    figure = _figure(panel_inches * n_cols, panel_inches * n_rows)
     axes = figure.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -494,6 +501,8 @@ def _show_error(
     titles: Sequence[str],
     max_size: int | None,
 ) -> None:
+    from matplotlib import colormaps
+
     cmap = colormaps[ERROR_CMAP].with_extremes(bad=NAN_COLOUR)
     image = None
     for ax, error, title in zip(axes, errors, titles, strict=True):
@@ -973,8 +982,9 @@ def series_figure(
         thumb_height = min(width_inches / max(n_thumbs, 4) * aspect, 2.2) + 0.3
     else:
         thumb_height = 0.0
-    figure = Figure(figsize=(width_inches, plot_height + thumb_height), layout="constrained")
-    FigureCanvasAgg(figure)
+    from matplotlib import dates as mdates
+
+    figure = _figure(width_inches, plot_height + thumb_height)
     if n_thumbs:
         grid = figure.add_gridspec(2, n_thumbs, height_ratios=[plot_height, thumb_height])
         ax = figure.add_subplot(grid[0, :])
@@ -1162,8 +1172,9 @@ def benchmark_figure(
     cell_width = max(0.75, 0.09 * (places + 4))
     width = 1.0 + 0.08 * longest_method + cell_width * n_columns
     height = 1.4 + 0.4 * n_methods + (0.07 * longest_case if longest_case > 8 else 0.0)
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
+    from matplotlib.patches import Rectangle
+
+    figure = _figure(width, height)
     ax = figure.add_subplot()
     ax.imshow(colours, aspect="auto", interpolation="nearest")
     for row in range(n_methods):

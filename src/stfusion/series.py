@@ -32,17 +32,19 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stfusion import distributed, fusion, raster, scenes, workflows
 from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
-from stfusion.checkpoint import Checkpoint
 from stfusion.errors import InputError
 from stfusion.inputs import CaseReader, ReadOptions
 from stfusion.streaming import predict_case
+
+if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
+    from stfusion.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 

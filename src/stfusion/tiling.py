@@ -49,6 +49,15 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+@dataclass(frozen=True)
+class TileOptions:
+    """Window size (rows, cols), overlap (rows, cols) and tiles per batch for scene prediction."""
+
+    tile: tuple[int, int] = (1024, 768)
+    overlap: tuple[int, int] = (64, 64)
+    batch_size: int = 1
+
+
 def tile_grid(height: int, width: int, tile: tuple[int, int], overlap: tuple[int, int]) -> list[Window]:
     """All tiles, row-major, covering an image of ``height`` x ``width``."""
     tile_h, tile_w = min(tile[0], height), min(tile[1], width)

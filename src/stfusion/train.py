@@ -50,6 +50,7 @@ from stfusion.losses import (
     ms_ssim_scales_for,
 )
 from stfusion.models import PatchDiscriminator
+from stfusion.models.batchnorm import convert_batchnorm
 from stfusion.predict import TileOptions, generator_batch_predictor, predict_tiled
 from stfusion.raster import RESAMPLING_METHODS
 from stfusion.scenes import FusionCase
@@ -520,8 +521,8 @@ def fit(
         generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         discriminator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if context.distributed:
-        distributed.convert_batchnorm(generator)  # global-batch BatchNorm statistics, in place
-        distributed.convert_batchnorm(discriminator)
+        convert_batchnorm(generator)  # global-batch BatchNorm statistics, in place
+        convert_batchnorm(discriminator)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=config.betas)
 

@@ -7,9 +7,12 @@ are defined (:func:`degrade_valid`), so training, validation and prediction cann
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # torch is imported where the degradation runs: readers and classical methods skip it
+    import torch
 
 #: Stored integer value per reflectance unit: int16 GeoTIFFs hold reflectance x 10000.
 REFLECTANCE_SCALE: float = 1e-4
@@ -66,6 +69,8 @@ def degrade_coarse(coarse: torch.Tensor, factor: int) -> torch.Tensor:
         raise ValueError(f"coarse degradation factor must be >= 1, got {factor}")
     if factor == 1:
         return coarse
+    import torch.nn.functional as F
+
     height, width = coarse.shape[-2:]
     small = coarse[..., ::factor, ::factor]
     up = F.interpolate(
@@ -81,6 +86,8 @@ def degrade_array(image: np.ndarray, factor: int) -> np.ndarray:
     """:func:`degrade_coarse` for one (C, H, W) NumPy image (float32 in, float32 out)."""
     if factor == 1:
         return image
+    import torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
     return degrade_coarse(tensor, factor)[0].numpy()
 

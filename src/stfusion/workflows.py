@@ -26,14 +26,13 @@ import numpy as np
 
 from stfusion import __version__, distributed, raster, report
 from stfusion.atomic import atomic_path
-from stfusion.checkpoint import load as load_checkpoint
 from stfusion.errors import InputError
 from stfusion.fusion import PairCountError, Preparer, get
 from stfusion.inputs import CaseReader, ReadOptions
 from stfusion.metrics import MetricReport, compute_metrics
-from stfusion.predict import TileOptions
 from stfusion.scenes import TRUTH_ROLE, FusionCase
 from stfusion.streaming import RankSplit, join_parts, predict_case, write_quality
+from stfusion.tiling import TileOptions
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +472,7 @@ def run_experiment(
     Predictions and metric tables of MLFF-GAN and ``baselines`` go to ``<save_dir>/test``. A save folder
     that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
+    from stfusion.checkpoint import load as load_checkpoint
     from stfusion.scenes import discover, split_cases
     from stfusion.train import train
 

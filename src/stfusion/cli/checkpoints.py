@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stfusion import checkpoint, raster, workflows
+from stfusion import raster, workflows
 from stfusion.cli.options import one_line_errors, say
 
 
@@ -35,6 +35,8 @@ def import_reference_command(
     overwrite: bool,
 ) -> None:
     """Convert the MLFF-GAN authors' .pth state dict(s) into a self-describing stfusion checkpoint."""
+    from stfusion import checkpoint  # imports torch: only this command needs it
+
     sources = [path for path in (generator_path, discriminator_path) if path is not None]
     workflows.refuse_inputs_as_outputs([out], sources)
     raster.check_writable(out, overwrite=overwrite)

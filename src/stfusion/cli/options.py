@@ -20,8 +20,8 @@ import click
 from stfusion import raster
 from stfusion.errors import InputError, StfusionError
 from stfusion.inputs import ReadOptions
-from stfusion.predict import TileOptions
 from stfusion.scenes import MIN_COARSE_OVERLAP
+from stfusion.tiling import TileOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -264,6 +264,8 @@ def device_option(command: F) -> F:
 
 def check_device(device: str) -> str:
     """A usable torch device name, or a one-line usage error saying why not (before any work)."""
+    if device == "cpu":  # the default: no need to import torch (seconds) for the classical methods
+        return device
     import torch
 
     try:

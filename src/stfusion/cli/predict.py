@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from stfusion import distributed, fusion, raster, scenes, workflows
-from stfusion.checkpoint import load as load_checkpoint
 from stfusion.cli.options import (
     SKIP_HINT,
     device_option,
@@ -136,7 +135,11 @@ def predict_command(
     values = dict(key_values(options))
     tiles = make_tiles(tile, overlap, batch_size)
     runtime = {"device": device, "amp": amp, "compile": compile_model, "tiles": tiles}
-    model = load_checkpoint(checkpoint) if checkpoint is not None else None
+    model = None
+    if checkpoint is not None:  # torch is imported for MLFF-GAN only
+        from stfusion.checkpoint import load as load_checkpoint
+
+        model = load_checkpoint(checkpoint)
     if model is not None:
         model.check_bands_of_scene(band_count(fine_t1, reading), fine_t1)
     preparer = entry.preparer(values, checkpoint=model, runtime=runtime)

@@ -7,12 +7,11 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from stfusion import distributed, fusion, recipes, scenes, workflows
-from stfusion.checkpoint import load as load_checkpoint
 from stfusion.cli.options import (
     READING_PARAMETERS,
     device_option,
@@ -28,7 +27,9 @@ from stfusion.cli.options import (
 )
 from stfusion.errors import InputError
 from stfusion.inputs import ReadOptions, band_count
-from stfusion.train import TrainConfig
+
+if TYPE_CHECKING:
+    from stfusion.train import TrainConfig
 
 RESUME_HINT = "rerun with --resume to continue from the last finished epoch (last.ckpt)"
 
@@ -58,6 +59,8 @@ def train_config(
     config_file: Path | None, save_dir: Path, explicit: dict[str, Any], recipe: str | None = None
 ) -> TrainConfig:
     """Defaults < recipe < JSON config file < flags given on the command line; InputError naming a bad key."""
+    from stfusion.train import TrainConfig  # imports torch: only the commands that train need it
+
     values: dict[str, Any] = recipes.recipe(recipe) if recipe else {}
     if config_file is not None:
         try:
@@ -306,6 +309,8 @@ def test_command(
     reading: ReadOptions,
 ) -> None:
     """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
+    from stfusion.checkpoint import load as load_checkpoint
+
     model = load_checkpoint(checkpoint)
     cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
     if not cases:
