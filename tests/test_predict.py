@@ -15,7 +15,8 @@ from stfusion import scenes
 from stfusion.baselines import coarse_delta
 from stfusion.checkpoint import ModelSpec
 from stfusion.cli import cli
-from stfusion.predict import TileOptions, generator_batch_predictor, predict_tiled
+from stfusion.predict import generator_batch_predictor, predict_tiled
+from stfusion.tiling import TileOptions
 from tests.conftest import random_scene, write_tif, write_tiny_checkpoint
 
 

@@ -23,12 +23,12 @@ from stfusion.inputs import CaseReader
 from stfusion.predict import (
     BatchPredictor,
     MlffganPrediction,
-    TileOptions,
     generator_batch_predictor,
     iter_blended_rows,
     predict_tiled,
 )
 from stfusion.streaming import RankSplit, join_parts, part_path, predict_case, split_rows
+from stfusion.tiling import TileOptions
 from tests.conftest import random_scene, write_tif
 
 HEIGHT, WIDTH, BANDS = 83, 101, 3
