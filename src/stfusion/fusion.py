@@ -47,7 +47,6 @@ DEFAULT_REASON = (
     "the leave-out benchmark's best mean RMSE with one reference pair: 0.0216 over 16 cases of 3 datasets, "
     "ahead of STARFM (starfm4py preset, 0.0235) in every one-pair case"
 )
-
 #: The method used with two reference pairs or more when none is given: the benchmark's best mean RMSE on
 #: its two-pair cases (ESTARFM 0.0180, FSDAF pair by pair 0.0182, STARFM 0.0199 to 0.0241).
 TWO_PAIR_DEFAULT = "estarfm"

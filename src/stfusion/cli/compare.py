@@ -10,6 +10,7 @@ from stfusion import fusion, raster, scenes, workflows
 from stfusion.cli.options import (
     SKIP_HINT,
     key_values,
+    load_checkpoint,
     make_output_folder,
     make_tiles,
     one_line_errors,
@@ -99,8 +100,6 @@ def compare_command(
     preparers = {name: fusion.get(name).preparer(per_method[name]) for name in names}
     runtime = {"tiles": make_tiles(tile, overlap, batch_size)}
     notes: dict[tuple[str, str], str] = {}
-    if checkpoints:  # torch is imported for MLFF-GAN only
-        from stfusion.checkpoint import load as load_checkpoint
     for number, path in enumerate(checkpoints, start=1):
         model = load_checkpoint(path)
         model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)

@@ -12,6 +12,7 @@ from stfusion.cli.options import (
     SKIP_HINT,
     device_option,
     key_values,
+    load_checkpoint,
     make_output_folder,
     make_tiles,
     one_line_errors,
@@ -121,11 +122,7 @@ def fuse_command(
     all_inputs = [*inputs.fine.values(), *inputs.coarse.values(), *inputs.masks.values()]
     workflows.refuse_inputs_as_outputs([*targets, out / "series.csv", out / "series.png"], all_inputs)
     workflows.check_outputs(targets, overwrite=overwrite, skip_existing=skip_existing)
-    model = None
-    if checkpoint is not None:  # torch is imported for MLFF-GAN only
-        from stfusion.checkpoint import load as load_checkpoint
-
-        model = load_checkpoint(checkpoint)
+    model = load_checkpoint(checkpoint) if checkpoint is not None else None
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     context = distributed.setup(device)
     output = workflows.OutputOptions(

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -22,6 +22,9 @@ from stfusion.errors import InputError, StfusionError
 from stfusion.inputs import ReadOptions
 from stfusion.scenes import MIN_COARSE_OVERLAP
 from stfusion.tiling import TileOptions
+
+if TYPE_CHECKING:
+    from stfusion.checkpoint import Checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -244,6 +247,14 @@ def tile_options(command: F) -> F:
             ),
         ],
     )
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """:func:`stfusion.checkpoint.load`, imported here on first use: torch (seconds to import) is
+    loaded only by the commands that read a model."""
+    from stfusion.checkpoint import load
+
+    return load(path)
 
 
 def make_tiles(tile: tuple[int, int], overlap: int, batch_size: int = 1) -> TileOptions:

@@ -12,6 +12,7 @@ from stfusion.cli.options import (
     device_option,
     explicit_masks,
     key_values,
+    load_checkpoint,
     make_output_folder,
     make_tiles,
     mask_options,
@@ -135,11 +136,7 @@ def predict_command(
     values = dict(key_values(options))
     tiles = make_tiles(tile, overlap, batch_size)
     runtime = {"device": device, "amp": amp, "compile": compile_model, "tiles": tiles}
-    model = None
-    if checkpoint is not None:  # torch is imported for MLFF-GAN only
-        from stfusion.checkpoint import load as load_checkpoint
-
-        model = load_checkpoint(checkpoint)
+    model = load_checkpoint(checkpoint) if checkpoint is not None else None
     if model is not None:
         model.check_bands_of_scene(band_count(fine_t1, reading), fine_t1)
     preparer = entry.preparer(values, checkpoint=model, runtime=runtime)

@@ -15,6 +15,7 @@ from stfusion import distributed, fusion, recipes, scenes, workflows
 from stfusion.cli.options import (
     READING_PARAMETERS,
     device_option,
+    load_checkpoint,
     make_output_folder,
     make_tiles,
     one_line_errors,
@@ -309,8 +310,6 @@ def test_command(
     reading: ReadOptions,
 ) -> None:
     """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
-    from stfusion.checkpoint import load as load_checkpoint
-
     model = load_checkpoint(checkpoint)
     cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
     if not cases:
