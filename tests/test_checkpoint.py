@@ -71,6 +71,12 @@ def test_checkpoints_of_the_previous_version_still_load(tmp_path: Path) -> None:
         (lambda c: c["model"].update(kwargs={"channels": "x"}), None),
         (lambda c: c.update(format="other"), "not an stfusion checkpoint"),
         (lambda c: c.update(scale=-1.0), "'scale' must be a positive number"),
+        (lambda c: c.update(epoch="x"), "'epoch' must be a non-negative integer, got 'x'"),
+        (lambda c: c.update(config="abc"), "'config' must be a dict with string keys"),
+        (lambda c: c.update(config={"data": "x"}), "'data' entry is a dict with a list of 'files'"),
+        (lambda c: c.update(history=5), "'history' must be a list of dicts"),
+        (lambda c: c.update(versions="v"), "'versions' must be a dict of version strings"),
+        (lambda c: c.update(best_val="low"), "'best_val' must be a number or None"),
     ],
 )
 def test_bad_keys_are_named(tmp_path: Path, change: object, message: str | None) -> None:

@@ -208,14 +208,46 @@ class Checkpoint:
             coarse_factor=int(content["coarse_factor"]),
             band_names=list(names),
             scale=float(scale),
-            config=dict(content.get("config") or {}),
-            epoch=int(content.get("epoch") or 0),
-            best_val=content.get("best_val"),
-            history=list(content.get("history") or []),
-            versions=dict(content.get("versions") or {}),
             path=path,
+            **_run_record(content, where),
             **optional,
         )
+
+
+def _run_record(content: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional training record (config, epoch, best_val, history, versions), type-checked:
+    InputError naming the file and the entry when one has the wrong type."""
+
+    def bad(key: str, expected: str) -> InputError:
+        return InputError(
+            f"{where}: checkpoint entry {key!r} must be {expected}, got {content.get(key)!r:.60}"
+        )
+
+    config = content.get("config") or {}
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise bad("config", "a dict with string keys")
+    data = config.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("files") or [], list)):
+        raise bad("config", "a dict whose 'data' entry is a dict with a list of 'files'")
+    epoch = content.get("epoch") or 0
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise bad("epoch", "a non-negative integer")
+    best_val = content.get("best_val")
+    if best_val is not None and (not isinstance(best_val, int | float) or isinstance(best_val, bool)):
+        raise bad("best_val", "a number or None")
+    history = content.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise bad("history", "a list of dicts")
+    found = content.get("versions") or {}
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise bad("versions", "a dict of version strings")
+    return {
+        "config": dict(config),
+        "epoch": epoch,
+        "best_val": None if best_val is None else float(best_val),
+        "history": list(history),
+        "versions": {str(k): v for k, v in found.items()},
+    }
 
 
 def versions() -> dict[str, str]:
