@@ -15,7 +15,7 @@ import pytest
 
 from stfusion import atomic
 from stfusion.atomic import OutputError, atomic_path
-from stfusion.errors import OutputExistsError, StfusionError
+from stfusion.errors import InputError, OutputExistsError, StfusionError
 
 
 def test_success_renames_with_umask_permissions(tmp_path: Path) -> None:
@@ -217,3 +217,24 @@ def test_read_only_folder_is_a_one_line_error(tmp_path: Path) -> None:
     finally:
         folder.chmod(0o700)
     assert list(folder.iterdir()) == []
+
+
+def test_copy_files_is_all_or_nothing(tmp_path: Path) -> None:
+    sources = tmp_path / "src"
+    sources.mkdir()
+    for name in ("a", "b"):
+        (sources / name).write_text(name)
+    out = tmp_path / "out"
+    copied = atomic.copy_files([(sources / "a", out / "x" / "a"), (sources / "b", out / "x" / "y" / "b")])
+    assert copied == [out / "x" / "a", out / "x" / "y" / "b"] and (out / "x" / "y" / "b").read_text() == "b"
+    # an unreadable source: the one-line error names it, and what this call created is gone again
+    with pytest.raises(InputError, match=r"src/missing: cannot read \("):
+        atomic.copy_files(
+            [(sources / "a", tmp_path / "new" / "a"), (sources / "missing", tmp_path / "new" / "m")]
+        )
+    assert not (tmp_path / "new").exists()
+    # an unwritable destination (below a file): the error names it; the folders that existed stay
+    (out / "blocker").write_text("")
+    with pytest.raises(OutputError, match=r"out/blocker/b: "):
+        atomic.copy_files([(sources / "a", out / "z" / "a"), (sources / "b", out / "blocker" / "b")])
+    assert sorted(p.name for p in out.iterdir()) == ["blocker", "x"]

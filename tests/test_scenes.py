@@ -223,3 +223,27 @@ def test_sample_is_in_paper_layout(sample_root: Path) -> None:
         assert infos["fine_t1"].shape == (6, 250, 250)
         assert infos["fine_t1"].band_names == ("blue", "green", "red", "nir", "swir1", "swir2")
     assert not found.skipped
+
+
+def test_paper_layout_copy_checks_every_folder_before_writing(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    flat = tmp_path / "flat"
+    for day in (1, 2, 3):
+        for kind in ("fine", "coarse"):
+            write_tif(flat / f"{kind}_200101{day:02d}.tif", random_scene(rng, 2, 8, 8))
+    found = scenes.discover(flat)
+    out = tmp_path / "paper"
+    written = scenes.to_paper_layout(found, out)
+    assert [p.relative_to(out).parts[0] for p in written] == ["train", "val", "test"]
+    again = scenes.discover(out)
+    assert again.layout == "paper" and {c.split for c in again.cases} == {"train", "val", "test"}
+    # a second layout whose test folder exists already: refused before any other folder is written
+    other = tmp_path / "other"
+    (other / written[-1].relative_to(out)).mkdir(parents=True)
+    with pytest.raises(InputError, match="exists; choose an empty output folder"):
+        scenes.to_paper_layout(found, other)
+    assert sorted(p.name for p in other.iterdir()) == ["test"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="exists and is not a folder"):
+        scenes.to_paper_layout(found, tmp_path / "file")

@@ -357,3 +357,19 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
     rows = {line.split("|")[1].strip(): line for line in compared.output.splitlines() if "/mlffgan |" in line}
     assert "TRAINED ON THIS CASE" in rows["20011008-20011017/mlffgan"]
     assert "TRAINED ON THIS CASE" not in rows["20011017-20011102/mlffgan"]
+
+
+def test_config_file_values_are_checked_and_band_numbers_read_as_on_the_command_line() -> None:
+    values = {"save_dir": "run", "fine_bands": [3, "nir"], "coarse_bands": [1, 2], "fine_scale": 1}
+    config = TrainConfig.from_dict(values)
+    assert config.fine_bands == ("3", "nir") and config.coarse_bands == ("1", "2")
+    assert config.fine_scale == 1
+    for bad, message in [
+        ({"val_overlap": [1, 2, 3]}, "val_overlap: .* must be two integers"),
+        ({"coarse_bands": []}, "coarse_bands: expected a list of band numbers or names"),
+        ({"coarse_scale": 0}, "coarse_scale: expected a positive number"),
+        ({"weights": {"cosine": float("nan")}}, r"weights\.cosine: expected a number >= 0"),
+        ({"device": 3}, "device: expected a device name"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict({"save_dir": "run", **bad})

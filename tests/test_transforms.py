@@ -44,6 +44,21 @@ def test_degrade_coarse_any_size_and_bad_factor() -> None:
         degrade_coarse(image, 0)
 
 
+def test_degrade_coarse_with_a_factor_beyond_the_image() -> None:
+    """A factor at least the image's size along an axis leaves one coarse pixel there: the result is
+    what a factor-sized upsampling gives (to rounding), without allocating rows of that size."""
+    torch.manual_seed(1)
+    image = torch.rand(1, 2, 9, 40)
+    for factor in (9, 12, 16):  # one pixel along the rows, three (or fewer) along the columns
+        small = image[..., ::factor, ::factor]
+        full = torch.nn.functional.interpolate(
+            small, scale_factor=factor, mode="bicubic", align_corners=False
+        )[..., :9, :40]
+        torch.testing.assert_close(degrade_coarse(image, factor), full, rtol=0, atol=1e-6)
+    huge = degrade_coarse(image, 10**6)  # once a 1e12-pixel allocation: now the image's size
+    torch.testing.assert_close(huge, image[..., :1, :1].expand_as(image), rtol=0, atol=1e-6)
+
+
 def test_valid_mask() -> None:
     a = np.ones((2, 3, 3), np.float32)
     b = np.ones((2, 3, 3), np.float32)

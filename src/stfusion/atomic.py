@@ -12,6 +12,7 @@ fails atomically when the name exists; ``os.replace`` would silently replace the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -20,9 +21,10 @@ import re
 import resource
 import secrets
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
-from stfusion.errors import OutputExistsError, StfusionError
+from stfusion.errors import InputError, OutputExistsError, StfusionError
 
 log = logging.getLogger(__name__)
 
@@ -258,3 +260,34 @@ class atomic_path:  # noqa: N801 - used as a context manager like open()
         except BaseException:
             self.target.unlink(missing_ok=True)  # our own empty placeholder
             raise
+
+
+def copy_files(copies: Sequence[tuple[Path, Path]]) -> list[Path]:
+    """Copy each (source, destination), creating the destinations' folders; all or nothing.
+
+    When a copy fails, every file and folder this call created is removed again and a one-line error
+    says why: :class:`~stfusion.errors.InputError` naming an unreadable source, else
+    :class:`OutputError` naming the destination. Returns the destinations.
+    """
+    import shutil
+
+    created: list[Path] = []  # folders and files, in creation order
+    try:
+        for source, destination in copies:
+            for folder in reversed(destination.parents):
+                if not folder.exists():
+                    folder.mkdir()
+                    created.append(folder)
+            created.append(destination)
+            shutil.copy2(source, destination)
+    except OSError as exc:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
+        if exc.filename is not None and Path(exc.filename) == Path(source):
+            raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from exc
+        raise output_error(destination, exc) from exc
+    return [destination for _, destination in copies]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stfusion import raster
+from stfusion.atomic import copy_files
 from stfusion.errors import InputError
 
 RASTER_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
@@ -789,18 +790,19 @@ def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.
     ``fine_YYYYMMDD.tif``. The validation folder holds the last training case reversed when no other
     case is free (as the paper's own data do). Returns the pair folders written.
     """
-    import shutil
-
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose an empty output folder")
     splits = split_cases(discovery, test_dates=test_dates)
     val = splits.val or [_reversed(splits.train[-1])]
-    written = []
+    folders: list[Path] = []
+    copies: list[tuple[Path, Path]] = []
     for split, cases in (("train", splits.train), ("val", val), ("test", splits.test)):
         for case in cases:
             t1, t2 = pair_date(*_ymd(case.date_t1)), pair_date(*_ymd(case.date_t2))
-            folder = Path(out) / split / f"{t1.label()}-{t2.label()}"
-            if folder.exists():
+            folder = out / split / f"{t1.label()}-{t2.label()}"
+            if folder.exists():  # every folder checked before anything is written
                 raise InputError(f"{folder}: exists; choose an empty output folder")
-            folder.mkdir(parents=True)
             names = {
                 "coarse_t1": f"coarse_A{t1.coarse_key}",
                 "fine_t1": f"fine_{t1.fine_key}",
@@ -808,12 +810,13 @@ def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.
                 "fine_t2": f"fine_{t2.fine_key}",
             }
             for role, path in case.paths().items():
-                shutil.copy2(path, folder / f"{names[role]}{path.suffix}")
+                copies.append((path, folder / f"{names[role]}{path.suffix}"))
                 mask = case.masks.get(role)
                 if mask is not None:
-                    shutil.copy2(mask, folder / f"{names[role]}{MASK_SUFFIX}{mask.suffix}")
-            written.append(folder)
-    return written
+                    copies.append((mask, folder / f"{names[role]}{MASK_SUFFIX}{mask.suffix}"))
+            folders.append(folder)
+    copy_files(copies)
+    return folders
 
 
 def _ymd(date: dt.date) -> tuple[int, int, int]:

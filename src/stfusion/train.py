@@ -164,6 +164,11 @@ class TrainConfig:
         for key in ("betas", "channels", "val_tile", "val_overlap", "fine_bands", "coarse_bands"):
             if isinstance(values.get(key), list | tuple):
                 values[key] = tuple(values[key])
+        for key in ("fine_bands", "coarse_bands"):  # JSON band numbers are the command line's "3"
+            if isinstance(values.get(key), tuple):
+                values[key] = tuple(
+                    str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values[key]
+                )
         config = cls(**values)
         config.validate()
         return config
@@ -200,12 +205,37 @@ class TrainConfig:
             raise ValueError(f"betas: {self.betas} must be two numbers within [0, 1)")
         if len(self.channels) != 5 or not all(isinstance(c, int) and c >= 1 for c in self.channels):
             raise ValueError(f"channels: {self.channels} must be five positive integers (one per level)")
+        for name in ("val_tile", "val_overlap"):
+            value = getattr(self, name)
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{name}: {list(value)} must be two integers (rows, columns)")
         if min(self.val_tile) < 16 or min(self.val_overlap) < 0:
             raise ValueError(
                 f"val_tile/val_overlap: tiles need >= 16 px and overlaps >= 0, got {self.val_tile}"
             )
         if self.resampling not in RESAMPLING_METHODS:
             raise ValueError(f"resampling: choose one of {', '.join(RESAMPLING_METHODS)}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device: expected a device name such as cpu or cuda, got {self.device!r}")
+        for name in ("fine_bands", "coarse_bands"):
+            bands = getattr(self, name)
+            if bands is not None and not (
+                isinstance(bands, tuple) and bands and all(isinstance(b, str) and b.strip() for b in bands)
+            ):
+                raise ValueError(f"{name}: expected a list of band numbers or names, got {bands!r}")
+        for name in ("fine_scale", "coarse_scale"):
+            scale = getattr(self, name)
+            if scale is not None and (
+                not isinstance(scale, int | float) or isinstance(scale, bool) or not 0 < scale < math.inf
+            ):
+                raise ValueError(
+                    f"{name}: expected a positive number (reflectance per stored unit), got {scale!r}"
+                )
+        if not isinstance(self.weights, GeneratorLossWeights):
+            raise ValueError(f"weights: expected an object of loss weights, got {self.weights!r}")
+        for term, weight in asdict(self.weights).items():
+            if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 <= weight < math.inf:
+                raise ValueError(f"weights.{term}: expected a number >= 0, got {weight!r}")
 
     def read_options(self) -> ReadOptions:
         """How the training cases' files become pixels."""

@@ -73,12 +73,13 @@ def degrade_coarse(coarse: torch.Tensor, factor: int) -> torch.Tensor:
 
     height, width = coarse.shape[-2:]
     small = coarse[..., ::factor, ::factor]
-    up = F.interpolate(
-        small,
-        size=(small.shape[-2] * factor, small.shape[-1] * factor),
-        mode="bicubic",
-        align_corners=False,
+    # a factor at least the image's size keeps one pixel along that axis, which the bicubic taps all
+    # read: upsampling it to the image's size instead of the factor gives the same constant (to
+    # rounding) without allocating factor-sized rows
+    size = tuple(
+        n * factor if n > 1 else extent for n, extent in zip(small.shape[-2:], (height, width), strict=True)
     )
+    up = F.interpolate(small, size=size, mode="bicubic", align_corners=False)
     return up[..., :height, :width].contiguous()
 
 

@@ -14,6 +14,7 @@ import click
 from stfusion import distributed, fusion, recipes, scenes, workflows
 from stfusion.cli.options import (
     READING_PARAMETERS,
+    check_device,
     device_option,
     load_checkpoint,
     make_output_folder,
@@ -73,11 +74,16 @@ def train_config(
         values.update(loaded)
     values.update(explicit)
     values["save_dir"] = str(save_dir)
+    where = config_file if config_file is not None else "training options"
     try:
-        return TrainConfig.from_dict(values)
+        config = TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
-        where = config_file if config_file is not None else "training options"
         raise InputError(f"{where}: {exc}") from exc
+    try:  # a device from a config file gets the --device flag's check
+        check_device(config.device)
+    except click.BadParameter as exc:
+        raise InputError(f"{where}: device {exc.message}") from exc
+    return config
 
 
 @contextmanager

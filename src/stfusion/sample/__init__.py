@@ -39,19 +39,16 @@ def copy_dataset(name: str, destination: Path) -> list[Path]:
 
     For tutorials: the copy is then the user's own data, to fuse, compare or train on.
     """
-    import shutil
-
+    from stfusion.atomic import copy_files
     from stfusion.errors import InputError
 
     if name not in DATASETS:
         raise InputError(f"no bundled dataset {name!r}; choose one of {', '.join(DATASETS)}")
     destination = Path(destination)
+    if destination.exists() and not destination.is_dir():
+        raise InputError(f"{destination}: exists and is not a folder; choose a new folder")
     if destination.exists() and any(destination.iterdir()):
         raise InputError(f"{destination}: exists and is not empty; choose a new folder")
-    destination.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for source in sorted(DATASETS[name].iterdir()):
-        copied.append(Path(shutil.copy2(source, destination / source.name)))
-    attribution = DATASETS_ROOT / "README.md"
-    copied.append(Path(shutil.copy2(attribution, destination / "ATTRIBUTION.md")))
-    return copied
+    copies = [(source, destination / source.name) for source in sorted(DATASETS[name].iterdir())]
+    copies.append((DATASETS_ROOT / "README.md", destination / "ATTRIBUTION.md"))
+    return copy_files(copies)
