@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 from stfusion import raster, series
 from stfusion.cli import cli
+from stfusion.errors import InputError
 from stfusion.sample import DATASETS
-from tests.conftest import write_tif
+from tests.conftest import write_tif, write_tiny_checkpoint
 
 FINE_DATES = (dt.date(2001, 5, 24), dt.date(2001, 7, 11), dt.date(2001, 8, 12))
 CROP = (slice(None), slice(100, 164), slice(100, 164))
@@ -176,3 +177,34 @@ def test_python_api_in_memory(tmp_path: Path) -> None:
     first = next(r for r in lazy if r.status == "predicted")
     assert first.path is not None and first.path.exists()
     assert os.path.basename(first.path) == f"fused_{min(synthetic):%Y%m%d}.tif"
+
+
+def test_fuse_with_a_checkpoint_defaults_to_mlffgan_and_a_mismatch_writes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    build_series(data, extra=1)
+    model = write_tiny_checkpoint(tmp_path / "m.ckpt", bands=3, coarse_factor=4)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--checkpoint", str(model)])
+    assert result.exit_code == 0, result.output
+    (fused,) = out.glob("fused_*.tif")
+    with rasterio.open(fused) as src:
+        assert src.tags()["STFUSION_METHOD"] == "mlffgan"
+    # a classical method with a checkpoint, or MLFF-GAN without one: refused before any output exists
+    for extra in (["--checkpoint", str(model), "--method", "fsdaf"], ["--method", "mlffgan"]):
+        refused = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(tmp_path / "o2"), *extra])
+        assert refused.exit_code == 2 and "checkpoint" in refused.output, refused.output
+        assert not (tmp_path / "o2").exists()
+
+
+def test_python_api_with_a_checkpoint(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = build_series(data, extra=1)
+    model = write_tiny_checkpoint(tmp_path / "m.ckpt", bands=3, coarse_factor=4)
+    inputs = series.SeriesInputs.from_folder(data)
+    results = series.fuse(inputs.fine, inputs.coarse, checkpoint=model)
+    assert isinstance(results, list)
+    (predicted,) = [r for r in results if r.status == "predicted"]
+    assert predicted.date == synthetic[0] and predicted.method == "mlffgan"
+    assert predicted.prediction is not None and np.isfinite(predicted.prediction).all()
+    with pytest.raises(InputError, match="--checkpoint is for a trained model"):
+        series.fuse(inputs.fine, inputs.coarse, method="fsdaf", checkpoint=model)

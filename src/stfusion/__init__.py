@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """``stfusion.fuse`` (the time-series API) is imported on first use: it loads PyTorch."""
+    """``stfusion.fuse`` (the time-series API) is imported on first use (PyTorch only loads when it
+    predicts with MLFF-GAN)."""
     if name == "fuse":
         from stfusion.series import fuse
 

@@ -166,6 +166,13 @@ class Method:
             return False
         return most is None or n_pairs <= most or most == 1
 
+    def check_checkpoint(self, given: bool) -> None:
+        """InputError unless a checkpoint is ``given`` exactly when this method needs one."""
+        if self.needs_checkpoint and not given:
+            raise InputError(f"method {self.name} needs --checkpoint MODEL.ckpt (see `stfusion train`)")
+        if given and not self.needs_checkpoint:
+            raise InputError(f"--checkpoint is for a trained model (mlffgan), not for method {self.name}")
+
     def preparer(
         self,
         options: Mapping[str, Any] | None = None,
@@ -186,17 +193,14 @@ class Method:
         values = {**dict(self.defaults), **self.parse_options(options)}
         prepare = _resolve(self.prepare)
         extra: dict[str, Any] = {}
-        if self.needs_checkpoint:
-            if checkpoint is None:
-                raise InputError(f"method {self.name} needs --checkpoint MODEL.ckpt (see `stfusion train`)")
+        self.check_checkpoint(checkpoint is not None)
+        if checkpoint is not None:
             assert self.load_model is not None
             runtime = dict(runtime or {})
             tiles = runtime.pop("tiles", None)
             extra["model"] = _resolve(self.load_model)(checkpoint, **runtime)
             if tiles is not None:
                 extra["tiles"] = tiles
-        elif checkpoint is not None:
-            raise InputError(f"--checkpoint is for a trained model (mlffgan), not for method {self.name}")
         fewest, most = self.pairs
 
         def prepare_scene(source: SceneSource) -> Prediction:

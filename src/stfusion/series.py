@@ -412,19 +412,23 @@ def fuse(
     out: str | Path | None = None,
     lazy: bool = False,
     masks: Mapping[str | Path, str | Path] | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
 ) -> list[DateResult] | Iterator[DateResult]:
     """Python API of ``stfusion fuse``: the fine image of every coarse date without a usable fine image.
 
     Args:
         fine, coarse: date -> GeoTIFF path (fine images share one grid; coarse images on it or
             georeferenced).
-        method: registry name (``stfusion.fusion``); None = the best for the number of pairs.
+        method: registry name (``stfusion.fusion``); None = ``mlffgan`` with a checkpoint, else the
+            best for the number of pairs.
         options: method options by name.
         dates: (first, last) target dates, inclusive; None = every coarse date.
         max_invalid: largest invalid fraction of a usable reference image.
         out: folder to write ``fused_YYYYMMDD.tif`` to; None = results carry the predictions in memory.
         lazy: return an iterator that predicts (and writes) one date at a time.
         masks: image path -> mask path (nonzero = invalid).
+        checkpoint: a trained model (``stfusion train``) for ``mlffgan``; device: where it runs.
     Returns:
         One :class:`DateResult` per coarse date in range (observed, predicted or skipped, with why).
 
@@ -437,11 +441,27 @@ def fuse(
         coarse={d: Path(p) for d, p in coarse.items()},
         masks={Path(k): Path(v) for k, v in (masks or {}).items()},
     )
+    method = method or ("mlffgan" if checkpoint is not None else None)
+    if method is not None:
+        fusion.get(method).check_checkpoint(checkpoint is not None)
+    model = None
+    if checkpoint is not None:
+        from stfusion.checkpoint import load  # imports torch: only MLFF-GAN needs it
+
+        model = load(checkpoint)
     plans = plan_series(inputs, dates=dates, max_invalid=max_invalid)
     target = Path(out) if out is not None else None
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)
-    results = iter_series(inputs, plans, method=method, options=options, out=target)
+    results = iter_series(
+        inputs,
+        plans,
+        method=method,
+        options=options,
+        checkpoint=model,
+        runtime={"device": device},
+        out=target,
+    )
     return results if lazy else list(results)
 
 

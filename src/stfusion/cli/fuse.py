@@ -56,8 +56,8 @@ def _date(text: str) -> dt.date:
     "--method",
     type=click.Choice(fusion.names()),
     default=None,
-    help="Fusion method [default: the benchmark's best for the pairs found: "
-    f"{fusion.TWO_PAIR_DEFAULT} with two, {fusion.DEFAULT_METHOD} with one].",
+    help="Fusion method [default: mlffgan with --checkpoint; else the benchmark's best for the pairs "
+    f"found: {fusion.TWO_PAIR_DEFAULT} with two, {fusion.DEFAULT_METHOD} with one].",
 )
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="MLFF-GAN checkpoint.")
 @click.option("--option", "options", multiple=True, help="Method option key=value (repeatable).")
@@ -115,6 +115,9 @@ def fuse_command(
     one side). Writes OUT/fused_YYYYMMDD.tif, OUT/series.csv and OUT/series.png. Under `torchrun
     --nproc_per_node N -m stfusion fuse ...` the dates are split over the N processes.
     """
+    method = method or ("mlffgan" if checkpoint is not None else None)  # as in predict
+    if method is not None:  # a method/checkpoint mismatch stops here, before any output exists
+        fusion.get(method).check_checkpoint(checkpoint is not None)
     inputs = _inputs(folder, fine_dir, coarse_dir)
     plans = series.plan_series(inputs, dates=parse_dates(dates), max_invalid=max_invalid)
     make_output_folder(out)
