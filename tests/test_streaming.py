@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from stfusion import raster, scenes
+from stfusion.atomic import OutputError
 from stfusion.baselines import coarse_delta
 from stfusion.baselines.fsdaf import fsdaf as fsdaf_function
 from stfusion.baselines.starfm import starfm as starfm_function
@@ -154,6 +155,13 @@ def test_row_split_across_ranks_equals_single_process(
     spans = split_rows(method.row_starts(HEIGHT, WIDTH), HEIGHT, world_size)
     assert [p for p in written if p is not None] == [part_path(out, i, len(spans)) for i in range(len(spans))]
     assert not out.exists()
+    failed = max(rank for rank, path in enumerate(written) if path is not None)
+    written[failed].unlink()  # type: ignore[union-attr]  # a rank that failed: one line says so
+    with pytest.raises(OutputError, match=r"split\.tif: part files missing .*did a rank fail\?"):
+        join_parts(reader, method, out, world_size=world_size)
+    predict_to_file(
+        reader, predictor, out, options=options, coarse_factor=2, split=RankSplit(failed, world_size)
+    )
     join_parts(reader, method, out, world_size=world_size)
     assert not any(p.exists() for p in written if p is not None)
     with rasterio.open(single) as a, rasterio.open(out) as b:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from stfusion import raster
+from stfusion.atomic import OutputError
 from stfusion.blocks import Prediction
 from stfusion.errors import InputError
 from stfusion.inputs import CaseReader, quality_bit
@@ -136,7 +137,7 @@ def join_parts(
     parts = [(part_path(out, i, len(spans)), rows) for i, rows in enumerate(spans)]
     missing = [str(path) for path, _ in parts if not path.exists()]
     if missing:
-        raise FileNotFoundError(f"{out}: part files missing ({', '.join(missing)}); did a rank fail?")
+        raise OutputError(f"{out}: part files missing ({', '.join(missing)}); did a rank fail?")
     raster.join_row_parts(parts, out, reader.reference, overwrite=overwrite, cog=cog)
     for path, _ in parts:
         path.unlink()
