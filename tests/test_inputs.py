@@ -8,6 +8,7 @@ close to the one from the pre-resampled input (tolerances measured and stated be
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -356,6 +357,201 @@ def test_value_checks_warn_and_refuse(tmp_path: Path, caplog: pytest.LogCaptureF
     empty = write_tif(tmp_path / "empty.tif", np.full((2, 5, 6), -9999, np.int16), nodata=-9999)
     with pytest.raises(InputError, match=r"empty.tif: no valid pixel .* nodata = -9999"):
         check_values(empty)
+
+
+# --------------------------------------------------------------------------------------------------
+# fill values nobody declared (float32's extremes, ArcGIS's usual fill) and offsets of untagged files
+
+FILLS = {"-3.4028235e38": -3.4028235e38, "+3.4e38": 3.4e38}
+
+
+def _fill_case(folder: Path, fill: float) -> tuple[dict[str, Path], np.ndarray]:
+    """A float32 reflectance case without nodata tags whose fine t1 (a block) and coarse t2 (a pixel)
+    hold ``fill`` (NaN or a fill value): the input files by role, and the (H, W) pixels filled."""
+    rng = np.random.default_rng(5)
+    images = {
+        role: (random_scene(rng) * 1e-4).astype(np.float32) for role in ("fine_t1", "coarse_t1", "coarse_t2")
+    }
+    where = np.zeros((20, 24), bool)
+    images["fine_t1"][:, 4:8, 6:11] = np.float32(fill)
+    where[4:8, 6:11] = True
+    images["coarse_t2"][:, 15, 3] = np.float32(fill)
+    where[15, 3] = True
+    return {role: write_tif(folder / f"{role}.tif", image) for role, image in images.items()}, where
+
+
+def _predict(files: dict[str, Path], out: Path, *options: str) -> tuple[int, str]:
+    args = ["predict", *options, "--out", str(out)]
+    for role, path in files.items():
+        args += [f"--{role.replace('_', '-')}", str(path)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # e.g. the overflow of fill values in a division
+        result = CliRunner().invoke(cli, args)
+    return result.exit_code, result.output
+
+
+def test_undeclared_fill_values_warn_once_per_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    image = np.full((2, 10, 12), 0.2, np.float32)
+    image[:, 0, :5] = np.float32(-3.4028235e38)
+    image[1, 1, 1] = np.nan
+    path = write_tif(tmp_path / "arcgis.tif", image)
+    with caplog.at_level(logging.WARNING):
+        sample = check_values(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: 11 of 240 sampled values are NaN/inf or fill values (|value| >= 1e30) that are not the "
+        "declared nodata; they are treated as invalid"
+    ]
+    assert sample.values.size == 240 - 11 and sample.scaling is not None and sample.scaling.scale == 1.0
+    only_fill = write_tif(tmp_path / "only.tif", np.full((1, 4, 4), 3.4e38, np.float32))
+    with pytest.raises(
+        InputError, match=r"only.tif: no valid pixel \(every value is nodata, masked, NaN/inf or a fill"
+    ):
+        check_values(only_fill)
+
+
+@pytest.mark.parametrize("method", ["coarse-delta", "starfm"])
+@pytest.mark.parametrize("fill", list(FILLS.values()), ids=list(FILLS))
+def test_predictions_from_undeclared_fill_values_equal_those_from_nan(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, method: str, fill: float
+) -> None:
+    """The user's report: with -3.4028235e38 fill and no nodata tag, `predict --method starfm
+    --fine-scale 1` wrote -3.2767 (int16 clipped) as valid there, with an overflow warning; the fill
+    is now invalid like NaN: nodata exactly there, the same prediction as from NaN."""
+    filled, where = _fill_case(tmp_path / "fill", fill)
+    with_nan, _ = _fill_case(tmp_path / "nan", np.nan)
+    options = ("--method", method, "--fine-scale", "1", "--dtype", "float32")
+    with caplog.at_level(logging.WARNING):
+        code, output = _predict(filled, tmp_path / "fill.tif", *options)
+    assert code == 0, output
+    for role, count in (("fine_t1", 4 * 20), ("coarse_t2", 4)):
+        assert (
+            f"{filled[role]}: {count} of 1920 sampled values are NaN/inf or fill values (|value| >= 1e30)"
+            in caplog.text
+        )
+    code, output = _predict(with_nan, tmp_path / "nan.tif", *options)
+    assert code == 0, output
+    with rasterio.open(tmp_path / "fill.tif") as a, rasterio.open(tmp_path / "nan.tif") as b:
+        predicted, expected = a.read(), b.read()
+        assert a.nodata is not None and np.isnan(a.nodata)
+    np.testing.assert_array_equal(np.isnan(predicted), np.broadcast_to(where, predicted.shape))
+    np.testing.assert_array_equal(predicted, expected)
+    assert np.abs(predicted[:, ~where]).max() < 1.0
+    # int16 output (the default): nodata there too, never the clipped -32767
+    code, output = _predict(filled, tmp_path / "fill16.tif", "--method", method, "--fine-scale", "1")
+    assert code == 0, output
+    with rasterio.open(tmp_path / "fill16.tif") as src:
+        stored = src.read()
+        np.testing.assert_array_equal(stored == src.nodata, np.broadcast_to(where, stored.shape))
+        assert stored[:, ~where].min() > 0
+
+
+LANDSAT_C2_L2 = (2.75e-5, -0.2)  # USGS Collection 2 Level-2 surface reflectance: DN x 2.75e-5 - 0.2
+
+
+def _landsat_case(folder: Path, *, tagged: bool) -> dict[str, Path]:
+    """Fine t1 as Landsat C2 L2 uint16 digital numbers (nodata 0), with or without their GDAL
+    scale/offset tags; coarse images int16 reflectance x 10000 (automatic scale)."""
+    rng = np.random.default_rng(11)
+    scale, offset = LANDSAT_C2_L2
+    dn = np.rint((random_scene(rng) * 1e-4 - offset) / scale).astype(np.uint16)
+    dn[:, 0, 0] = 0
+    folder.mkdir(parents=True)
+    fine = write_tif(folder / "LC08_SR.tif", dn, nodata=0)
+    if tagged:
+        with rasterio.open(fine, "r+") as dst:
+            dst.scales = [scale] * dn.shape[0]
+            dst.offsets = [offset] * dn.shape[0]
+    coarse = {
+        role: write_tif(folder / f"{role}.tif", random_scene(rng)) for role in ("coarse_t1", "coarse_t2")
+    }
+    return {"fine_t1": fine, **coarse}
+
+
+def test_offsets_read_untagged_landsat_like_its_tags(tmp_path: Path) -> None:
+    scale, offset = LANDSAT_C2_L2
+    tagged = _landsat_case(tmp_path / "tagged", tagged=True)
+    plain = _landsat_case(tmp_path / "plain", tagged=False)
+    assert raster.resolve_scaling(plain["fine_t1"]).source == "auto"
+    options = ReadOptions(fine_scale=scale, fine_offset=offset)
+    assert options.offset_for("fine_t1") == offset and options.offset_for("coarse_t2") is None
+    given = CaseReader(scenes.explicit_case(**plain), options=options)
+    tags = CaseReader(scenes.explicit_case(**tagged))
+    for role in given.roles:
+        np.testing.assert_array_equal(given.read(role), tags.read(role), err_msg=role)
+    window = Window(-3, 5, 10, 12)
+    np.testing.assert_array_equal(given.read("fine_t1", window), tags.read("fine_t1", window))
+    reflectance = given.read("fine_t1")
+    assert np.isnan(reflectance[:, 0, 0]).all() and 0.1 < np.nanmedian(reflectance) < 0.35
+    # a training configuration carries them into its reads
+    from stfusion.train import TrainConfig
+
+    config = TrainConfig.from_dict({"save_dir": "run", "fine_scale": scale, "fine_offset": offset})
+    assert config.read_options() == options
+    for bad, message in [
+        ({"fine_scale": scale, "fine_offset": float("nan")}, "fine_offset: expected a finite number"),
+        ({"coarse_scale": 1e-4, "coarse_offset": "x"}, "coarse_offset: expected a finite number"),
+        ({"fine_offset": -0.2}, "fine_offset: -0.2 needs fine_scale too"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict({"save_dir": "run", **bad})
+
+
+def test_read_options_refuse_bad_offsets_and_take_the_per_image_ones_first() -> None:
+    from stfusion.cli.options import read_options
+
+    with pytest.raises(InputError, match="fine offset nan: must be a finite number"):
+        ReadOptions(fine_scale=1e-4, fine_offset=float("nan"))
+    with pytest.raises(InputError, match="coarse offset inf: must be a finite number"):
+        ReadOptions(coarse_scale=1e-4, coarse_offset=float("inf"))
+    with pytest.raises(InputError, match=r"fine offset -0\.2 needs a fine scale too"):
+        ReadOptions(fine_offset=-0.2)
+    options = read_options(scale=1e-4, offset=-0.1, fine_scale=2.75e-5, fine_offset=-0.2)
+    assert (options.fine_scale, options.fine_offset) == (2.75e-5, -0.2)
+    assert (options.coarse_scale, options.coarse_offset) == (1e-4, -0.1)
+    assert read_options(scale=1e-4, coarse_offset=0.0).coarse_offset == 0.0
+
+
+def test_offset_options_reach_the_reads_of_predict(tmp_path: Path) -> None:
+    """`predict --fine-scale 2.75e-5 --fine-offset -0.2` on an untagged Landsat C2 L2 file writes what
+    the same file with its scale/offset tags gives; --fine-offset wins over --offset, and bad offsets
+    are one-line usage errors before any work."""
+    tagged = _landsat_case(tmp_path / "tagged", tagged=True)
+    plain = _landsat_case(tmp_path / "plain", tagged=False)
+    for method in ("coarse-delta", "starfm"):
+        code, output = _predict(tagged, tmp_path / f"{method}-tags.tif", "--method", method)
+        assert code == 0, output
+        runs = {
+            "fine": ("--fine-scale", "2.75e-5", "--fine-offset", "-0.2"),
+            "precedence": (
+                "--scale",
+                "2.75e-5",
+                "--offset",
+                "-0.2",
+                "--coarse-scale",
+                "1e-4",
+                "--coarse-offset",
+                "0",
+            ),
+        }
+        for name, options in runs.items():
+            out = tmp_path / f"{method}-{name}.tif"
+            code, output = _predict(plain, out, "--method", method, *options)
+            assert code == 0, output
+            with rasterio.open(out) as a, rasterio.open(tmp_path / f"{method}-tags.tif") as b:
+                np.testing.assert_array_equal(a.read(), b.read(), err_msg=f"{method} {name}")
+    refused = {
+        ("--fine-scale", "2.75e-5", "--fine-offset", "nan"): "fine offset nan: must be a finite number",
+        ("--fine-offset", "-0.2"): "fine offset -0.2 needs a fine scale too",
+        ("--fine-scale", "2.75e-5", "--offset", "-0.2"): "coarse offset -0.2 needs a coarse scale too",
+        ("--fine-scale", "2.75e-5", "--fine-offset", "abc"): "'abc' is not a valid float",
+    }
+    for options, message in refused.items():
+        out = tmp_path / "refused.tif"
+        code, output = _predict(plain, out, "--method", "coarse-delta", *options)
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert code == 2 and "Traceback" not in output, output
+        assert len(errors) == 1 and message in errors[0], output
+        assert not out.exists()
 
 
 def test_all_nodata_check_is_exact_on_large_rasters(tmp_path: Path) -> None:

@@ -198,6 +198,89 @@ def test_nodata_the_dtype_cannot_hold_matches_nothing(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# fill values nobody declared: float32's extremes in files without a nodata tag
+
+#: Fill values of float files that declare no nodata: ArcGIS's float32 lowest value, and its opposite.
+UNDECLARED_FILLS = {"-3.4028235e38 (float32 lowest)": -3.4028235e38, "+3.4e38": 3.4e38}
+
+
+def filled_pair(tmp_path: Path, rng: np.random.Generator, fill: float) -> tuple[Path, Path, np.ndarray]:
+    """The same float32 reflectance twice, without nodata tags: (file with ``fill``, file with NaN at
+    the same pixels, where (C, H, W) bool). The fill covers a block in every band (over more than 1% of
+    the values, so it would decide the automatic scale if counted) and one pixel of band 2."""
+    reflectance = reflectance_scene(rng).astype(np.float32)
+    where = np.zeros(reflectance.shape, dtype=bool)
+    where[:, 2:5, 3:7] = True
+    where[1, 9, 12] = True
+    with_fill, with_nan = reflectance.copy(), reflectance.copy()
+    with_fill[where] = np.float32(fill)
+    with_nan[where] = np.nan
+    (tmp_path / "fill").mkdir(exist_ok=True)
+    (tmp_path / "nan").mkdir(exist_ok=True)
+    filled = write_file(tmp_path / "fill" / "in.tif", with_fill)
+    nan = write_file(tmp_path / "nan" / "in.tif", with_nan)
+    assert raster.inspect(filled).nodata is None
+    return filled, nan, where
+
+
+@pytest.mark.parametrize("fill", list(UNDECLARED_FILLS.values()), ids=list(UNDECLARED_FILLS))
+def test_undeclared_fill_values_are_invalid_like_nan(
+    tmp_path: Path, rng: np.random.Generator, fill: float
+) -> None:
+    filled, nan, where = filled_pair(tmp_path, rng, fill)
+    data = raster.read(filled).data
+    np.testing.assert_array_equal(np.isnan(data), where)
+    np.testing.assert_array_equal(data, raster.read(nan).data)
+    for scale in (1.0, 1e-4):  # under any scale: reflectance never reaches 1e26
+        assert np.isnan(raster.read(filled, scale=scale).data[where]).all()
+    assert raster.resolve_scaling(filled).scale == 1.0  # the fill does not make the file look x 10000
+    window = raster.make_window(1, 2, 6, 20)
+    np.testing.assert_array_equal(
+        raster.read(filled, window=window).data, raster.read(nan, window=window).data
+    )
+    # reprojected reads: a fill value spoils exactly the grid pixels a NaN would
+    grid = fine_grid(tmp_path)
+    for resampling in ("nearest", "bilinear", "cubic", "average"):
+        warped = raster.read_on_grid(filled, grid, resampling=resampling)
+        np.testing.assert_array_equal(warped, raster.read_on_grid(nan, grid, resampling=resampling))
+        assert np.nanmax(np.abs(warped)) < 1.0, resampling
+    # value checks count them with NaN/inf, outside the valid values
+    sample = raster.sample_values(filled)
+    assert sample.n_nonfinite == int(where.sum()) and sample.n_nodata == 0
+    assert sample.values.size == int((~where).sum()) and np.abs(sample.values).max() < 1.0
+    assert raster.has_valid_pixel(filled)
+
+
+def test_fill_values_beside_a_declared_nodata_and_files_of_fill_only(tmp_path: Path) -> None:
+    stored = np.full((2, HEIGHT, WIDTH), 0.2, np.float32)
+    stored[:, 0, 0] = -9999.0  # the declared nodata
+    stored[:, 1, 1] = np.float32(-3.4028235e38)  # a fill nobody declared
+    stored[:, 2, 2] = np.float32(-9.9e29)  # below the threshold: a value (absurd, but not a fill value)
+    path = write_file(tmp_path / "in.tif", stored, nodata=-9999.0)
+    data = raster.read(path).data
+    assert np.isnan(data[:, 0, 0]).all() and np.isnan(data[:, 1, 1]).all()
+    assert int(np.isnan(data).sum()) == 4 and np.isfinite(data[:, 2, 2]).all()
+    sample = raster.sample_values(path)
+    assert (sample.n_nodata, sample.n_nonfinite) == (2, 2)
+    # a declared fill is nodata, not counted as an undeclared one
+    declared = write_file(tmp_path / "declared.tif", stored, nodata=-3.4028235e38)
+    assert (raster.sample_values(declared).n_nodata, raster.sample_values(declared).n_nonfinite) == (2, 0)
+    only_fill = write_file(tmp_path / "fill.tif", np.full((1, HEIGHT, WIDTH), 3.4e38, np.float32))
+    assert not raster.has_valid_pixel(only_fill)
+    assert raster.sample_values(only_fill).values.size == 0
+
+
+def test_fill_magnitude_leaves_integer_files_alone(tmp_path: Path) -> None:
+    assert raster.FILL_MAGNITUDE == 1e30
+    extremes = np.array([[[np.iinfo(np.int64).min, np.iinfo(np.int64).max, 0]]], dtype=np.int64)
+    assert not raster._unusable(extremes).any()
+    stored = np.full((1, HEIGHT, WIDTH), np.iinfo(np.uint32).max, np.uint32)
+    path = write_file(tmp_path / "in.tif", stored)
+    assert np.isfinite(raster.read(path).data).all()
+    assert raster.sample_values(path).n_nonfinite == 0
+
+
+# --------------------------------------------------------------------------------------------------
 # scale and offset: the file's tags win, then the caller's values, then an automatic choice
 
 TAGGED_PRODUCTS = {
@@ -281,6 +364,42 @@ def test_automatic_scale_and_the_callers_scale(tmp_path: Path, rng: np.random.Ge
     )
     with pytest.raises(InputError, match=r"scale 0\.0: must be a finite nonzero number"):
         raster.read(integer, scale=0.0)
+
+
+@pytest.mark.parametrize("product", ["Landsat C2 L2", "Sentinel-2 L2A 04.00+"])
+def test_callers_scale_and_offset_read_untagged_files_like_their_tags(
+    tmp_path: Path, rng: np.random.Generator, product: str
+) -> None:
+    """USGS Landsat Collection 2 Level-2 GeoTIFFs come without scale/offset tags: the caller's scale and
+    offset give the reflectance the same file's tags give (float32 rounding of one float64 computation)."""
+    dtype, scale, offset, nodata = TAGGED_PRODUCTS[product]
+    stored = np.rint((reflectance_scene(rng) - offset) / scale).astype(dtype)
+    stored[:, 0, 0] = nodata
+    plain = write_file(tmp_path / "plain.tif", stored, nodata=nodata)
+    tagged = write_file(
+        tmp_path / "tagged.tif", stored, nodata=nodata, scales=[scale] * 3, offsets=[offset] * 3
+    )
+    assert raster.inspect(plain).scales == (1.0,) * 3 and raster.inspect(plain).offsets == (0.0,) * 3
+    given = raster.read(plain, scale=scale, offset=offset)
+    assert given.scaling is not None and given.scaling.source == "option"
+    assert (
+        str(given.scaling)
+        == f"plain.tif: reflectance = value x {scale:.6g} - {-offset:g} (given scale/offset)"
+    )
+    expected = raster.read(tagged).data
+    np.testing.assert_array_equal(given.data, expected)
+    exact = stored.astype(np.float64) * scale + offset
+    np.testing.assert_allclose(given.data[:, 1:], exact[:, 1:], atol=3e-7)
+    grid = fine_grid(tmp_path)
+    for resampling in ("nearest", "bilinear"):
+        np.testing.assert_array_equal(
+            raster.read_on_grid(plain, grid, scale=scale, offset=offset, resampling=resampling),
+            raster.read_on_grid(tagged, grid, resampling=resampling),
+        )
+    sample = raster.sample_values(plain, scale=scale, offset=offset)
+    np.testing.assert_array_equal(sample.reflectance, raster.sample_values(tagged).reflectance)
+    with pytest.raises(InputError, match=r"offset nan: must be a finite number"):
+        raster.read(plain, scale=scale, offset=float("nan"))
 
 
 # --------------------------------------------------------------------------------------------------

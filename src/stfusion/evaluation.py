@@ -8,6 +8,7 @@ reflectance by its own scale (GDAL scale/offset tags, an explicit scale, or the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,10 +36,16 @@ def table_outputs(json_path: Path | None, csv_path: Path | None, *, overwrite: b
     return outputs
 
 
-def _read(path: Path, scale: float | None) -> raster.Raster:
-    if scale is None:
-        return raster.read(path)
-    return raster.read(path, scale=scale)
+def _read(path: Path, scale: float | None, offset: float | None) -> raster.Raster:
+    """The file as reflectance (its tags, else ``scale``/``offset``, else automatic), values checked."""
+    if offset is not None and not math.isfinite(offset):
+        raise InputError(f"{path}: offset {offset} must be a finite number")
+    if offset is not None and scale is None:
+        raise InputError(
+            f"{path}: an offset ({offset}) needs a scale too (reflectance = value x scale + offset)"
+        )
+    check_values(path, scale=scale, offset=offset)
+    return raster.read(path, scale=scale, offset=offset)
 
 
 def evaluate_files(
@@ -51,6 +58,8 @@ def evaluate_files(
     ssim_data_range: float = 2.0,
     pred_scale: float | None = None,
     truth_scale: float | None = None,
+    pred_offset: float | None = None,
+    truth_offset: float | None = None,
 ) -> MetricReport:
     """Metrics of a prediction GeoTIFF against the truth; InputError naming the file on any mismatch."""
     pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
@@ -67,9 +76,7 @@ def evaluate_files(
         )
     if mask is not None:
         scenes.check_mask_grid(raster.inspect(mask), truth_info)
-    for path in (pred, truth):
-        check_values(path)
-    predicted, true = _read(pred, pred_scale), _read(truth, truth_scale)
+    predicted, true = _read(pred, pred_scale, pred_offset), _read(truth, truth_scale, truth_offset)
     valid = None
     if mask is not None:
         valid = ~raster.read_mask_on_grid(mask, truth_info, resampling="nearest")

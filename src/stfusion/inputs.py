@@ -60,6 +60,10 @@ class ReadOptions:
         check_values: sample each file once for all-nodata / DN-like / wrong-scale values.
         fine_scale, coarse_scale: reflectance per stored unit of the fine and the coarse images, used
             for files without GDAL scale/offset tags; None = chosen per file (:mod:`stfusion.raster`).
+        fine_offset, coarse_offset: reflectance added after the scale (reflectance = value x scale +
+            offset) for files without GDAL scale/offset tags, e.g. Landsat Collection 2 Level-2 scale
+            2.75e-5 and offset -0.2, Sentinel-2 L2A (baseline 04.00+) 1e-4 and -0.1; None = 0. An
+            offset needs the same images' scale: it belongs to that scale, never to an automatic one.
         fine_bands, coarse_bands: bands to use, in order, by 1-based number or description (e.g. a
             MOD09GA file as ("3", "4", "1", "2", "6", "7") to match Landsat bands 1-5, 7); None = all.
         coarse_ratio: coarse / fine pixel size (e.g. 16 for 480 m MODIS and 30 m Landsat), for methods
@@ -71,6 +75,8 @@ class ReadOptions:
     check_values: bool = True
     fine_scale: float | None = None
     coarse_scale: float | None = None
+    fine_offset: float | None = None
+    coarse_offset: float | None = None
     fine_bands: tuple[str, ...] | None = None
     coarse_bands: tuple[str, ...] | None = None
     coarse_ratio: float | None = None
@@ -83,6 +89,10 @@ class ReadOptions:
         """The explicit scale of a role's files (None: the file's tags or the automatic choice)."""
         return self.coarse_scale if is_coarse_role(role) else self.fine_scale
 
+    def offset_for(self, role: str) -> float | None:
+        """The explicit offset of a role's files (None: the file's tags, else 0), used with its scale."""
+        return self.coarse_offset if is_coarse_role(role) else self.fine_offset
+
     def __post_init__(self) -> None:
         if self.resampling not in raster.RESAMPLING_METHODS:
             raise InputError(
@@ -94,6 +104,18 @@ class ReadOptions:
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise InputError(f"{name.replace('_', ' ')} {value}: must be a positive number")
+        for kind in ("fine", "coarse"):
+            offset = getattr(self, f"{kind}_offset")
+            if offset is None:
+                continue
+            if not np.isfinite(offset):
+                raise InputError(f"{kind} offset {offset}: must be a finite number")
+            if getattr(self, f"{kind}_scale") is None:
+                raise InputError(
+                    f"{kind} offset {offset:g} needs a {kind} scale too (reflectance = value x scale + "
+                    f"offset): give both, e.g. --{kind}-scale 2.75e-5 --{kind}-offset -0.2 for Landsat "
+                    "Collection 2 Level-2"
+                )
 
 
 class CaseReader:
@@ -164,7 +186,8 @@ class CaseReader:
             )
         if self.options.check_values:
             samples = {
-                role: check_values(info.path, scale=self._scale(role)) for role, info in self.infos.items()
+                role: check_values(info.path, scale=self._scale(role), offset=self._offset(role))
+                for role, info in self.infos.items()
             }
             for index in range(self.n_pairs):
                 coarse_role, fine_role = pair_roles(index)
@@ -177,6 +200,9 @@ class CaseReader:
 
     def _scale(self, role: str) -> float | None:
         return self.options.scale_for(role)
+
+    def _offset(self, role: str) -> float | None:
+        return self.options.offset_for(role)
 
     @property
     def coarse_ratio(self) -> float | None:
@@ -232,10 +258,16 @@ class CaseReader:
         resampling = self.options.resampling
         if role in self.reprojected:
             data = raster.read_on_grid(
-                paths[role], self.reference, scale=self._scale(role), window=rio_window, resampling=resampling
+                paths[role],
+                self.reference,
+                scale=self._scale(role),
+                offset=self._offset(role),
+                window=rio_window,
+                resampling=resampling,
             )
         else:
-            data = raster.read(paths[role], scale=self._scale(role), window=rio_window).data
+            scale, offset = self._scale(role), self._offset(role)
+            data = raster.read(paths[role], scale=scale, offset=offset, window=rio_window).data
         if role in self.selection:
             data = data[list(self.selection[role])]
         mask = self.case.masks.get(role)
@@ -304,29 +336,35 @@ def quality_flags(images: dict[str, np.ndarray]) -> np.ndarray:
     return flags
 
 
-def check_values(path: str | os.PathLike[str], *, scale: float | None = None) -> raster.ValueSample:
+def check_values(
+    path: str | os.PathLike[str], *, scale: float | None = None, offset: float | None = None
+) -> raster.ValueSample:
     """Sanity checks of a raster's values on a sample of its pixels (cheap on any size).
 
     The file's reflectance is ``stored x scale + offset`` by its GDAL scale/offset tags, else by
-    ``scale``, else by the automatic choice of :func:`stfusion.raster.resolve_scaling` (logged).
-    Raises InputError when no pixel is valid (all nodata / non-finite / masked; confirmed on every
-    pixel). Logs a warning when NaN/inf values that are not the declared nodata are present (they are
-    treated as invalid), when most values exceed reflectance 1.5 (digital numbers, or a wrong scale) and
-    when every value is below reflectance 0.002 in magnitude (reflectance floats read as x 10000).
+    ``scale`` and ``offset``, else by the automatic choice of :func:`stfusion.raster.resolve_scaling`
+    (logged). Raises InputError when no pixel is valid (all nodata / non-finite / fill values / masked;
+    confirmed on every pixel). Logs one warning naming the file when NaN/inf or fill values
+    (|value| >= :data:`stfusion.raster.FILL_MAGNITUDE`) that are not the declared nodata are present
+    (they are treated as invalid), when most values exceed reflectance 1.5 (digital numbers, or a wrong
+    scale) and when every value is below reflectance 0.002 in magnitude (reflectance floats read as
+    x 10000).
     """
-    sample = raster.sample_values(path, scale=scale)
+    sample = raster.sample_values(path, scale=scale, offset=offset)
     if sample.values.size == 0 and (sample.complete or not raster.has_valid_pixel(path)):
         nodata = f"nodata = {sample.nodata}" if sample.nodata is not None else "no nodata declared"
         raise InputError(
-            f"{path}: no valid pixel (every value is nodata, masked or NaN/inf; {nodata}); check the file, "
-            "or its nodata value (e.g. gdal_edit.py -a_nodata)"
+            f"{path}: no valid pixel (every value is nodata, masked, NaN/inf or a fill value; {nodata}); "
+            "check the file, or its nodata value (e.g. gdal_edit.py -a_nodata)"
         )
     if sample.n_nonfinite:
         log.warning(
-            "%s: %d of %d sampled values are NaN/inf (not the declared nodata); they are treated as invalid",
+            "%s: %d of %d sampled values are NaN/inf or fill values (|value| >= %s) that are not the "
+            "declared nodata; they are treated as invalid",
             path,
             sample.n_nonfinite,
             sample.n_pixels,
+            f"{raster.FILL_MAGNITUDE:.0e}".replace("e+", "e"),  # 1e30
         )
     if sample.values.size == 0:
         return sample
@@ -338,8 +376,8 @@ def check_values(path: str | os.PathLike[str], *, scale: float | None = None) ->
     if median > DN_LIKE_REFLECTANCE:
         log.warning(
             "%s: values look like digital numbers, not reflectance (median reflectance %.2f, %s); use "
-            "surface reflectance products, or give the file's scale (--fine-scale / --coarse-scale, or "
-            "GDAL scale/offset tags)",
+            "surface reflectance products, or give the file's scale (--fine-scale / --coarse-scale, with "
+            "--fine-offset / --coarse-offset if it has one, or GDAL scale/offset tags)",
             path,
             median,
             how,

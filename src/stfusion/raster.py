@@ -3,9 +3,10 @@
 Reading returns float32 reflectance (C, H, W) with invalid pixels as NaN, plus the source's metadata.
 Reflectance = stored value x scale + offset, resolved per file by :func:`resolve_scaling` (the file's
 GDAL scale/offset tags, else the caller's values, else an automatic choice). Invalid pixels are the
-declared nodata (any value of the file's dtype: NaN, -3.4e38, 65535, 0, ...), non-finite values, and
-pixels masked by a GDAL dataset mask (internal or ``.msk``) or an alpha band; alpha bands are not data
-bands (:attr:`RasterInfo.count` leaves them out).
+declared nodata (any value of the file's dtype: NaN, -3.4e38, 65535, 0, ...), non-finite values, float
+fill values that are not declared (|value| >= :data:`FILL_MAGNITUDE`, e.g. -3.4028235e38), and pixels
+masked by a GDAL dataset mask (internal or ``.msk``) or an alpha band; alpha bands are not data bands
+(:attr:`RasterInfo.count` leaves them out).
 
 Writing starts from a reference profile (CRS, transform) so predictions stay georeferenced, rounds and
 clips to int16 reflectance x 10000 by default (with GDAL scale/offset tags saying so), declares a
@@ -63,6 +64,11 @@ DEFAULT_INT16_NODATA: int = -32768
 #: Float values whose 99th percentile of |value| is at most this are taken as reflectance already
 #: (automatic scale 1.0); above it, as reflectance x 10000.
 REFLECTANCE_LIKE_MAX: float = 1.5
+#: Stored float values at least this large in magnitude are fill values, not data, whether or not the
+#: file declares them as nodata: no reflectance under any scale comes near (reflectance x 10000 stays
+#: below 1e5). Files that declare no nodata often fill with float32's lowest value -3.4028235e38 (ArcGIS)
+#: or +3.4e38; such values are invalid exactly like NaN and inf. Integer dtypes never reach it.
+FILL_MAGNITUDE: float = 1e30
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,14 @@ def _nodata_pixels(stored: np.ndarray, nodata: np.generic | None) -> np.ndarray:
     return np.asarray(stored == nodata)
 
 
+def _unusable(stored: np.ndarray) -> np.ndarray:
+    """Where stored values are NaN, infinite or fill values (|value| >= :data:`FILL_MAGNITUDE`): (same
+    shape) bool; all False for integer dtypes, whose values are always usable."""
+    if stored.dtype.kind != "f":
+        return np.zeros(stored.shape, dtype=bool)
+    return ~(np.abs(stored) < FILL_MAGNITUDE)  # NaN compares False: unusable too
+
+
 def _fill_value(nodata: np.generic | None) -> Any:
     return nodata if nodata is not None else 0
 
@@ -441,8 +455,9 @@ def read(
         bands: 1-based data band numbers to read (alpha bands are not counted); all when None.
     Returns:
         a :class:`Raster`: ``data`` (C, h, w) float32 reflectance, NaN where the stored value is the
-        nodata value (compared in the file's dtype) or non-finite, where the GDAL mask or the alpha band
-        says no data, and outside the raster; ``scaling`` says how values became reflectance.
+        nodata value (compared in the file's dtype), non-finite or a fill value (float |value| >=
+        :data:`FILL_MAGNITUDE`), where the GDAL mask or the alpha band says no data, and outside the
+        raster; ``scaling`` says how values became reflectance.
     """
     path = Path(path)
     with _open(path) as src:
@@ -463,6 +478,8 @@ def read(
             raise _read_error(path, exc) from exc
     data = scaling.apply(stored, positions)
     invalid = _nodata_pixels(stored, nodata)
+    if stored.dtype.kind == "f":
+        invalid |= _unusable(stored)
     if masked is not None:
         invalid |= masked
     if outside is not None:
@@ -764,7 +781,9 @@ def read_on_grid(
     the scaling is linear so it commutes with resampling), with exact per-pixel coordinate transforms
     so that a window equals the same crop of a whole read. The source's nodata is honoured (resampling
     uses the valid neighbours), and so are its GDAL mask and alpha band (a grid pixel that a masked
-    source pixel contributes to is invalid).
+    source pixel contributes to is invalid). NaN/inf and fill values (|value| >= :data:`FILL_MAGNITUDE`)
+    that are not the declared nodata make every grid pixel they contribute to invalid (GDAL carries a
+    NaN into the resampled value, and a fill value keeps the result beyond the threshold).
 
     Args:
         path: source raster (any size, resolution, CRS).
@@ -773,8 +792,8 @@ def read_on_grid(
         window: rows/columns of the grid (may extend outside it: NaN there); the whole grid when None.
         resampling: one of :data:`RESAMPLING_METHODS`.
     Returns:
-        (C, h, w) float32 reflectance on the grid (window), NaN where nodata, masked, non-finite or
-        outside the source's footprint.
+        (C, h, w) float32 reflectance on the grid (window), NaN where nodata, masked, non-finite, a
+        fill value or outside the source's footprint.
     """
     path = Path(path)
     with _open(path) as src:
@@ -795,6 +814,7 @@ def read_on_grid(
                 stored = _warp_values(src, grid, resampling, inner, nodata=info.nodata)
         except RasterioIOError as exc:
             raise _read_error(path, exc) from exc
+    stored[_unusable(stored)] = np.nan
     stored = scaling.apply(stored)
     stored[~np.isfinite(stored)] = np.nan
     data[(slice(None), *place)] = stored
@@ -852,11 +872,12 @@ def read_mask_on_grid(
 class ValueSample:
     """Stored values of a raster, sampled on a regular decimated grid (nearest), for sanity checks.
 
-    ``values`` holds the valid stored values (finite, not nodata, not masked) of all data bands, 1-D
-    float64, and ``reflectance`` the same values as float32 reflectance (``scaling``, per band);
-    ``n_pixels`` the sampled values in all (valid or not), ``n_nodata`` those equal to the nodata value,
-    ``n_nonfinite`` the NaN/inf values that are not the declared nodata, ``n_masked`` the other values
-    that the GDAL mask or alpha band marks as no data. ``complete`` is True when every pixel was read
+    ``values`` holds the valid stored values (finite, not a fill value, not nodata, not masked) of all
+    data bands, 1-D float64, and ``reflectance`` the same values as float32 reflectance (``scaling``, per
+    band); ``n_pixels`` the sampled values in all (valid or not), ``n_nodata`` those equal to the nodata
+    value, ``n_nonfinite`` the NaN/inf and fill values (|value| >= :data:`FILL_MAGNITUDE`) that are not
+    the declared nodata, ``n_masked`` the other values that the GDAL mask or alpha band marks as no
+    data. ``complete`` is True when every pixel was read
     (small rasters).
     """
 
@@ -876,13 +897,14 @@ class ValueSample:
 def _count_invalid(
     stored: np.ndarray, nodata: float | None, masked: np.ndarray | None = None, *, dtype: str | None = None
 ) -> tuple[np.ndarray, int, int, int]:
-    """Valid values and the counts of nodata, non-finite and masked ones (each value counted once).
+    """Valid values and the counts of nodata, unusable (NaN/inf or fill values, :func:`_unusable`) and
+    masked ones (each value counted once).
 
     ``nodata`` is compared in ``dtype`` (the file's; ``stored``'s when None); ``masked`` (broadcast to
     ``stored``) is True where the GDAL mask or alpha band says no data.
     """
     is_nodata = _nodata_pixels(stored, _typed_nodata(nodata, dtype or str(stored.dtype)))
-    nonfinite = ~np.isfinite(stored) & ~is_nodata if stored.dtype.kind == "f" else np.zeros_like(is_nodata)
+    nonfinite = _unusable(stored) & ~is_nodata
     valid = ~is_nodata & ~nonfinite
     n_masked = 0
     if masked is not None:
@@ -960,8 +982,8 @@ def sample_values(
 
 
 def has_valid_pixel(path: str | os.PathLike[str]) -> bool:
-    """Whether any pixel of any data band is finite, not nodata and not masked (block by block; stops
-    at the first)."""
+    """Whether any pixel of any data band is finite, not a fill value, not nodata and not masked (block
+    by block; stops at the first)."""
     path = Path(path)
     with _open(path) as src:
         info = _info(path, src)

@@ -137,6 +137,9 @@ class TrainConfig:
     num_workers: int = 0
     fine_scale: float | None = None  # None: GDAL tags or automatic, per file (stfusion.raster)
     coarse_scale: float | None = None
+    # None: the file's GDAL tags, else 0; reflectance = value x scale + offset (needs the scale above)
+    fine_offset: float | None = None
+    coarse_offset: float | None = None
     fine_bands: tuple[str, ...] | None = None  # band selection (numbers or descriptions), None = all
     coarse_bands: tuple[str, ...] | None = None
     resampling: str = "bilinear"  # for coarse images (and masks) not on the fine grid
@@ -231,6 +234,21 @@ class TrainConfig:
                 raise ValueError(
                     f"{name}: expected a positive number (reflectance per stored unit), got {scale!r}"
                 )
+        for images in ("fine", "coarse"):
+            offset = getattr(self, f"{images}_offset")
+            if offset is None:
+                continue
+            if not isinstance(offset, int | float) or isinstance(offset, bool) or not math.isfinite(offset):
+                raise ValueError(
+                    f"{images}_offset: expected a finite number (reflectance added after the scale), got "
+                    f"{offset!r}"
+                )
+            if getattr(self, f"{images}_scale") is None:
+                raise ValueError(
+                    f"{images}_offset: {offset} needs {images}_scale too (reflectance = value x scale + "
+                    f'offset), e.g. "{images}_scale": 2.75e-5, "{images}_offset": -0.2 for Landsat '
+                    "Collection 2 Level-2"
+                )
         if not isinstance(self.weights, GeneratorLossWeights):
             raise ValueError(f"weights: expected an object of loss weights, got {self.weights!r}")
         for term, weight in asdict(self.weights).items():
@@ -244,6 +262,8 @@ class TrainConfig:
             min_overlap=self.min_overlap,
             fine_scale=self.fine_scale,
             coarse_scale=self.coarse_scale,
+            fine_offset=self.fine_offset,
+            coarse_offset=self.coarse_offset,
             fine_bands=self.fine_bands,
             coarse_bands=self.coarse_bands,
         )

@@ -52,6 +52,19 @@ from stfusion.cli.options import one_line_errors, say
     default=None,
     help="Reflectance per stored unit of the truth, if it has no scale tags [default: auto].",
 )
+@click.option(
+    "--pred-offset",
+    type=float,
+    default=None,
+    help="Reflectance offset of the prediction (value x --pred-scale + offset), if it has no tags.",
+)
+@click.option(
+    "--truth-offset",
+    type=float,
+    default=None,
+    help="Reflectance offset of the truth, if it has no tags (Landsat C2 L2: --truth-scale 2.75e-5 "
+    "--truth-offset -0.2).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write JSON.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write CSV.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -66,6 +79,8 @@ def evaluate_command(
     ssim_range: float,
     pred_scale: float | None,
     truth_scale: float | None,
+    pred_offset: float | None,
+    truth_offset: float | None,
     json_path: Path | None,
     csv_path: Path | None,
     overwrite: bool,
@@ -89,6 +104,8 @@ def evaluate_command(
         ssim_data_range=ssim_range,
         pred_scale=pred_scale,
         truth_scale=truth_scale,
+        pred_offset=pred_offset,
+        truth_offset=truth_offset,
     )
     say(report.format_table(result))
     for path in evaluation.write_reports({pred.stem: result}, outputs):

@@ -85,6 +85,9 @@ READING_PARAMETERS: tuple[str, ...] = (
     "scale",
     "fine_scale",
     "coarse_scale",
+    "offset",
+    "fine_offset",
+    "coarse_offset",
     "bands",
     "coarse_bands",
     "coarse_ratio",
@@ -92,7 +95,8 @@ READING_PARAMETERS: tuple[str, ...] = (
 
 
 def reading_options(command: F) -> F:
-    """How input files become pixels: resampling, footprint overlap, scales of files without tags.
+    """How input files become pixels: resampling, footprint overlap, scales and offsets of files without
+    tags.
 
     The command receives one keyword argument ``reading`` (:class:`~stfusion.inputs.ReadOptions`).
     """
@@ -102,11 +106,19 @@ def reading_options(command: F) -> F:
         values = {name: kwargs.pop(name) for name in READING_PARAMETERS}
         try:
             kwargs["reading"] = read_options(**values)
-        except StfusionError as exc:  # e.g. --scale nan: a usage error, before any work
+        except StfusionError as exc:  # e.g. --fine-offset nan: a usage error, before any work
             raise click.UsageError(str(exc)) from None
         return command(*args, **kwargs)
 
     scale_help = "Reflectance per stored unit of {} files without GDAL scale/offset tags [default: auto]."
+    offset_help = (
+        "Reflectance added after --{0}-scale (reflectance = value x scale + offset) for {0} files without "
+        "GDAL scale/offset tags{1}; needs --{0}-scale or --scale [default: 0]."
+    )
+    products = (
+        ", e.g. --fine-scale 2.75e-5 --fine-offset -0.2 for Landsat Collection 2 Level-2 (USGS GeoTIFFs "
+        "come without tags), --fine-scale 1e-4 --fine-offset -0.1 for Sentinel-2 L2A (baseline 04.00+)"
+    )
     return _apply(
         cast(F, wrapper),
         [
@@ -130,6 +142,18 @@ def reading_options(command: F) -> F:
                 default=None,
                 help=scale_help.format("coarse"),
             ),
+            click.option(
+                "--offset",
+                type=float,
+                default=None,
+                help="Reflectance added after --scale (reflectance = value x scale + offset) for every input "
+                "without GDAL scale/offset tags; needs a scale for each input (--scale, or --fine-scale and "
+                "--coarse-scale) [default: 0].",
+            ),
+            click.option(
+                "--fine-offset", type=float, default=None, help=offset_help.format("fine", products)
+            ),
+            click.option("--coarse-offset", type=float, default=None, help=offset_help.format("coarse", "")),
             click.option(
                 "--bands",
                 default=None,
@@ -174,18 +198,23 @@ def read_options(
     scale: float | None = None,
     fine_scale: float | None = None,
     coarse_scale: float | None = None,
+    offset: float | None = None,
+    fine_offset: float | None = None,
+    coarse_offset: float | None = None,
     bands: str | None = None,
     coarse_bands: str | None = None,
     coarse_ratio: float | None = None,
 ) -> ReadOptions:
     """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale,
-    --coarse-bands over --bands)."""
+    --fine/--coarse-offset over --offset, --coarse-bands over --bands)."""
     fine_bands = _band_list(bands)
     return ReadOptions(
         resampling=resampling,
         min_overlap=min_overlap,
         fine_scale=fine_scale if fine_scale is not None else scale,
         coarse_scale=coarse_scale if coarse_scale is not None else scale,
+        fine_offset=fine_offset if fine_offset is not None else offset,
+        coarse_offset=coarse_offset if coarse_offset is not None else offset,
         fine_bands=fine_bands,
         coarse_bands=_band_list(coarse_bands) if coarse_bands is not None else fine_bands,
         coarse_ratio=coarse_ratio,
