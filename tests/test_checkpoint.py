@@ -104,6 +104,12 @@ def test_weights_of_another_model_and_damaged_files(tmp_path: Path) -> None:
         checkpoint.load(tmp_path / "cut.ckpt")
     with pytest.raises(InputError, match="is a folder"):
         checkpoint.load(tmp_path)
+    (tmp_path / "image.tif").write_bytes(b"II*\x00" + bytes(100))  # e.g. an input given as --checkpoint
+    with pytest.raises(InputError, match=r"image\.tif: not a checkpoint \(a GeoTIFF\)"):
+        checkpoint.load(tmp_path / "image.tif")
+    (tmp_path / "notes.txt").write_text("weights")
+    with pytest.raises(InputError, match=r"notes\.txt: not a checkpoint \(not a PyTorch file\)"):
+        checkpoint.load(tmp_path / "notes.txt")
     with pytest.raises(InputError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "none.ckpt")
     with pytest.raises(InputError, match=r"checkpoint is for 3 bands, but F\.tif has 4"):

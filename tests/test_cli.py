@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 
 from stfusion import raster
 from stfusion.cli import cli
-from tests.conftest import TEST_CRS, random_scene, write_tif
+from tests.conftest import TEST_CRS, random_scene, write_tif, write_tiny_checkpoint
 
 
 @pytest.fixture
@@ -189,6 +189,13 @@ def test_predict_unwritable_folder_and_bad_option(
     _assert_one_line_error(result, "key=value")
     result = runner.invoke(cli, [*predict_args(triple, tmp_path / "p.tif"), "--option", "window=3"])
     _assert_one_line_error(result, "coarse-delta", "no options")
+    # a checkpoint given to a classical method is named as the problem, whatever it holds
+    model = write_tiny_checkpoint(tmp_path / "m.ckpt", bands=6, coarse_factor=4)
+    result = runner.invoke(
+        cli, [*predict_args(triple, tmp_path / "p.tif", "starfm"), "--checkpoint", str(model)]
+    )
+    _assert_one_line_error(result, "--checkpoint is for a trained model (mlffgan), not for method starfm")
+    assert not (tmp_path / "p.tif").exists()
 
 
 def test_cases_bad_folders(runner: CliRunner, tmp_path: Path, rng: np.random.Generator) -> None:

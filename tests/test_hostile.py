@@ -740,6 +740,8 @@ ENCODINGS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float, tuple[floa
     "float32 x1e4": (lambda dn: dn.astype(np.float32), float("nan"), None),
     # Landsat Collection 2 Level-2 surface reflectance: uint16, x 2.75e-5 - 0.2, nodata 0
     "Landsat C2 L2": (lambda dn: np.rint((dn * 1e-4 + 0.2) / 2.75e-5).astype(np.uint16), 0, (2.75e-5, -0.2)),
+    # as USGS ships it: the same values without tags (the scale and offset are in its metadata file)
+    "Landsat C2 L2 untagged": (lambda dn: np.rint((dn * 1e-4 + 0.2) / 2.75e-5).astype(np.uint16), 0, None),
 }
 
 #: id -> (fine encoding, coarse encoding, extra flags, method)
@@ -752,6 +754,12 @@ SCALE_VARIANTS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
         "coarse-delta",
     ),
     "MOD09GA-tagged coarse": ("int16 x1e4", "int16 x1e4 tagged 1e-4 (MOD09GA)", (), "coarse-delta"),
+    "untagged Landsat C2 L2 fine, --fine-scale and --fine-offset": (
+        "Landsat C2 L2 untagged",
+        "int16 x1e4",
+        ("--fine-scale", "2.75e-5", "--fine-offset", "-0.2"),
+        "coarse-delta",
+    ),
     "uint16 fine": ("uint16 x1e4", "int16 x1e4", (), "coarse-delta"),
     "float 0..1 everywhere": ("float32 0..1", "float32 0..1", (), "coarse-delta"),
     "float 0..1 everywhere, starfm": ("float32 0..1", "float32 0..1", (), "starfm"),
@@ -833,23 +841,36 @@ def _rmse(path: Path) -> float:
     return float(method["metrics"]["mean"]["rmse"])
 
 
-@pytest.mark.parametrize("variant", ["float32 prediction, int16 truth", "int16 prediction, float 0..1 truth"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "float32 prediction, int16 truth",
+        "int16 prediction, float 0..1 truth",
+        "int16 prediction, untagged Landsat C2 L2 truth with --truth-scale and --truth-offset",
+    ],
+)
 def test_evaluate_is_the_same_whatever_the_storage(tmp_path: Path, variant: str) -> None:
     files = write_case(tmp_path / "in")
     truth_dn = random_scene(np.random.default_rng(3), BANDS, HEIGHT, WIDTH)
     truth = write_encoded(tmp_path / "in" / "truth.tif", truth_dn, "int16 x1e4", hole=False)
     truth_float = write_encoded(tmp_path / "in" / "truth_float.tif", truth_dn, "float32 0..1", hole=False)
+    truth_c2 = write_encoded(tmp_path / "in" / "truth_c2.tif", truth_dn, "Landsat C2 L2 untagged", hole=False)
     inputs = Inputs(tmp_path / "in")
     for dtype in ("int16", "float32"):
         assert_ok(cli_run(*predict_args(files, tmp_path / f"pred_{dtype}.tif", "--dtype", dtype)))
+    extra: list[object] = []
     if variant == "float32 prediction, int16 truth":
         runs = [(tmp_path / "pred_int16.tif", truth), (tmp_path / "pred_float32.tif", truth)]
-    else:
+    elif variant == "int16 prediction, float 0..1 truth":
         runs = [(tmp_path / "pred_int16.tif", truth), (tmp_path / "pred_int16.tif", truth_float)]
+    else:
+        runs = [(tmp_path / "pred_int16.tif", truth), (tmp_path / "pred_int16.tif", truth_c2)]
+        extra = ["--truth-scale", "2.75e-5", "--truth-offset", "-0.2"]
     rmse = []
     for number, (pred, true) in enumerate(runs):
         report = tmp_path / f"metrics{number}.json"
-        assert_ok(cli_run("evaluate", "--pred", pred, "--truth", true, "--json", report))
+        flags = extra if number else []
+        assert_ok(cli_run("evaluate", "--pred", pred, "--truth", true, "--json", report, *flags))
         rmse.append(_rmse(report))
     inputs.assert_unchanged()
     assert_no_temporaries(tmp_path)
@@ -1374,6 +1395,14 @@ OPTION_CASES: dict[str, Callable[[Ctx], list[object]]] = {
     "evaluate --data-range 0": lambda c: c.evaluate("--data-range", "0"),
     "compare --methods nope": lambda c: ["compare", c.data, "--methods", "nope", "--out", c.tmp / "cmp"],
     "compare --methods ,": lambda c: ["compare", c.data, "--methods", ",", "--out", c.tmp / "cmp"],
+    "compare --methods with a two-pair method, one pair per case": lambda c: [
+        "compare",
+        c.data,
+        "--methods",
+        "coarse-delta,estarfm",
+        "--out",
+        c.tmp / "cmp",
+    ],
     "test --split nope": lambda c: [
         "test",
         c.data,

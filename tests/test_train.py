@@ -312,9 +312,15 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
     save_dir = tmp_path / "run"
     args = ["train", "--data-dir", str(tiny_paper_data), "--save-dir", str(save_dir)]
     args += ["--config", str(tmp_path / "tiny.json"), "--resampling", "nearest"]
+    args += ["--coarse-scale", "1e-4", "--coarse-offset", "0"]  # reading options on the command line win
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert json.loads((save_dir / "config.json").read_text())["resampling"] == "nearest"
+    recorded = json.loads((save_dir / "config.json").read_text())
+    assert recorded["resampling"] == "nearest" and (recorded["coarse_scale"], recorded["coarse_offset"]) == (
+        1e-4,
+        0,
+    )
+    assert recorded["fine_offset"] is None
     assert load_checkpoint(save_dir / "last.ckpt").epoch == 1
 
 
@@ -343,7 +349,7 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
             "--out",
             str(out),
             "--methods",
-            "coarse-delta",
+            "coarse-delta,mlffgan",  # mlffgan named too: the checkpoint's column, once
             "--checkpoint",
             str(run / "best.ckpt"),
             "--tile",
@@ -357,6 +363,33 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
     rows = {line.split("|")[1].strip(): line for line in compared.output.splitlines() if "/mlffgan |" in line}
     assert "TRAINED ON THIS CASE" in rows["20011008-20011017/mlffgan"]
     assert "TRAINED ON THIS CASE" not in rows["20011017-20011102/mlffgan"]
+    # `stfusion test` on the same flat folder scores the date train held out (the latest), or another
+    tested = runner.invoke(
+        cli,
+        [
+            "test",
+            str(DATASETS["cia-crop"]),
+            "--checkpoint",
+            str(run / "best.ckpt"),
+            "--out",
+            str(tmp_path / "t"),
+        ],
+    )
+    assert tested.exit_code == 0, tested.output
+    assert sorted(p.name for p in (tmp_path / "t").iterdir() if p.is_dir()) == ["20011017-20011102"]
+    args = [
+        "test",
+        str(DATASETS["cia-crop"]),
+        "--checkpoint",
+        str(run / "best.ckpt"),
+        "--out",
+        str(tmp_path / "t2"),
+    ]
+    earlier = runner.invoke(cli, [*args, "--test-date", "2001-10-17", "--baselines", "coarse-delta"])
+    assert earlier.exit_code == 0, earlier.output
+    assert sorted(p.name for p in (tmp_path / "t2").iterdir() if p.is_dir()) == ["20011008-20011017"]
+    refused = runner.invoke(cli, [*args, "--baselines", "estarfm"])  # one pair per case: never run
+    assert refused.exit_code == 2 and "method estarfm needs 2 reference pairs" in refused.output
 
 
 def test_config_file_values_are_checked_and_band_numbers_read_as_on_the_command_line() -> None:

@@ -278,6 +278,20 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _check_magic(path: Path) -> None:
+    """InputError unless the file starts like a PyTorch file: a zip archive (``torch.save``) or a
+    pickle of protocol 2 or later (the legacy format); a GeoTIFF or other file is named as such."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror})") from exc
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return
+    kind = "a GeoTIFF" if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+") else "not a PyTorch file"
+    raise InputError(f"{path}: not a checkpoint ({kind}); give a .ckpt written by `stfusion train`")
+
+
 def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read and validate a checkpoint, running no code from it; InputError naming the file otherwise."""
     path = Path(path)
@@ -285,6 +299,7 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
         raise InputError(f"{path}: checkpoint not found")
     if not path.is_file():
         raise InputError(f"{path}: is a folder, expected a checkpoint file")
+    _check_magic(path)
     try:
         # Checkpoints of stfusion 0.1.0 recorded torch's version string as a TorchVersion (a str
         # subclass); it is the one class besides tensors and containers that we ever wrote.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,8 +44,8 @@ Preparer = Callable[[SceneSource], Prediction]
 #: The method `stfusion predict` uses without --method or --checkpoint, and why.
 DEFAULT_METHOD = "fsdaf"
 DEFAULT_REASON = (
-    "the leave-out benchmark's best mean RMSE with one reference pair: 0.0216 over 16 cases of 3 datasets, "
-    "ahead of STARFM (starfm4py preset, 0.0235) in every one-pair case"
+    "the leave-out benchmark's best mean RMSE with one reference pair: 0.0221 over its 14 one-pair cases of "
+    "3 datasets, against 0.0239 for STARFM (starfm4py preset), which it beats in every one-pair case"
 )
 #: The method used with two reference pairs or more when none is given: the benchmark's best mean RMSE on
 #: its two-pair cases (ESTARFM 0.0180, FSDAF pair by pair 0.0182, STARFM 0.0199 to 0.0241).
@@ -165,6 +165,18 @@ class Method:
         if n_pairs < fewest:
             return False
         return most is None or n_pairs <= most or most == 1
+
+    def check_pairs(self, counts: Iterable[int], hint: str = "") -> None:
+        """InputError unless the method can predict at least one of cases with ``counts`` reference
+        pairs (a job would otherwise leave it out of every case); ``hint`` says how to give more."""
+        counts = sorted(set(counts))
+        if counts and not any(self.accepts_pairs(n) for n in counts):
+            fewest, most = self.pairs
+            needs = f"at least {fewest}" if most is None or most > fewest else f"{fewest}"
+            have = " or ".join(map(str, counts))
+            raise InputError(
+                f"method {self.name} needs {needs} reference pairs, and every case here has {have}{hint}"
+            )
 
     def check_checkpoint(self, given: bool) -> None:
         """InputError unless a checkpoint is ``given`` exactly when this method needs one."""

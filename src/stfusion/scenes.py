@@ -769,10 +769,7 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
         train, val, test = (discovery.split(name) for name in SPLITS)
         return Splits(train, val, test, rule="the data folder's train/, val/ and test/ pair folders")
     cases = discovery.cases
-    chosen = set(test_dates) or {max(case.date_t2 for case in cases)}
-    unknown = chosen - {case.date_t2 for case in cases}
-    if unknown:
-        raise InputError(f"test date(s) {', '.join(map(str, sorted(unknown)))} are no case's target date")
+    chosen = _test_dates(cases, test_dates)
     test = [case for case in cases if case.date_t2 in chosen]
     train = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
     if not train:
@@ -782,6 +779,33 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
         )
     dates = ", ".join(str(d) for d in sorted(chosen))
     return Splits(train, [], test, rule=f"by date: test = target date {dates}; validation = held-out rows")
+
+
+def _test_dates(cases: Sequence[FusionCase], test_dates: Sequence[dt.date]) -> set[dt.date]:
+    """A flat folder's test dates: those given (each must be a case's target date), else the latest."""
+    if not cases:
+        raise InputError("no fusion case found (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif)")
+    chosen = set(test_dates) or {max(case.date_t2 for case in cases)}
+    unknown = chosen - {case.date_t2 for case in cases}
+    if unknown:
+        raise InputError(f"test date(s) {', '.join(map(str, sorted(unknown)))} are no case's target date")
+    return chosen
+
+
+def split_of(discovery: Discovery, name: str, *, test_dates: Sequence[dt.date] = ()) -> list[FusionCase]:
+    """The cases of one split: a paper layout's folder; a flat folder's split by date as in
+    :func:`split_cases` (its test split needs no training case: two dates are enough to test a model
+    on the later one); one split folder or pair folder is its own test split."""
+    if name not in SPLITS:
+        raise InputError(f"split {name!r}: choose one of {', '.join(SPLITS)}")
+    if discovery.layout == "paper":
+        return discovery.split(name)
+    if discovery.layout == "flat":
+        if name == "test":
+            chosen = _test_dates(discovery.cases, test_dates)
+            return [case for case in discovery.cases if case.date_t2 in chosen]
+        return list(getattr(split_cases(discovery, test_dates=test_dates), name))
+    return list(discovery.cases) if name == "test" else []
 
 
 def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.date] = ()) -> list[Path]:

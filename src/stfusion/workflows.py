@@ -242,6 +242,12 @@ class MethodResult:
     n_unpredicted: int = 0
 
 
+def case_readers(cases: Sequence[FusionCase], reading: ReadOptions | None = None) -> dict[str, CaseReader]:
+    """Every case checked and ready to read (files, grids, bands, values), by case name: a bad file
+    stops a job here, before it writes anything."""
+    return {case.name: CaseReader(case, options=reading) for case in cases}
+
+
 def run_methods(
     cases: Sequence[FusionCase],
     preparers: Mapping[str, Preparer],
@@ -253,6 +259,7 @@ def run_methods(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     on_case: Callable[[CaseInputs, dict[str, MethodResult]], None] | None = None,
     on_method: Callable[[str, str], None] | None = None,
+    readers: Mapping[str, CaseReader] | None = None,
 ) -> dict[str, dict[str, MethodResult]]:
     """Predict every case with every method into ``out_dir/<case>/<method>.tif``, score against the truth.
 
@@ -264,8 +271,11 @@ def run_methods(
     every method (how many each left unpredicted is reported). Existing
     outputs are refused before any work unless ``output.overwrite``; with ``output.skip_existing`` they
     are kept and scored. ``on_case(inputs, results)`` is called after each case (e.g. a figure);
-    ``on_method(case, method)`` before each method (progress). Returns case -> method -> result.
+    ``on_method(case, method)`` before each method (progress). ``readers`` are the cases' readers
+    when the caller made them already (:func:`case_readers`); every case is checked before any output.
+    Returns case -> method -> result.
     """
+    readers = readers if readers is not None else case_readers(cases, reading)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -282,7 +292,7 @@ def run_methods(
             raster.check_writable(path.parent.parent / path.name, overwrite=True)
     results: dict[str, dict[str, MethodResult]] = {}
     for case in cases:
-        reader = CaseReader(case, options=reading)
+        reader = readers[case.name]
         case_dir = out_dir / case.name
         case_dir.mkdir(parents=True, exist_ok=True)
         quality_path = outputs.get((case.name, "quality"))
@@ -302,7 +312,7 @@ def run_methods(
                 try:
                     prediction = preparer(reader)
                 except PairCountError as exc:  # e.g. a two-pair method on a one-pair case: not run
-                    log.info("%s: %s", case.name, exc)
+                    log.warning("%s: %s; it is left out of this case", case.name, exc)
                     continue
                 predict_case(
                     reader,

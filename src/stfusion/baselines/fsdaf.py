@@ -432,7 +432,10 @@ def estimate_scale_factor(coarse: np.ndarray) -> int:
     if a.ndim != 3:
         raise ValueError(f"estimate_scale_factor needs a (C, H, W) or (H, W) image, got shape {a.shape}")
     if min(a.shape[1:]) < 4:
-        raise ValueError(f"cannot estimate scale_factor from an image of {a.shape[1]} x {a.shape[2]} pixels")
+        raise ValueError(
+            f"cannot estimate scale_factor from an image of {a.shape[1]} x {a.shape[2]} pixels; "
+            "pass scale_factor=N (coarse pixel size / fine pixel size)"
+        )
     blocks = _replicated_block_size(a)
     if blocks is not None:
         return blocks

@@ -94,9 +94,14 @@ def compare_command(
     if not cases:
         raise InputError(f"{data}: no case with a known fine t2 (truth) to compare against")
     names = [name for name in methods.split(",") if name.strip()]
+    if checkpoints:  # each --checkpoint is an mlffgan column of its own
+        names = [name for name in names if name.strip() != "mlffgan"]
     if not names and not checkpoints:
         raise InputError(f"--methods {methods!r}: name at least one method (see `stfusion methods`)")
     per_method = fusion.split_method_options(key_values(options), names)
+    hint = "; on a flat folder, --pairs 2 makes two-pair cases" if pairs != "2" else ""
+    for name in names:
+        fusion.get(name).check_pairs((len(case.pairs) for case in cases), hint)
     preparers = {name: fusion.get(name).preparer(per_method[name]) for name in names}
     runtime = {"tiles": make_tiles(tile, overlap, batch_size)}
     notes: dict[tuple[str, str], str] = {}
@@ -110,6 +115,7 @@ def compare_command(
             for c in cases
             if model.has_seen([c.fine_t2 or c.coarse_t2])
         }
+    readers = workflows.case_readers(cases, reading)
     make_output_folder(out)
     for case in cases:  # figures are rewritten when resuming; refused before any work otherwise
         raster.check_writable(out / f"{case.name}.png", overwrite=overwrite or skip_existing)
@@ -127,6 +133,7 @@ def compare_command(
             method_options=per_method,
             on_case=lambda inputs, results: say(f"figure: {workflows.case_figure(out, inputs, results)}"),
             on_method=lambda case, method: bar.update(1),
+            readers=readers,
         )
     protocol = {
         "data": str(data),

@@ -121,6 +121,8 @@ def predict_command(
     """
     pairs = 2 if fine_t3 is not None else 1
     name = method or ("mlffgan" if checkpoint else fusion.default_method(pairs))
+    entry = fusion.get(name)
+    entry.check_checkpoint(checkpoint is not None)  # before the checkpoint is read or checked
     jobs = plan_jobs(
         fine_t1,
         coarse_t1,
@@ -132,7 +134,6 @@ def predict_command(
         overwrite=overwrite,
         skip_existing=skip_existing,
     )
-    entry = fusion.get(name)
     values = dict(key_values(options))
     tiles = make_tiles(tile, overlap, batch_size)
     runtime = {"device": device, "amp": amp, "compile": compile_model, "tiles": tiles}

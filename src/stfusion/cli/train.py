@@ -267,13 +267,15 @@ def train_command(
         if not from_command_line or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
     }
     explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
-    for name in ("resampling", "min_overlap", "fine_scale", "coarse_scale", "fine_bands", "coarse_bands"):
-        short = {
-            "fine_scale": "scale",
-            "coarse_scale": "scale",
-            "fine_bands": "bands",
-            "coarse_bands": "bands",
-        }
+    short = {  # the option that sets both the fine and the coarse value
+        "fine_scale": "scale",
+        "coarse_scale": "scale",
+        "fine_offset": "offset",
+        "coarse_offset": "offset",
+        "fine_bands": "bands",
+        "coarse_bands": "bands",
+    }
+    for name in ("resampling", "min_overlap", *short):
         if name in given or short.get(name) in given:
             explicit[name] = getattr(reading, name)
     config = train_config(config_file, save_dir, explicit, recipe)
@@ -290,7 +292,19 @@ def train_command(
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="Trained model.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--split", default="test", show_default=True, help="Which split of DATA_DIR to predict.")
+@click.option(
+    "--split",
+    default="test",
+    show_default=True,
+    help="Which split of DATA_DIR to predict (a flat folder is split by date as `train` splits it).",
+)
+@click.option(
+    "--test-date",
+    "test_dates",
+    multiple=True,
+    type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
+    help="Flat folders: the test split's target date(s) [default: the latest], as given to `train`.",
+)
 @click.option("--baselines", default="coarse-delta,persistence", show_default=True, help="Comma list or ''.")
 @ratio_option
 @tile_options
@@ -303,6 +317,7 @@ def test_command(
     checkpoint: Path,
     out: Path,
     split: str,
+    test_dates: tuple[dt.datetime, ...],
     baselines: str,
     ratio: float | None,
     tile: tuple[int, int],
@@ -317,13 +332,17 @@ def test_command(
 ) -> None:
     """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
     model = load_checkpoint(checkpoint)
-    cases = scenes.discover(data_dir).split(split) if (Path(data_dir) / split).is_dir() else []
+    dates = tuple(d.date() for d in test_dates)
+    cases = scenes.split_of(scenes.discover(data_dir), split, test_dates=dates)
     if not cases:
         raise InputError(f"{data_dir}: no cases in split {split!r}")
     model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
-    preparers.update({name: fusion.get(name).preparer() for name in baselines.split(",") if name})
+    for name in (n for n in baselines.split(",") if n):
+        fusion.get(name).check_pairs(len(case.pairs) for case in cases)
+        preparers[name] = fusion.get(name).preparer()
+    readers = workflows.case_readers(cases, reading)
     make_output_folder(out)
     with progress(len(cases) * len(preparers), "test", unit="run") as bar:
         results = workflows.run_methods(
@@ -337,6 +356,7 @@ def test_command(
             ),
             on_case=lambda inputs, results: say(f"figure: {workflows.case_figure(out, inputs, results)}"),
             on_method=lambda case, method: bar.update(1),
+            readers=readers,
         )
     protocol = {"data": str(data_dir), "split": split, "checkpoint": str(checkpoint)}
     tables = workflows.write_tables(results, out, protocol=protocol, overwrite=overwrite or skip_existing)
