@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -208,3 +209,46 @@ def test_python_api_with_a_checkpoint(tmp_path: Path) -> None:
     assert predicted.prediction is not None and np.isfinite(predicted.prediction).all()
     with pytest.raises(InputError, match="--checkpoint is for a trained model"):
         series.fuse(inputs.fine, inputs.coarse, method="fsdaf", checkpoint=model)
+
+
+def test_a_series_is_refused_before_any_output_and_observed_dates_respect_masks(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = build_series(data, extra=3)
+    out = tmp_path / "out"
+    bad_option = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--option", "window_size=4"])
+    assert bad_option.exit_code == 2 and "window_size" in bad_option.output and not out.exists()
+    last = data / f"coarse_{synthetic[-1]:%Y%m%d}.tif"
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 3])  # a truncated image of the last date
+    truncated = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
+    assert truncated.exit_code == 2 and last.name in truncated.output, truncated.output
+    assert not out.exists()
+    last.write_bytes(whole)
+    # a mask on an observed fine image: its row of series.csv counts and averages the clear pixels only
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:16] = 1
+    write_tif(data / f"fine_{FINE_DATES[1]:%Y%m%d}_mask.tif", mask, crs=None)
+    result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
+    assert result.exit_code == 0, result.output
+    with open(out / "series.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["date"] == str(FINE_DATES[1]))
+    fine = raster.read(data / f"fine_{FINE_DATES[1]:%Y%m%d}.tif").data
+    assert row["status"] == "observed" and float(row["valid_fraction"]) == 0.75
+    assert float(row["band1"]) == pytest.approx(float(fine[0, 16:].mean()), abs=1e-4)
+    summaries = sorted((out / ".series").glob("*.json"))
+    assert len(summaries) == 6  # 3 observed, 3 predicted
+    constants: list[str] = []  # valid JSON: an observed date's unknown seconds are null, not NaN
+    for summary in summaries:
+        json.loads(summary.read_text(), parse_constant=constants.append)
+    assert not constants
+    # a fine image too cloudy to use: its date is predicted from the others, and the note says why
+    mask[:52] = 1
+    write_tif(data / f"fine_{FINE_DATES[1]:%Y%m%d}_mask.tif", mask, crs=None)
+    again = CliRunner().invoke(
+        cli, ["fuse", str(data), "--out", str(tmp_path / "o2"), "--method", "coarse-delta"]
+    )
+    assert again.exit_code == 0, again.output
+    with open(tmp_path / "o2" / "series.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["date"] == str(FINE_DATES[1]))
+    assert row["status"] == "predicted" and row["pairs"] == f"{FINE_DATES[0]} {FINE_DATES[2]}"
+    assert row["note"] == "predicted: the fine image of this date has 81% invalid (> 50%)"

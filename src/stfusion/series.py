@@ -194,18 +194,13 @@ def plan_series(
             plans.append(DatePlan(date, (), observed=True, reason="observed (usable fine image)"))
             continue
         pairs = choose_pairs(date, [d for d in usable if d != date], max_pairs=max_pairs)
-        reason = (
-            ""
-            if pairs
-            else (
-                f"no reference pair with at most {max_invalid:.0%} invalid pixels"
-                + (
-                    f" (the fine image of this date has {fraction[date]:.0%} invalid)"
-                    if date in fraction
-                    else ""
-                )
+        own = f"the fine image of this date has {fraction[date]:.0%} invalid" if date in fraction else ""
+        if pairs:  # a date whose own fine image is too cloudy is predicted, and says why
+            reason = f"predicted: {own} (> {max_invalid:.0%})" if own else ""
+        else:
+            reason = f"no reference pair with at most {max_invalid:.0%} invalid pixels" + (
+                f" ({own})" if own else ""
             )
-        )
         plans.append(DatePlan(date, pairs, reason=reason))
     if not plans:
         raise InputError(f"no coarse date within {dates[0]}..{dates[1]}" if dates else "no coarse dates")
@@ -228,12 +223,53 @@ class DateResult:
     prediction: np.ndarray | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
+        """Plain data for a JSON file (NaN, which JSON lacks, as null)."""
         record = asdict(self)
         record.pop("prediction")
         record["date"] = str(self.date)
         record["pairs"] = [str(d) for d in self.pairs]
         record["path"] = str(self.path) if self.path else ""
+        record["valid_fraction"] = _json_number(self.valid_fraction)
+        record["seconds"] = _json_number(self.seconds)
+        record["band_means"] = [_json_number(v) for v in self.band_means]
         return record
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def check_plans(
+    inputs: SeriesInputs,
+    plans: Sequence[DatePlan],
+    *,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    reading: ReadOptions | None = None,
+) -> None:
+    """Everything a series can be refused for, before any output: the options of every method it
+    will use, and every date's images (readable, one grid, bands, values), as :class:`CaseReader`
+    checks them. One-line InputError naming the option or the file."""
+    names = {method} if method else {fusion.default_method(len(p.pairs)) for p in plans if p.pairs}
+    for name in sorted(names):
+        fusion.get(name).parse_options(options)
+    for plan in plans:
+        if plan.pairs:
+            CaseReader(_case(inputs, plan), options=reading)
+
+
+def _observed(inputs: SeriesInputs, date: dt.date) -> np.ndarray:
+    """The fine image of a date, NaN where invalid (nodata, NaN, its mask): (C, H, W) reflectance."""
+    path = inputs.fine[date]
+    image = raster.read(path).data
+    mask = inputs.masks.get(path)
+    if mask is not None:
+        image[:, raster.read_mask_on_grid(mask, raster.inspect(path))] = np.nan
+    return image
 
 
 def output_path(out: Path, date: dt.date) -> Path:
@@ -294,7 +330,7 @@ def iter_series(
         if index % context.world_size != context.rank:
             continue
         if plan.observed:
-            means, valid = _band_means(raster.read(inputs.fine[plan.date]).data)
+            means, valid = _band_means(_observed(inputs, plan.date))
             yield DateResult(
                 plan.date, "observed", reason=plan.reason, band_means=means, valid_fraction=valid
             )
@@ -310,7 +346,7 @@ def iter_series(
         if target is not None and output.skip_existing and workflows.usable_output(target):
             image = raster.read(target).data
             means, valid = _band_means(image)
-            yield DateResult(plan.date, "kept", plan.pairs, name, target, valid, means)
+            yield DateResult(plan.date, "kept", plan.pairs, name, target, valid, means, reason=plan.reason)
             continue
         case = _case(inputs, plan)
         reader = CaseReader(case, options=reading)
@@ -340,6 +376,7 @@ def iter_series(
             valid,
             means,
             seconds=time.perf_counter() - start,
+            reason=plan.reason,
             prediction=image if target is None else None,
         )
 
@@ -363,7 +400,7 @@ def write_series_table(path: Path, results: Sequence[DateResult], band_names: Se
                     "" if math.isnan(r.valid_fraction) else f"{r.valid_fraction:.4f}",
                     *("" if math.isnan(v) else f"{v:.5f}" for v in means),
                     "" if math.isnan(r.seconds) else f"{r.seconds:.2f}",
-                    r.reason if r.status in ("skipped", "observed") else "",
+                    r.reason,
                 ]
             )
     return path
@@ -392,9 +429,9 @@ def load_summaries(out: Path, plans: Sequence[DatePlan]) -> list[DateResult]:
                 pairs=tuple(dt.date.fromisoformat(d) for d in record["pairs"]),
                 method=record["method"],
                 path=Path(record["path"]) if record["path"] else None,
-                valid_fraction=record["valid_fraction"],
-                band_means=tuple(record["band_means"]),
-                seconds=record["seconds"],
+                valid_fraction=_number(record["valid_fraction"]),
+                band_means=tuple(_number(v) for v in record["band_means"]),
+                seconds=_number(record["seconds"]),
                 reason=record["reason"],
             )
         )

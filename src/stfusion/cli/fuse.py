@@ -120,6 +120,8 @@ def fuse_command(
         fusion.get(method).check_checkpoint(checkpoint is not None)
     inputs = _inputs(folder, fine_dir, coarse_dir)
     plans = series.plan_series(inputs, dates=parse_dates(dates), max_invalid=max_invalid)
+    method_options = dict(key_values(options))
+    series.check_plans(inputs, plans, method=method, options=method_options, reading=reading)
     make_output_folder(out)
     targets = [series.output_path(out, p.date) for p in plans if p.pairs]
     all_inputs = [*inputs.fine.values(), *inputs.coarse.values(), *inputs.masks.values()]
@@ -137,7 +139,7 @@ def fuse_command(
                 inputs,
                 plans,
                 method=method,
-                options=dict(key_values(options)),
+                options=method_options,
                 checkpoint=model,
                 runtime=runtime,
                 out=out,
@@ -174,4 +176,5 @@ def _line(result: series.DateResult) -> str:
         return f"{result.date}: not predicted: {result.reason}"
     pairs = " + ".join(str(d) for d in result.pairs)
     timing = f", {result.seconds:.1f} s" if result.status == "predicted" else " (kept)"
-    return f"{result.date}: {result.path} ({result.method} from {pairs}{timing})"
+    why = f"; {result.reason}" if result.reason else ""
+    return f"{result.date}: {result.path} ({result.method} from {pairs}{timing}{why})"
