@@ -247,3 +247,18 @@ def test_paper_layout_copy_checks_every_folder_before_writing(
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="exists and is not a folder"):
         scenes.to_paper_layout(found, tmp_path / "file")
+
+
+def test_flat_folder_reports_images_in_no_case_and_reads_dashed_dates(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    flat = tmp_path / "flat"
+    write_tif(flat / "fine_2001-01-01.tif", random_scene(rng, 2, 8, 8))
+    write_tif(flat / "coarse_2001-01-01.tif", random_scene(rng, 2, 8, 8))
+    write_tif(flat / "coarse_20010201.tif", random_scene(rng, 2, 8, 8))
+    write_tif(flat / "fine_20010301.tif", random_scene(rng, 2, 8, 8))  # no coarse image of its date
+    found = scenes.discover(flat)
+    assert [c.name for c in found.cases] == ["20010101-20010201"]
+    assert found.cases[0].fine_t1.name == "fine_2001-01-01.tif"
+    skipped = {s.path.name: s.reason for s in found.skipped}
+    assert skipped == {"fine_20010301.tif": "no coarse image of 2001-03-01, so it is in no case"}

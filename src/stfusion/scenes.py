@@ -35,7 +35,7 @@ from stfusion.errors import InputError
 RASTER_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _PAIR_FOLDER = re.compile(r"^(\d{4})_(\d{3})_(\d{4})-(\d{4})_(\d{3})_(\d{4})$")
-_FLAT_FILE = re.compile(r"^(fine|coarse)_(\d{8})$", re.IGNORECASE)
+_FLAT_FILE = re.compile(r"^(fine|coarse)_(\d{8}|\d{4}-\d{2}-\d{2})$", re.IGNORECASE)
 #: Suffix of a mask file's stem: ``X_mask.tif`` is the mask of ``X.tif``.
 MASK_SUFFIX = "_mask"
 #: Dates of one acquisition may differ by this many days (MODIS 8-day composites; CIA's Landsat date is
@@ -382,11 +382,13 @@ def flat_images(
     for path in files:
         match = _FLAT_FILE.match(path.stem)
         if not _is_raster_name(path) or not match:
-            skipped.append(SkippedFile(path, "not named fine_YYYYMMDD.tif or coarse_YYYYMMDD.tif"))
+            skipped.append(
+                SkippedFile(path, "not named fine_YYYYMMDD.tif or coarse_YYYYMMDD.tif (or YYYY-MM-DD)")
+            )
             continue
         role, stamp = match.group(1).lower(), match.group(2)
         try:
-            date = dt.datetime.strptime(stamp, "%Y%m%d").date()
+            date = dt.datetime.strptime(stamp.replace("-", ""), "%Y%m%d").date()
         except ValueError:
             skipped.append(SkippedFile(path, f"{stamp} is not a valid date YYYYMMDD"))
             continue
@@ -445,6 +447,16 @@ def discover_flat_folder(
     for stem, mask in masks.items():
         if mask not in used:
             discovery.skipped.append(SkippedFile(mask, f"mask of {stem}.tif, which is in no case"))
+    in_cases = {p for case in discovery.cases for p in case.paths().values()}
+    for role, table in (("fine", fine), ("coarse", coarse)) if date_pairs is None else ():
+        for date, path in sorted(table.items()):
+            if path in in_cases:
+                continue
+            if role == "fine" and date not in coarse:
+                why = f"no coarse image of {date}, so it is in no case"
+            else:
+                why = "in no case (no earlier date has both a fine and a coarse image)"
+            discovery.skipped.append(SkippedFile(path, why))
     return discovery
 
 
