@@ -1327,10 +1327,12 @@ def test_scale_factor_of_bundled_samples(dataset: str, date: str, low: int, high
     assert low <= estimate_scale_factor(read_sample(dataset, "coarse", date)) <= high
 
 
-def test_fsdaf_estimates_scale_factor_when_not_given() -> None:
+def test_fsdaf_estimates_scale_factor_when_not_given(caplog: pytest.LogCaptureFixture) -> None:
     c1, f1, c2, _ = patchy_scene(96, 80, 8, seed=4)
-    _, diag = fsdaf(c1, f1, c2, return_diagnostics=True, window=4, n_similar=6)
+    with caplog.at_level("INFO", logger="stfusion.baselines.fsdaf"):
+        _, diag = fsdaf(c1, f1, c2, return_diagnostics=True, window=4, n_similar=6)
     assert diag.config.scale_factor == 8
+    assert "scale factor 8 estimated from the coarse image" in caplog.text  # -v shows it
 
 
 # ---------------------------------------------------------------- validation

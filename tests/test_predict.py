@@ -170,3 +170,13 @@ def test_compare_cli_table_and_figure(flat_folder: Path, tmp_path: Path) -> None
         assert method in table
     assert (out / "comparison.csv").exists() and (out / "20010101-20010201.png").stat().st_size > 1000
     assert (out / "20010201-20010301" / "fsdaf.tif").exists()
+
+
+def test_amp_on_cpu_says_it_has_no_effect(caplog: pytest.LogCaptureFixture) -> None:
+    generator = ModelSpec("mlffgan", 2, {"channels": [4, 4, 8, 8, 8]}).build()
+    with caplog.at_level("WARNING", logger="stfusion.predict"):
+        predict = generator_batch_predictor(generator, device="cpu", amp=True)
+    assert "--amp has no effect on cpu" in caplog.text
+    x = np.random.default_rng(0).random((1, 2, 32, 32), dtype=np.float32)
+    exact = generator_batch_predictor(generator, device="cpu")(x, x, x)
+    np.testing.assert_array_equal(predict(x, x, x), exact)  # float32 as without --amp

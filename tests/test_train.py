@@ -187,6 +187,7 @@ def test_run_py_end_to_end(tiny_paper_data: Path, tmp_path: Path) -> None:
         "config.json",
         "test/metrics.csv",
         "test/metrics.md",
+        "test/2001_322_1118-2001_338_1204.png",  # the test case's figure, as docs/training.md says
     ):
         assert (save / name).exists(), name
     prediction = save / "test" / "2001_322_1118-2001_338_1204" / "mlffgan.tif"

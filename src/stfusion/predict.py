@@ -15,6 +15,7 @@ for a GeoTIFF case (streaming) and for arrays in memory.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from stfusion.blocks import ArraySource, SceneSource, check_fusion_inputs, predi
 from stfusion.checkpoint import Checkpoint
 from stfusion.tiling import Mosaic, TileOptions, Window, tile_grid, tile_rows
 from stfusion.transforms import degrade_valid, valid_mask
+
+log = logging.getLogger(__name__)
 
 #: Batch predictor: three (N, C, h, w) arrays (coarse t1, fine t1, coarse t2) -> (N, C, h, w).
 BatchPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -123,6 +126,8 @@ def generator_batch_predictor(
         compile: ``torch.compile`` the generator (slow first batch; for long predictions).
     """
     device = torch.device(device)
+    if amp and device.type != "cuda":
+        log.warning("--amp has no effect on %s: bf16 autocast is used on CUDA devices only", device)
     generator = generator.to(device).eval()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     generator = generator.to(memory_format=layout)  # type: ignore[call-overload]  # (in place)

@@ -370,7 +370,8 @@ def validation_mse(
     """Mean over validation cases of the MSE on valid pixels of the whole-scene prediction."""
     device = device if device is not None else config.device
     # channels_last off: it would convert the training model's parameters in place
-    predictor = generator_batch_predictor(generator, device=device, amp=config.amp, channels_last=False)
+    amp = config.amp and torch.device(device).type == "cuda"  # fit says once when it cannot apply
+    predictor = generator_batch_predictor(generator, device=device, amp=amp, channels_last=False)
     options = TileOptions(tile=config.val_tile, overlap=config.val_overlap, batch_size=1)
     errors = []
     for case in cases:
@@ -563,6 +564,8 @@ def fit(
     names = list(band_names) if band_names else [f"band{i + 1}" for i in range(bands)]
     spec = config.model_spec(bands)
     device = torch.device(context.device)
+    if config.amp and device.type != "cuda":
+        log.warning("--amp has no effect on %s: bf16 autocast is used on CUDA devices only", device)
 
     torch.manual_seed(config.seed)
     generator = spec.build().to(device)

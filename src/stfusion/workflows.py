@@ -555,6 +555,7 @@ def run_experiment(
         ratio=ratio,
         reading=reading,
         output=OutputOptions(overwrite=True),
+        on_case=lambda inputs, results: say(f"figure: {case_figure(out_dir, inputs, results)}"),
     )
     protocol = {
         "data": str(data_dir),

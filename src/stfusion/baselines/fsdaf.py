@@ -76,6 +76,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import logging
 import math
 import threading
 import warnings
@@ -102,6 +103,8 @@ from stfusion.blocks import (
     iter_source_blocks,
     predict_scene,
 )
+
+log = logging.getLogger(__name__)
 
 Array = NDArray[Any]
 Preset = Literal["fsdaf_idl", "zhu2016"]
@@ -2664,6 +2667,9 @@ def _scene_model(
             return _SceneModel(None, None, pixel.labeler, valid_mask, source.bands)
         if estimate:
             s = _estimate_from_source(source)
+            log.info(
+                "FSDAF: scale factor %d estimated from the coarse image (pass scale_factor=N to set it)", s
+            )
             resolved = FSDAFConfig.from_preset(preset, scale_factor=s, **options)
             _check_tps_size(source.height, source.width, resolved)
         stats = _cell_statistics(source, resolved, pixel, valid_mask=valid_mask)

@@ -226,8 +226,8 @@ def run_training(
     "--val-holdout",
     type=click.FloatRange(0.0, 0.9),
     default=0.0,
-    show_default=True,
-    help="Validate on this bottom fraction of the rows of each training case instead of val/.",
+    help="Validate on this bottom fraction of the rows of each training case instead of val/ "
+    "[default: none with val/ pair folders; 0.25 for a flat folder, or the --recipe's value].",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --save-dir from its last.ckpt.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --save-dir with a new one.")
