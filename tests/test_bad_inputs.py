@@ -6,6 +6,7 @@ output file (not even a temporary ``.part``) left behind. Warnings go to the log
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -403,3 +404,7 @@ def test_interrupted_run_resumes_with_skip_existing(runner: CliRunner, tmp_path:
     assert_one_line_error(compare(runner, root, tmp_path / "cmp"), "output exists; pass --overwrite")
     again = compare(runner, root, tmp_path / "cmp", "--skip-existing")
     assert again.exit_code == 0, again.output
+    document = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    timed = [method["extra"]["seconds"] for method in document["methods"].values()]
+    assert timed and all(value is None for value in timed)  # kept outputs were not timed: null (not computed)
+    assert "| nan |" not in again.output

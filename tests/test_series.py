@@ -80,6 +80,7 @@ def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) ->
     args = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("20 date(s) predicted, 3 observed, 0 not predicted")
     outputs = sorted(out.glob("fused_*.tif"))
     assert [p.name for p in outputs] == [f"fused_{d:%Y%m%d}.tif" for d in sorted(synthetic)]
     with open(out / "series.csv") as handle:
@@ -142,6 +143,7 @@ def test_cloudy_references_are_reported_not_skipped_silently(tmp_path: Path) -> 
     result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
     assert result.exit_code == 0, result.output
     assert "not predicted: no reference pair with at most 50% invalid pixels" in result.output
+    assert "0 date(s) predicted, 0 observed, 6 not predicted (no usable reference pair" in result.output
     with open(out / "series.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert all(r["status"] == "skipped" and "no reference pair" in r["note"] for r in rows)

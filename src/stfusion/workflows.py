@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -396,7 +397,8 @@ def write_tables(
             reports[key] = result.metrics
             extra[key] = {
                 "case": case_name,
-                "seconds": round(result.seconds, 3),
+                # a kept output (--skip-existing) was not timed: n/a in tables, null in JSON
+                "seconds": None if math.isnan(result.seconds) else round(result.seconds, 3),
                 "unpredicted": result.n_unpredicted,
             }
             if notes:

@@ -155,6 +155,7 @@ def fuse_command(
         if context.is_main:
             table, figure = series.write_series_outputs(out, inputs, plans)
             say(f"series: {table}\nfigure: {figure}")
+            say(_summary(plans))
     finally:
         distributed.teardown(context)
 
@@ -169,6 +170,15 @@ def _inputs(folder: Path | None, fine_dir: Path | None, coarse_dir: Path | None)
             "give FOLDER (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif), or --fine-dir and --coarse-dir"
         )
     return series.SeriesInputs.from_dirs(fine_dir, coarse_dir)
+
+
+def _summary(plans: list[series.DatePlan]) -> str:
+    """One closing line: how many dates were predicted, observed, and could not be predicted."""
+    predicted = sum(1 for p in plans if p.pairs)
+    observed = sum(1 for p in plans if p.observed)
+    missing = len(plans) - predicted - observed
+    line = f"{predicted} date(s) predicted, {observed} observed, {missing} not predicted"
+    return line + (" (no usable reference pair: see series.csv)" if missing else "")
 
 
 def _line(result: series.DateResult) -> str:
