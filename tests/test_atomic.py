@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -219,7 +220,7 @@ def test_read_only_folder_is_a_one_line_error(tmp_path: Path) -> None:
     assert list(folder.iterdir()) == []
 
 
-def test_copy_files_is_all_or_nothing(tmp_path: Path) -> None:
+def test_copy_files_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sources = tmp_path / "src"
     sources.mkdir()
     for name in ("a", "b"):
@@ -238,3 +239,16 @@ def test_copy_files_is_all_or_nothing(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"out/blocker/b: "):
         atomic.copy_files([(sources / "a", out / "z" / "a"), (sources / "b", out / "blocker" / "b")])
     assert sorted(p.name for p in out.iterdir()) == ["blocker", "x"]
+    # interrupted (Ctrl-C) on the second copy: the first is removed again, the interruption goes on
+    calls = []
+
+    def interrupt(source: object, destination: object) -> None:
+        calls.append(destination)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        Path(str(destination)).write_text("copied")
+
+    monkeypatch.setattr(shutil, "copy2", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.copy_files([(sources / "a", tmp_path / "k" / "a"), (sources / "b", tmp_path / "k" / "b")])
+    assert not (tmp_path / "k").exists()

@@ -503,7 +503,9 @@ def test_read_options_refuse_bad_offsets_and_take_the_per_image_ones_first() -> 
         ReadOptions(fine_scale=1e-4, fine_offset=float("nan"))
     with pytest.raises(InputError, match="coarse offset inf: must be a finite number"):
         ReadOptions(coarse_scale=1e-4, coarse_offset=float("inf"))
-    with pytest.raises(InputError, match=r"fine offset -0\.2 needs a fine scale too"):
+    with pytest.raises(
+        InputError, match=r"fine offset -0\.2 \(--offset or --fine-offset\) needs a fine scale"
+    ):
         ReadOptions(fine_offset=-0.2)
     options = read_options(scale=1e-4, offset=-0.1, fine_scale=2.75e-5, fine_offset=-0.2)
     assert (options.fine_scale, options.fine_offset) == (2.75e-5, -0.2)
@@ -541,8 +543,13 @@ def test_offset_options_reach_the_reads_of_predict(tmp_path: Path) -> None:
                 np.testing.assert_array_equal(a.read(), b.read(), err_msg=f"{method} {name}")
     refused = {
         ("--fine-scale", "2.75e-5", "--fine-offset", "nan"): "fine offset nan: must be a finite number",
-        ("--fine-offset", "-0.2"): "fine offset -0.2 needs a fine scale too",
-        ("--fine-scale", "2.75e-5", "--offset", "-0.2"): "coarse offset -0.2 needs a coarse scale too",
+        ("--fine-offset", "-0.2"): "fine offset -0.2 (--offset or --fine-offset) needs a fine scale",
+        (
+            "--fine-scale",
+            "2.75e-5",
+            "--offset",
+            "-0.2",
+        ): "coarse offset -0.2 (--offset or --coarse-offset) needs",
         ("--fine-scale", "2.75e-5", "--fine-offset", "abc"): "'abc' is not a valid float",
     }
     for options, message in refused.items():

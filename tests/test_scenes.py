@@ -247,6 +247,9 @@ def test_paper_layout_copy_checks_every_folder_before_writing(
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="exists and is not a folder"):
         scenes.to_paper_layout(found, tmp_path / "file")
+    with pytest.raises(InputError, match="is the data folder itself"):
+        scenes.to_paper_layout(found, flat)
+    assert not (flat / "train").exists()
 
 
 def test_flat_folder_reports_images_in_no_case_and_reads_dashed_dates(

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +255,37 @@ def test_a_series_is_refused_before_any_output_and_observed_dates_respect_masks(
         row = next(r for r in csv.DictReader(handle) if r["date"] == str(FINE_DATES[1]))
     assert row["status"] == "predicted" and row["pairs"] == f"{FINE_DATES[0]} {FINE_DATES[2]}"
     assert row["note"] == "predicted: the fine image of this date has 81% invalid (> 50%)"
+
+
+def test_fuse_checks_what_it_will_do_and_reads_observed_dates_like_the_predictions(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = build_series(data, extra=2)
+    out = tmp_path / "out"
+    # a model of another band count, or a two-pair method where a date has one pair: nothing written
+    model = write_tiny_checkpoint(tmp_path / "m.ckpt", bands=6, coarse_factor=4)
+    wrong = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--checkpoint", str(model)])
+    assert wrong.exit_code == 2 and "checkpoint is for 6 bands" in wrong.output and not out.exists()
+    one = tmp_path / "one"
+    one.mkdir()
+    for name in ("fine_20010524.tif", "coarse_20010524.tif", f"coarse_{synthetic[0]:%Y%m%d}.tif"):
+        shutil.copy(data / name, one / name)
+    pairs = CliRunner().invoke(cli, ["fuse", str(one), "--out", str(out), "--method", "estarfm"])
+    assert (
+        pairs.exit_code == 2 and "method estarfm needs 2 reference pairs" in pairs.output and not out.exists()
+    )
+    # --bands: the table has the selected bands only, observed and predicted rows alike
+    args = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta", "--bands", "3,1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "series.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    fine = raster.read(data / f"fine_{FINE_DATES[0]:%Y%m%d}.tif").data
+    observed = next(r for r in rows if r["date"] == str(FINE_DATES[0]))
+    assert list(rows[0])[5:7] == ["band3", "band1"] and len(rows[0]) == 9
+    assert float(observed["band3"]) == pytest.approx(float(fine[2].mean()), abs=1e-4)
+    # --skip-existing resumes without reading the inputs of the dates it keeps
+    target = data / f"coarse_{synthetic[0]:%Y%m%d}.tif"
+    target.write_bytes(target.read_bytes()[:200])
+    kept = CliRunner().invoke(cli, [*args, "--skip-existing"])
+    assert kept.exit_code == 0, kept.output
+    assert kept.output.count("(kept") == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -386,11 +387,40 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
         "--out",
         str(tmp_path / "t2"),
     ]
+    assert "TRAINED ON THIS CASE" not in tested.output
+    # an earlier date is the case the model trained on: scored, but marked as no fair test
     earlier = runner.invoke(cli, [*args, "--test-date", "2001-10-17", "--baselines", "coarse-delta"])
     assert earlier.exit_code == 0, earlier.output
     assert sorted(p.name for p in (tmp_path / "t2").iterdir() if p.is_dir()) == ["20011008-20011017"]
+    marked = [line for line in earlier.output.splitlines() if "TRAINED ON THIS CASE" in line]
+    assert len(marked) == 1 and "mlffgan" in marked[0]
     refused = runner.invoke(cli, [*args, "--baselines", "estarfm"])  # one pair per case: never run
     assert refused.exit_code == 2 and "method estarfm needs 2 reference pairs" in refused.output
+    # a latest date with a coarse image only: test refuses in one line; train tests on it without a figure
+    extended = tmp_path / "extended"
+    shutil.copytree(DATASETS["cia-crop"], extended)
+    shutil.copy(extended / "coarse_20011102.tif", extended / "coarse_20011120.tif")
+    no_truth = runner.invoke(
+        cli, ["test", str(extended), "--checkpoint", str(run / "best.ckpt"), "--out", str(tmp_path / "t3")]
+    )
+    assert (
+        no_truth.exit_code == 2 and "has a fine image of its target date to score against" in no_truth.output
+    )
+    assert not (tmp_path / "t3").exists()
+    args = [
+        "train",
+        str(extended),
+        "--save-dir",
+        str(tmp_path / "run2"),
+        "--epochs",
+        "1",
+        "--patch-size",
+        "32",
+    ]
+    trained = runner.invoke(cli, [*args, "--random-crops", "1", "--coarse-factor", "1", "--residual"])
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "run2" / "test" / "20011102-20011120" / "mlffgan.tif").exists()
+    assert not list((tmp_path / "run2" / "test").glob("*.png"))
 
 
 def test_config_file_values_are_checked_and_band_numbers_read_as_on_the_command_line() -> None:

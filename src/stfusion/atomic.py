@@ -280,13 +280,15 @@ def copy_files(copies: Sequence[tuple[Path, Path]]) -> list[Path]:
                     created.append(folder)
             created.append(destination)
             shutil.copy2(source, destination)
-    except OSError as exc:
+    except BaseException as exc:  # a failed copy, or Ctrl-C: nothing of this call is left
         for path in reversed(created):
             with contextlib.suppress(OSError):
                 if path.is_dir():
                     path.rmdir()
                 else:
                     path.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         if exc.filename is not None and Path(exc.filename) == Path(source):
             raise InputError(f"{source}: cannot read ({exc.strerror or exc})") from exc
         raise output_error(destination, exc) from exc

@@ -36,13 +36,14 @@ def table_outputs(json_path: Path | None, csv_path: Path | None, *, overwrite: b
     return outputs
 
 
-def _read(path: Path, scale: float | None, offset: float | None) -> raster.Raster:
-    """The file as reflectance (its tags, else ``scale``/``offset``, else automatic), values checked."""
+def _read(path: Path, scale: float | None, offset: float | None, role: str) -> raster.Raster:
+    """The file as reflectance (its tags, else ``scale``/``offset``, else automatic), values checked;
+    ``role`` (pred, truth) names the options in messages."""
     if offset is not None and not math.isfinite(offset):
-        raise InputError(f"{path}: offset {offset} must be a finite number")
+        raise InputError(f"--{role}-offset {offset}: must be a finite number")
     if offset is not None and scale is None:
         raise InputError(
-            f"{path}: an offset ({offset}) needs a scale too (reflectance = value x scale + offset)"
+            f"--{role}-offset {offset:g} needs --{role}-scale too (reflectance = value x scale + offset)"
         )
     check_values(path, scale=scale, offset=offset)
     return raster.read(path, scale=scale, offset=offset)
@@ -76,7 +77,8 @@ def evaluate_files(
         )
     if mask is not None:
         scenes.check_mask_grid(raster.inspect(mask), truth_info)
-    predicted, true = _read(pred, pred_scale, pred_offset), _read(truth, truth_scale, truth_offset)
+    predicted = _read(pred, pred_scale, pred_offset, "pred")
+    true = _read(truth, truth_scale, truth_offset, "truth")
     valid = None
     if mask is not None:
         valid = ~raster.read_mask_on_grid(mask, truth_info, resampling="nearest")

@@ -112,9 +112,9 @@ class ReadOptions:
                 raise InputError(f"{kind} offset {offset}: must be a finite number")
             if getattr(self, f"{kind}_scale") is None:
                 raise InputError(
-                    f"{kind} offset {offset:g} needs a {kind} scale too (reflectance = value x scale + "
-                    f"offset): give both, e.g. --{kind}-scale 2.75e-5 --{kind}-offset -0.2 for Landsat "
-                    "Collection 2 Level-2"
+                    f"{kind} offset {offset:g} (--offset or --{kind}-offset) needs a {kind} scale given the "
+                    f"same way (--scale or --{kind}-scale; reflectance = value x scale + offset), e.g. "
+                    f"--{kind}-scale 2.75e-5 --{kind}-offset -0.2 for Landsat Collection 2 Level-2"
                 )
 
 

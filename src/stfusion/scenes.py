@@ -150,6 +150,7 @@ class Discovery:
     layout: str
     cases: list[FusionCase] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    root: Path | None = None  # the folder discovered (set by :func:`discover`)
 
     def split(self, name: str) -> list[FusionCase]:
         """Cases of one split (``train``, ``val`` or ``test``)."""
@@ -533,6 +534,7 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
             f"{root}: no fusion cases found (expected train/val/test pair folders named "
             "YYYY_DOY_MMDD-YYYY_DOY_MMDD, or fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif files)"
         )
+    discovery.root = root
     return discovery
 
 
@@ -805,19 +807,17 @@ def _test_dates(cases: Sequence[FusionCase], test_dates: Sequence[dt.date]) -> s
 
 
 def split_of(discovery: Discovery, name: str, *, test_dates: Sequence[dt.date] = ()) -> list[FusionCase]:
-    """The cases of one split: a paper layout's folder; a flat folder's split by date as in
-    :func:`split_cases` (its test split needs no training case: two dates are enough to test a model
-    on the later one); one split folder or pair folder is its own test split."""
+    """The cases of one split as :func:`split_cases` (and so ``stfusion train``) makes them: a paper
+    layout's folder; any other layout split by date (its test split needs no training case: two
+    dates are enough to test a model on the later one)."""
     if name not in SPLITS:
         raise InputError(f"split {name!r}: choose one of {', '.join(SPLITS)}")
     if discovery.layout == "paper":
         return discovery.split(name)
-    if discovery.layout == "flat":
-        if name == "test":
-            chosen = _test_dates(discovery.cases, test_dates)
-            return [case for case in discovery.cases if case.date_t2 in chosen]
-        return list(getattr(split_cases(discovery, test_dates=test_dates), name))
-    return list(discovery.cases) if name == "test" else []
+    if name == "test":
+        chosen = _test_dates(discovery.cases, test_dates)
+        return [case for case in discovery.cases if case.date_t2 in chosen]
+    return list(getattr(split_cases(discovery, test_dates=test_dates), name))
 
 
 def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.date] = ()) -> list[Path]:
@@ -829,6 +829,8 @@ def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose an empty output folder")
+    if discovery.root is not None and out.resolve() == discovery.root.resolve():
+        raise InputError(f"{out}: is the data folder itself; write the paper layout to a new folder")
     splits = split_cases(discovery, test_dates=test_dates)
     val = splits.val or [_reversed(splits.train[-1])]
     folders: list[Path] = []

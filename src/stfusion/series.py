@@ -29,7 +29,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,7 @@ from stfusion import distributed, fusion, raster, scenes, workflows
 from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader, ReadOptions
+from stfusion.inputs import CaseReader, ReadOptions, resolve_bands
 from stfusion.streaming import predict_case
 
 if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
@@ -250,22 +250,43 @@ def check_plans(
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     reading: ReadOptions | None = None,
-) -> None:
+    skip: Callable[[DatePlan], bool] | None = None,
+) -> dict[dt.date, CaseReader]:
     """Everything a series can be refused for, before any output: the options of every method it
-    will use, and every date's images (readable, one grid, bands, values), as :class:`CaseReader`
-    checks them. One-line InputError naming the option or the file."""
+    will use, each date's pair count for its method, and every date's images (readable, one grid,
+    bands, values), as :class:`CaseReader` checks them. ``skip(plan)`` leaves a date out (e.g. its
+    output is kept by --skip-existing). One-line InputError naming the option, date or file.
+
+    Returns:
+        the checked readers of the dates to predict, for :func:`iter_series`.
+    """
     names = {method} if method else {fusion.default_method(len(p.pairs)) for p in plans if p.pairs}
     for name in sorted(names):
         fusion.get(name).parse_options(options)
+    readers = {}
     for plan in plans:
-        if plan.pairs:
-            CaseReader(_case(inputs, plan), options=reading)
+        if not plan.pairs or (skip is not None and skip(plan)):
+            continue
+        name = method or fusion.default_method(len(plan.pairs))
+        entry = fusion.get(name)
+        if not entry.accepts_pairs(len(plan.pairs)):
+            fewest, _ = entry.pairs
+            raise InputError(
+                f"{plan.date}: method {name} needs {fewest} reference pairs, and only "
+                f"{len(plan.pairs)} usable one(s) are near this date (--max-invalid admits cloudier ones)"
+            )
+        readers[plan.date] = CaseReader(_case(inputs, plan), options=reading)
+    return readers
 
 
-def _observed(inputs: SeriesInputs, date: dt.date) -> np.ndarray:
-    """The fine image of a date, NaN where invalid (nodata, NaN, its mask): (C, H, W) reflectance."""
+def _observed(inputs: SeriesInputs, date: dt.date, reading: ReadOptions | None = None) -> np.ndarray:
+    """The fine image of a date read as the predictions' inputs are (bands, scale, offset), NaN where
+    invalid (nodata, NaN, its mask): (C, H, W) reflectance."""
+    reading = reading or ReadOptions()
     path = inputs.fine[date]
-    image = raster.read(path).data
+    positions = resolve_bands(reading.fine_bands, raster.inspect(path))
+    bands = [p + 1 for p in positions]
+    image = raster.read(path, scale=reading.fine_scale, offset=reading.fine_offset, bands=bands).data
     mask = inputs.masks.get(path)
     if mask is not None:
         image[:, raster.read_mask_on_grid(mask, raster.inspect(path))] = np.nan
@@ -317,11 +338,13 @@ def iter_series(
     reading: ReadOptions | None = None,
     output: workflows.OutputOptions | None = None,
     context: distributed.Context | None = None,
+    readers: Mapping[dt.date, CaseReader] | None = None,
 ) -> Iterator[DateResult]:
     """Predict the planned dates one by one (this rank's share), yielding each result when it is done.
 
     With ``out``, predictions are written there (and kept ones not redone with
-    ``output.skip_existing``); without, each result carries its prediction in memory.
+    ``output.skip_existing``); without, each result carries its prediction in memory. ``readers``:
+    the dates' readers already checked by :func:`check_plans` (others are made here).
     """
     context = context or distributed.Context()
     output = output or workflows.OutputOptions()
@@ -330,7 +353,7 @@ def iter_series(
         if index % context.world_size != context.rank:
             continue
         if plan.observed:
-            means, valid = _band_means(_observed(inputs, plan.date))
+            means, valid = _band_means(_observed(inputs, plan.date, reading))
             yield DateResult(
                 plan.date, "observed", reason=plan.reason, band_means=means, valid_fraction=valid
             )
@@ -349,7 +372,7 @@ def iter_series(
             yield DateResult(plan.date, "kept", plan.pairs, name, target, valid, means, reason=plan.reason)
             continue
         case = _case(inputs, plan)
-        reader = CaseReader(case, options=reading)
+        reader = (readers or {}).get(plan.date) or CaseReader(case, options=reading)
         prediction = preparers[name](reader)
         start = time.perf_counter()
         if target is None:
@@ -502,9 +525,11 @@ def fuse(
     return results if lazy else list(results)
 
 
-def default_band_names(inputs: SeriesInputs) -> list[str]:
+def default_band_names(inputs: SeriesInputs, reading: ReadOptions | None = None) -> list[str]:
+    """Names of the bands a series predicts (those ``reading`` selects), ``band<N>`` when unnamed."""
     info = raster.inspect(next(iter(inputs.fine.values())))
-    return [n or f"band{i + 1}" for i, n in enumerate(info.band_names)]
+    positions = resolve_bands((reading or ReadOptions()).fine_bands, info)
+    return [info.band_names[i] or f"band{i + 1}" for i in positions]
 
 
 def ndvi(band_names: Sequence[str], means: Sequence[float]) -> float:
@@ -516,10 +541,12 @@ def ndvi(band_names: Sequence[str], means: Sequence[float]) -> float:
     return (nir - red) / (nir + red) if nir + red else math.nan
 
 
-def write_series_outputs(out: Path, inputs: SeriesInputs, plans: Sequence[DatePlan]) -> tuple[Path, Path]:
+def write_series_outputs(
+    out: Path, inputs: SeriesInputs, plans: Sequence[DatePlan], reading: ReadOptions | None = None
+) -> tuple[Path, Path]:
     """``series.csv`` and ``series.png`` from the summaries every rank left in ``out`` (rank 0)."""
     results = load_summaries(out, plans)
-    names = default_band_names(inputs)
+    names = default_band_names(inputs, reading)
     table = write_series_table(out / "series.csv", results, names)
     figure = write_series_figure(out / "series.png", results, names, inputs)
     return table, figure

@@ -557,7 +557,7 @@ def run_experiment(
         ratio=ratio,
         reading=reading,
         output=OutputOptions(overwrite=True),
-        on_case=lambda inputs, results: say(f"figure: {case_figure(out_dir, inputs, results)}"),
+        on_case=figure_reporter(out_dir, say),
     )
     protocol = {
         "data": str(data_dir),
@@ -608,6 +608,19 @@ def quicklook(
         dates={k: str(v) for k, v in dates.items() if v != dt.date.min},
         band_names=inputs.band_names,
     )
+
+
+def figure_reporter(
+    out_dir: Path, say: Callable[[str], None]
+) -> Callable[[CaseInputs, dict[str, MethodResult]], None]:
+    """An ``on_case`` callback for :func:`run_methods`: each case's figure (:func:`case_figure`), told
+    with ``say``; a case without a truth (nothing to compare with) gets none."""
+
+    def report(inputs: CaseInputs, results: dict[str, MethodResult]) -> None:
+        if inputs.case.fine_t2 is not None:
+            say(f"figure: {case_figure(out_dir, inputs, results)}")
+
+    return report
 
 
 def case_figure(out_dir: Path, inputs: CaseInputs, results: Mapping[str, MethodResult]) -> Path:

@@ -8,7 +8,6 @@ import click
 
 from stfusion import scenes
 from stfusion.cli.options import one_line_errors, say
-from stfusion.errors import InputError
 
 
 @click.command("cases")
@@ -23,8 +22,6 @@ from stfusion.errors import InputError
 @one_line_errors()
 def cases_command(folder: Path, paper_out: Path | None) -> None:
     """List the fusion cases found in FOLDER and the files skipped (and why)."""
-    if paper_out is not None and paper_out.resolve() == folder.resolve():
-        raise InputError(f"{paper_out}: is the data folder itself; write the paper layout to a new folder")
     discovery = scenes.discover(folder)
     if paper_out is not None:
         for pair_folder in scenes.to_paper_layout(discovery, paper_out):

@@ -93,13 +93,17 @@ def compare_command(
         cases = scenes.flat_cases(Path(data), "two-pair")
     if not cases:
         raise InputError(f"{data}: no case with a known fine t2 (truth) to compare against")
-    names = [name for name in methods.split(",") if name.strip()]
+    names = [name.strip() for name in methods.split(",") if name.strip()]
     if checkpoints:  # each --checkpoint is an mlffgan column of its own
-        names = [name for name in names if name.strip() != "mlffgan"]
+        names = [name for name in names if name != "mlffgan"]
     if not names and not checkpoints:
         raise InputError(f"--methods {methods!r}: name at least one method (see `stfusion methods`)")
     per_method = fusion.split_method_options(key_values(options), names)
-    hint = "; on a flat folder, --pairs 2 makes two-pair cases" if pairs != "2" else ""
+    hint = (
+        "; --pairs 2 makes two-pair cases of this flat folder"
+        if found.layout == "flat" and pairs != "2"
+        else ""
+    )
     for name in names:
         fusion.get(name).check_pairs((len(case.pairs) for case in cases), hint)
     preparers = {name: fusion.get(name).preparer(per_method[name]) for name in names}
@@ -131,7 +135,7 @@ def compare_command(
             reading=reading,
             output=output,
             method_options=per_method,
-            on_case=lambda inputs, results: say(f"figure: {workflows.case_figure(out, inputs, results)}"),
+            on_case=workflows.figure_reporter(out, say),
             on_method=lambda case, method: bar.update(1),
             readers=readers,
         )

@@ -22,7 +22,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions
+from stfusion.inputs import ReadOptions, band_count
 
 
 def parse_dates(text: str | None) -> tuple[dt.date, dt.date] | None:
@@ -121,13 +121,22 @@ def fuse_command(
     inputs = _inputs(folder, fine_dir, coarse_dir)
     plans = series.plan_series(inputs, dates=parse_dates(dates), max_invalid=max_invalid)
     method_options = dict(key_values(options))
-    series.check_plans(inputs, plans, method=method, options=method_options, reading=reading)
+
+    def kept(plan: series.DatePlan) -> bool:  # a date --skip-existing keeps: its inputs are not read
+        return skip_existing and workflows.usable_output(series.output_path(out, plan.date))
+
+    readers = series.check_plans(
+        inputs, plans, method=method, options=method_options, reading=reading, skip=kept
+    )
+    model = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if model is not None:
+        first = next(iter(inputs.fine.values()))
+        model.check_bands_of_scene(band_count(first, reading), first)
     make_output_folder(out)
     targets = [series.output_path(out, p.date) for p in plans if p.pairs]
     all_inputs = [*inputs.fine.values(), *inputs.coarse.values(), *inputs.masks.values()]
     workflows.refuse_inputs_as_outputs([*targets, out / "series.csv", out / "series.png"], all_inputs)
     workflows.check_outputs(targets, overwrite=overwrite, skip_existing=skip_existing)
-    model = load_checkpoint(checkpoint) if checkpoint is not None else None
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     context = distributed.setup(device)
     output = workflows.OutputOptions(
@@ -146,6 +155,7 @@ def fuse_command(
                 reading=reading,
                 output=output,
                 context=context,
+                readers=readers,
             ):
                 series.save_summary(out, result)
                 bar.update(context.world_size)
@@ -153,7 +163,7 @@ def fuse_command(
                     say(_line(result))
         distributed.barrier(context)
         if context.is_main:
-            table, figure = series.write_series_outputs(out, inputs, plans)
+            table, figure = series.write_series_outputs(out, inputs, plans, reading)
             say(f"series: {table}\nfigure: {figure}")
             say(_summary(plans))
     finally:

@@ -336,6 +336,11 @@ def test_command(
     cases = scenes.split_of(scenes.discover(data_dir), split, test_dates=dates)
     if not cases:
         raise InputError(f"{data_dir}: no cases in split {split!r}")
+    if all(case.fine_t2 is None for case in cases):
+        raise InputError(
+            f"{data_dir}: no case of split {split!r} has a fine image of its target date to score against "
+            "(choose another with --test-date, or use `stfusion predict`)"
+        )
     model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
@@ -354,12 +359,21 @@ def test_command(
             output=workflows.OutputOptions(
                 overwrite=overwrite, skip_existing=skip_existing, quality=quality, clip=clip
             ),
-            on_case=lambda inputs, results: say(f"figure: {workflows.case_figure(out, inputs, results)}"),
+            on_case=workflows.figure_reporter(out, say),
             on_method=lambda case, method: bar.update(1),
             readers=readers,
         )
-    protocol = {"data": str(data_dir), "split": split, "checkpoint": str(checkpoint)}
-    tables = workflows.write_tables(results, out, protocol=protocol, overwrite=overwrite or skip_existing)
+    protocol: dict[str, object] = {"data": str(data_dir), "split": split, "checkpoint": str(checkpoint)}
+    seen = {
+        (c.name, "mlffgan"): "TRAINED ON THIS CASE"
+        for c in cases
+        if model.has_seen([c.fine_t2 or c.coarse_t2])
+    }
+    if seen:
+        protocol["note"] = "a checkpoint scored on a case it was trained on (marked) is no fair test"
+    tables = workflows.write_tables(
+        results, out, protocol=protocol, overwrite=overwrite or skip_existing, notes=seen
+    )
     if "markdown" in tables:
         say(tables["markdown"].read_text())
     for name, path in tables.items():
