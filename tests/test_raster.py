@@ -197,3 +197,13 @@ def test_sample_values_of_a_large_raster_reads_spread_windows(tmp_path: Path) ->
     first_band = sample.values[: sample.values.size // 2]
     assert first_band.min() == 0 and first_band.max() == 699  # reaches the top and the bottom rows
     assert raster.sample_values(tmp_path / "big.tif").values.size < 700 * 900
+
+
+def test_set_band_names_in_place(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_tif(tmp_path / "a.tif", random_scene(rng, 2, 8, 8))
+    before = raster.read(path).data
+    raster.set_band_names(path, ("red", "nir"))
+    assert raster.inspect(path).band_names == ("red", "nir")
+    np.testing.assert_array_equal(raster.read(path).data, before)
+    with pytest.raises(InputError, match=r"a\.tif: 2 bands, but 3 names given"):
+        raster.set_band_names(path, ("a", "b", "c"))

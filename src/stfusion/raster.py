@@ -238,6 +238,24 @@ def _read_error(path: Path, exc: Exception) -> InputError:
     return InputError(f"{path}: corrupt or truncated raster ({reason}); re-download or re-export it")
 
 
+def set_band_names(path: str | os.PathLike[str], names: Sequence[str]) -> None:
+    """Write band descriptions (e.g. green, red, nir) into a GeoTIFF in place; pixels untouched.
+
+    InputError when the file has another number of bands; OutputError when it cannot be updated.
+    """
+    path = Path(path)
+    if inspect(path).count != len(names):
+        raise InputError(f"{path}: {inspect(path).count} bands, but {len(names)} names given")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path, "r+") as dst:
+                for index, name in enumerate(names, start=1):
+                    dst.set_band_description(index, name)
+    except (RasterioIOError, OSError) as exc:
+        raise OutputError(f"{path}: cannot write its band names ({exc})") from exc
+
+
 def inspect(path: str | os.PathLike[str]) -> RasterInfo:
     """Read a raster's metadata without its pixels; InputError naming the file if unreadable."""
     path = Path(path)

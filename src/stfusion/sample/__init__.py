@@ -28,6 +28,13 @@ DATASETS_ROOT: Path = Path(__file__).resolve().parent / "datasets"
 #: Name -> folder of each bundled dataset.
 DATASETS: dict[str, Path] = {name: DATASETS_ROOT / name for name in ("cia-crop", "estarfm-site", "lgc-flood")}
 
+#: Band names of each bundled dataset whose bands are known for sure (their manifests), written into the
+#: copies `stfusion sample` makes so that --bands can select them by name (lgc-flood's are only likely).
+DATASET_BANDS: dict[str, tuple[str, ...]] = {
+    "cia-crop": SAMPLE_BANDS,
+    "estarfm-site": ("green", "red", "nir"),
+}
+
 #: Coarse/fine pixel-size ratio of each bundled dataset: CIA crop 50 m Landsat (subsampled) vs ~463 m
 #: MODIS (10, the sample's ERGAS convention 0.1); ESTARFM site 30 m vs 500 m; LGC flood 25 m vs 16 x 16
 #: block means (400 m). ERGAS uses 1 / ratio.
