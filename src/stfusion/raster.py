@@ -244,8 +244,9 @@ def set_band_names(path: str | os.PathLike[str], names: Sequence[str]) -> None:
     InputError when the file has another number of bands; OutputError when it cannot be updated.
     """
     path = Path(path)
-    if inspect(path).count != len(names):
-        raise InputError(f"{path}: {inspect(path).count} bands, but {len(names)} names given")
+    count = inspect(path).count
+    if count != len(names):
+        raise InputError(f"{path}: {count} bands, but {len(names)} names given")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -284,12 +284,12 @@ def _observed(inputs: SeriesInputs, date: dt.date, reading: ReadOptions | None =
     invalid (nodata, NaN, its mask): (C, H, W) reflectance."""
     reading = reading or ReadOptions()
     path = inputs.fine[date]
-    positions = resolve_bands(reading.fine_bands, raster.inspect(path))
-    bands = [p + 1 for p in positions]
+    info = raster.inspect(path)
+    bands = [p + 1 for p in resolve_bands(reading.fine_bands, info)]
     image = raster.read(path, scale=reading.fine_scale, offset=reading.fine_offset, bands=bands).data
     mask = inputs.masks.get(path)
     if mask is not None:
-        image[:, raster.read_mask_on_grid(mask, raster.inspect(path))] = np.nan
+        image[:, raster.read_mask_on_grid(mask, info)] = np.nan
     return image
 
 

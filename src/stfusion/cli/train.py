@@ -86,6 +86,16 @@ def train_config(
     return config
 
 
+#: ``--test-date`` of train and test: the same option, so that both split a flat folder alike.
+test_date_option = click.option(
+    "--test-date",
+    "test_dates",
+    multiple=True,
+    type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
+    help="Flat folders: target date(s) held out for the test, by train and test alike [default: the latest].",
+)
+
+
 @contextmanager
 def training_progress(epochs: int, enabled: bool) -> Iterator[dict[str, Any]]:
     """Callbacks for run_experiment: a bar over epochs with the running losses, one line per epoch."""
@@ -141,13 +151,7 @@ def run_training(
 @click.option(
     "--data-dir", type=click.Path(path_type=Path), hidden=True, help="Same as DATA (the paper's name)."
 )
-@click.option(
-    "--test-date",
-    "test_dates",
-    multiple=True,
-    type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
-    help="Flat folders: target date(s) held out for the test [default: the latest].",
-)
+@test_date_option
 @click.option("--save-dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="JSON training config.")
 @click.option(
@@ -298,13 +302,7 @@ def train_command(
     show_default=True,
     help="Which split of DATA_DIR to predict (a flat folder is split by date as `train` splits it).",
 )
-@click.option(
-    "--test-date",
-    "test_dates",
-    multiple=True,
-    type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
-    help="Flat folders: the test split's target date(s) [default: the latest], as given to `train`.",
-)
+@test_date_option
 @click.option("--baselines", default="coarse-delta,persistence", show_default=True, help="Comma list or ''.")
 @ratio_option
 @tile_options
