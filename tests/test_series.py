@@ -142,13 +142,12 @@ def test_cloudy_references_are_reported_not_skipped_silently(tmp_path: Path) -> 
         write_tif(data / f"fine_{date:%Y%m%d}_mask.tif", mask, crs=None)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
-    assert result.exit_code == 0, result.output
-    assert "not predicted: no reference pair with at most 50% invalid pixels" in result.output
-    assert "0 date(s) predicted, 0 observed, 6 not predicted (no usable reference pair" in result.output
-    with open(out / "series.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert all(r["status"] == "skipped" and "no reference pair" in r["note"] for r in rows)
-    assert not list(out.glob("fused_*.tif"))
+    # no date has a usable reference pair: one line, exit 2, and no output folder at all
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "\n" not in message and message.startswith("error: no date can be predicted"), message
+    assert "at most 50% invalid pixels" in message and f"{FINE_DATES[0]} 81%" in message, message
+    assert not out.exists()
     # with a looser limit they are usable references (and their own dates count as observed)
     looser = CliRunner().invoke(
         cli,

@@ -204,6 +204,13 @@ def plan_series(
         plans.append(DatePlan(date, pairs, reason=reason))
     if not plans:
         raise InputError(f"no coarse date within {dates[0]}..{dates[1]}" if dates else "no coarse dates")
+    if not usable:  # no date has a reference pair: refused before any output
+        found = ", ".join(f"{d} {fraction[d]:.0%}" for d in complete[:5]) + (", ..." if complete[5:] else "")
+        raise InputError(
+            f"no date can be predicted: no fine image with a coarse image of its date has at most "
+            f"{max_invalid:.0%} invalid pixels ({found or 'no such date'}; --max-invalid admits cloudier "
+            "ones)"
+        )
     return plans
 
 
