@@ -309,20 +309,30 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
             data, transform, crs = src.read()[:, ::2, ::2], src.transform, src.crs
         write_tif(coarse, data, crs=crs.to_string(), transform=transform @ Affine.scale(2))
     config = {**TINY, "weights": {"adversarial": 0.01, "l1": 1.0, "cosine": 1.0, "ms_ssim": 0.0}}
-    config.update(channels=list(TINY["channels"]), epochs=1)  # type: ignore[call-overload]
+    config.update(channels=list(TINY["channels"]), epochs=1, fine_scale=1e-4)  # type: ignore[call-overload]
     (tmp_path / "tiny.json").write_text(json.dumps(config))
     save_dir = tmp_path / "run"
     args = ["train", "--data-dir", str(tiny_paper_data), "--save-dir", str(save_dir)]
     args += ["--config", str(tmp_path / "tiny.json"), "--resampling", "nearest"]
     args += ["--coarse-scale", "1e-4", "--coarse-offset", "0"]  # reading options on the command line win
-    result = CliRunner().invoke(cli, args)
+    # an offset on the command line belongs to the scale in the config: checked after the merge, so
+    # without a fine scale in either it is refused in one line, before any output
+    no_scale = {k: v for k, v in config.items() if k != "fine_scale"}
+    (tmp_path / "no-scale.json").write_text(json.dumps(no_scale))
+    refused = CliRunner().invoke(
+        cli, [*args, "--fine-offset", "0", "--config", str(tmp_path / "no-scale.json")]
+    )
+    message = refused.output.strip()
+    assert refused.exit_code == 2 and "\n" not in message and not save_dir.exists(), refused.output
+    assert "fine_offset: 0.0 needs fine_scale too, in the config or on the command line" in message
+    result = CliRunner().invoke(cli, [*args, "--fine-offset", "0"])
     assert result.exit_code == 0, result.output
     recorded = json.loads((save_dir / "config.json").read_text())
     assert recorded["resampling"] == "nearest" and (recorded["coarse_scale"], recorded["coarse_offset"]) == (
         1e-4,
         0,
     )
-    assert recorded["fine_offset"] is None
+    assert (recorded["fine_scale"], recorded["fine_offset"]) == (1e-4, 0)
     assert load_checkpoint(save_dir / "last.ckpt").epoch == 1
 
 

@@ -101,13 +101,27 @@ def reading_options(command: F) -> F:
     The command receives one keyword argument ``reading`` (:class:`~stfusion.inputs.ReadOptions`).
     """
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in READING_PARAMETERS}
+    def build(values: dict[str, Any]) -> ReadOptions:
         try:
-            kwargs["reading"] = read_options(**values)
+            return read_options(**values)
         except StfusionError as exc:  # e.g. --fine-offset nan: a usage error, before any work
             raise click.UsageError(str(exc)) from None
+
+    return _reading(command, build)
+
+
+def reading_values_options(command: F) -> F:
+    """:func:`reading_options` for a command that merges them with a config file before checking them
+    (``train``: an offset on the command line may belong to a scale in ``--config``). The command
+    receives ``reading``, a dict of :class:`~stfusion.inputs.ReadOptions` field values (per-image
+    values resolved as in :func:`read_options`), unchecked."""
+    return _reading(command, lambda values: read_values(**values))
+
+
+def _reading(command: F, build: Callable[[dict[str, Any]], Any]) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs["reading"] = build({name: kwargs.pop(name) for name in READING_PARAMETERS})
         return command(*args, **kwargs)
 
     scale_help = "Reflectance per stored unit of {} files without GDAL scale/offset tags [default: auto]."
@@ -207,18 +221,49 @@ def read_options(
 ) -> ReadOptions:
     """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale,
     --fine/--coarse-offset over --offset, --coarse-bands over --bands)."""
-    fine_bands = _band_list(bands)
     return ReadOptions(
-        resampling=resampling,
-        min_overlap=min_overlap,
-        fine_scale=fine_scale if fine_scale is not None else scale,
-        coarse_scale=coarse_scale if coarse_scale is not None else scale,
-        fine_offset=fine_offset if fine_offset is not None else offset,
-        coarse_offset=coarse_offset if coarse_offset is not None else offset,
-        fine_bands=fine_bands,
-        coarse_bands=_band_list(coarse_bands) if coarse_bands is not None else fine_bands,
-        coarse_ratio=coarse_ratio,
+        **read_values(
+            resampling=resampling,
+            min_overlap=min_overlap,
+            scale=scale,
+            fine_scale=fine_scale,
+            coarse_scale=coarse_scale,
+            offset=offset,
+            fine_offset=fine_offset,
+            coarse_offset=coarse_offset,
+            bands=bands,
+            coarse_bands=coarse_bands,
+            coarse_ratio=coarse_ratio,
+        )
     )
+
+
+def read_values(
+    resampling: str = "bilinear",
+    min_overlap: float = MIN_COARSE_OVERLAP,
+    scale: float | None = None,
+    fine_scale: float | None = None,
+    coarse_scale: float | None = None,
+    offset: float | None = None,
+    fine_offset: float | None = None,
+    coarse_offset: float | None = None,
+    bands: str | None = None,
+    coarse_bands: str | None = None,
+    coarse_ratio: float | None = None,
+) -> dict[str, Any]:
+    """The :class:`ReadOptions` field values of :func:`read_options`, not yet checked."""
+    fine_bands = _band_list(bands)
+    return {
+        "resampling": resampling,
+        "min_overlap": min_overlap,
+        "fine_scale": fine_scale if fine_scale is not None else scale,
+        "coarse_scale": coarse_scale if coarse_scale is not None else scale,
+        "fine_offset": fine_offset if fine_offset is not None else offset,
+        "coarse_offset": coarse_offset if coarse_offset is not None else offset,
+        "fine_bands": fine_bands,
+        "coarse_bands": _band_list(coarse_bands) if coarse_bands is not None else fine_bands,
+        "coarse_ratio": coarse_ratio,
+    }
 
 
 def _band_list(text: str | None) -> tuple[str, ...] | None:

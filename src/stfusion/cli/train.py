@@ -24,6 +24,7 @@ from stfusion.cli.options import (
     progress,
     ratio_option,
     reading_options,
+    reading_values_options,
     say,
     tile_options,
 )
@@ -146,7 +147,7 @@ def run_training(
 
 
 @click.command("train")
-@reading_options
+@reading_values_options
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--data-dir", type=click.Path(path_type=Path), hidden=True, help="Same as DATA (the paper's name)."
@@ -249,7 +250,7 @@ def train_command(
     resume: bool,
     overwrite: bool,
     ratio: float | None,
-    reading: ReadOptions,
+    reading: dict[str, Any],
     **flags: Any,
 ) -> None:
     """Train MLFF-GAN on the cases of DATA, select the best epoch, test it; write a run folder.
@@ -281,7 +282,7 @@ def train_command(
     }
     for name in ("resampling", "min_overlap", *short):
         if name in given or short.get(name) in given:
-            explicit[name] = getattr(reading, name)
+            explicit[name] = reading[name]
     config = train_config(config_file, save_dir, explicit, recipe)
     dates = tuple(d.date() for d in test_dates)
     result = run_training(folder, config, resume=resume, overwrite=overwrite, ratio=ratio, test_dates=dates)
