@@ -77,6 +77,20 @@ def test_flat_folder_consecutive_and_explicit(flat_folder: Path) -> None:
         scenes.discover_flat_folder(flat_folder, date_pairs=[(dt.date(2001, 1, 1), dt.date(2001, 4, 1))])
 
 
+def test_flat_folder_test_split_by_date_names_the_folder_in_its_errors(flat_folder: Path) -> None:
+    found = scenes.discover(flat_folder)
+    assert [c.date_t2 for c in scenes.split_of(found, "test")] == [dt.date(2001, 3, 1)]  # the latest
+    chosen = scenes.split_of(found, "test", test_dates=[dt.date(2001, 2, 1)])
+    assert [c.name for c in chosen] == ["20010101-20010201"]
+    with pytest.raises(InputError) as error:
+        scenes.split_of(found, "test", test_dates=[dt.date(2001, 1, 15)])
+    message = str(error.value)
+    assert message.startswith(f"{flat_folder}: test date(s) 2001-01-15 are no case's target date"), message
+    assert message.endswith("(target dates: 2001-02-01, 2001-03-01)"), message
+    with pytest.raises(InputError, match=rf"^{flat_folder}: test date\(s\) 2001-01-15"):
+        scenes.split_cases(found, test_dates=[dt.date(2001, 1, 15)])
+
+
 def test_flat_folder_coarse_only_target_and_duplicates(flat_folder: Path, rng: np.random.Generator) -> None:
     (flat_folder / "fine_20010301.tif").unlink()
     write_tif(flat_folder / "coarse_20010401.tif", random_scene(rng))

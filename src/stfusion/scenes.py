@@ -783,7 +783,7 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
         train, val, test = (discovery.split(name) for name in SPLITS)
         return Splits(train, val, test, rule="the data folder's train/, val/ and test/ pair folders")
     cases = discovery.cases
-    chosen = _test_dates(cases, test_dates)
+    chosen = _test_dates(discovery, test_dates)
     test = [case for case in cases if case.date_t2 in chosen]
     train = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
     if not train:
@@ -795,14 +795,20 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
     return Splits(train, [], test, rule=f"by date: test = target date {dates}; validation = held-out rows")
 
 
-def _test_dates(cases: Sequence[FusionCase], test_dates: Sequence[dt.date]) -> set[dt.date]:
+def _test_dates(discovery: Discovery, test_dates: Sequence[dt.date]) -> set[dt.date]:
     """A flat folder's test dates: those given (each must be a case's target date), else the latest."""
+    cases = discovery.cases
+    where = f"{discovery.root}: " if discovery.root is not None else ""
     if not cases:
-        raise InputError("no fusion case found (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif)")
-    chosen = set(test_dates) or {max(case.date_t2 for case in cases)}
-    unknown = chosen - {case.date_t2 for case in cases}
+        raise InputError(f"{where}no fusion case found (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif)")
+    targets = sorted({case.date_t2 for case in cases})
+    chosen = set(test_dates) or {targets[-1]}
+    unknown = chosen - set(targets)
     if unknown:
-        raise InputError(f"test date(s) {', '.join(map(str, sorted(unknown)))} are no case's target date")
+        raise InputError(
+            f"{where}test date(s) {', '.join(map(str, sorted(unknown)))} are no case's target date "
+            f"(target dates: {', '.join(map(str, targets))})"
+        )
     return chosen
 
 
@@ -815,7 +821,7 @@ def split_of(discovery: Discovery, name: str, *, test_dates: Sequence[dt.date] =
     if discovery.layout == "paper":
         return discovery.split(name)
     if name == "test":
-        chosen = _test_dates(discovery.cases, test_dates)
+        chosen = _test_dates(discovery, test_dates)
         return [case for case in discovery.cases if case.date_t2 in chosen]
     return list(getattr(split_cases(discovery, test_dates=test_dates), name))
 
