@@ -1311,6 +1311,12 @@ def test_scale_factor_errors() -> None:
         estimate_scale_factor(np.full((2, 40, 40), np.nan))
     with pytest.raises(ValueError, match="shape"):
         estimate_scale_factor(np.zeros((2, 2, 3, 4)))
+    # the messages say how to give it, in Python and on the command line
+    for image in (np.full((2, 40, 40), 0.3), np.random.default_rng(0).uniform(size=(2, 3, 3))):
+        with pytest.raises(ValueError) as error:
+            estimate_scale_factor(image)
+        assert "set it: scale_factor=N" in str(error.value), error.value
+        assert "--option scale_factor=N or --coarse-ratio N" in str(error.value), error.value
 
 
 @pytest.mark.parametrize(

@@ -400,6 +400,13 @@ def _check_tps_size(height: int, width: int, config: FSDAFConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+#: how to give the scale factor, in the messages that need it (Python and command line)
+_SET_SCALE = (
+    "set it: scale_factor=N (coarse pixel size / fine pixel size, e.g. 16 for 480 m / 30 m; "
+    "on the command line --option scale_factor=N or --coarse-ratio N)"
+)
+
+
 def estimate_scale_factor(coarse: np.ndarray) -> int:
     """Estimate s (fine pixels per coarse pixel side) from a coarse image on the fine grid.
 
@@ -436,8 +443,7 @@ def estimate_scale_factor(coarse: np.ndarray) -> int:
         raise ValueError(f"estimate_scale_factor needs a (C, H, W) or (H, W) image, got shape {a.shape}")
     if min(a.shape[1:]) < 4:
         raise ValueError(
-            f"cannot estimate scale_factor from an image of {a.shape[1]} x {a.shape[2]} pixels; "
-            "pass scale_factor=N (coarse pixel size / fine pixel size)"
+            f"cannot estimate scale_factor from an image of {a.shape[1]} x {a.shape[2]} pixels; {_SET_SCALE}"
         )
     blocks = _replicated_block_size(a)
     if blocks is not None:
@@ -460,8 +466,8 @@ def estimate_scale_factor(coarse: np.ndarray) -> int:
     widths = [width for axis in (1, 2) if (width := _gradient_correlation_width(a, axis)) is not None]
     if not widths:
         raise ValueError(
-            "cannot estimate scale_factor: the coarse image has no measurable structure "
-            "(constant?); pass scale_factor=N (coarse pixel size / fine pixel size)"
+            "cannot estimate scale_factor: the coarse image has no measurable structure (constant?); "
+            + _SET_SCALE
         )
     return max(1, round(max(widths)))
 
@@ -489,10 +495,7 @@ def _replicated_block_size(a: Array) -> int | None:
     if equal < 0.45 * pairs or dense:
         return None
     if not spacings:
-        raise ValueError(
-            "cannot estimate scale_factor from a constant coarse image; "
-            "pass scale_factor=N (coarse pixel size / fine pixel size)"
-        )
+        raise ValueError(f"cannot estimate scale_factor from a constant coarse image; {_SET_SCALE}")
     return max(1, int(np.median(np.concatenate(spacings))))
 
 
@@ -2667,9 +2670,7 @@ def _scene_model(
             return _SceneModel(None, None, pixel.labeler, valid_mask, source.bands)
         if estimate:
             s = _estimate_from_source(source)
-            log.info(
-                "FSDAF: scale factor %d estimated from the coarse image (pass scale_factor=N to set it)", s
-            )
+            log.info("FSDAF: scale factor %d estimated from the coarse image (%s)", s, _SET_SCALE)
             resolved = FSDAFConfig.from_preset(preset, scale_factor=s, **options)
             _check_tps_size(source.height, source.width, resolved)
         stats = _cell_statistics(source, resolved, pixel, valid_mask=valid_mask)
