@@ -44,8 +44,13 @@ def test_every_method_is_scored_on_the_same_pixels(case: scenes.FusionCase, tmp_
     # same pixels, same values there: identical scores
     assert full.metrics.mean == gappy.metrics.mean
     assert full.metrics.conventions["n_valid"] == 30 * 40 - 25
+    # each method's conventions count its own unpredicted pixels, as its table column does
+    assert (gappy.metrics.conventions["n_unpredicted"], full.metrics.conventions["n_unpredicted"]) == (25, 0)
     tables = workflows.write_tables({"c": results}, tmp_path / "out", overwrite=True)
     assert "unpredicted" in tables["csv"].read_text()
+    markdown = tables["markdown"].read_text()
+    assert "- holes: " in markdown and "excluded=25, unpredicted=25" in markdown, markdown
+    assert "- coarse-delta: " in markdown and "excluded=25, unpredicted=0" in markdown, markdown
 
 
 def test_outputs_carry_provenance_and_never_replace_inputs(case: scenes.FusionCase, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +367,9 @@ def score_predictions(
             metrics = compute_metrics(prediction, truth, valid=common, ratio=ratio, band_names=band_names)
         except ValueError as exc:
             raise InputError(f"{path or name}: cannot be scored: {exc}") from exc
+        # the report's own count is 0 on the common pixels: its conventions give this method's count,
+        # as its table column does (the excluded pixels include every method's unpredicted ones)
+        metrics = replace(metrics, conventions={**metrics.conventions, "n_unpredicted": missing})
         results[name] = MethodResult(prediction, metrics, seconds, path, missing)
     return results
 
