@@ -74,6 +74,39 @@ def test_date_of_names() -> None:
     assert series.date_of(Path("MOD09GA.A2001144.h29v12.tif")) == dt.date(2001, 5, 24)
 
 
+def test_separate_folders_attach_masks_whatever_the_case_of_their_suffixes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--fine-dir / --coarse-dir: USGS-style `.TIF` images take their `_mask.tif` (or `_MASK.TIF`)
+    files; a mask of no image is reported, not used."""
+    data = tmp_path / "data"
+    build_series(data, extra=2)
+    fine_dir, coarse_dir = tmp_path / "L8", tmp_path / "MODIS"
+    fine_dir.mkdir()
+    coarse_dir.mkdir()
+    for date in FINE_DATES:
+        shutil.copy(data / f"fine_{date:%Y%m%d}.tif", fine_dir / f"LC08_{date:%Y%m%d}.TIF")
+    for path in data.glob("coarse_*.tif"):
+        shutil.copy(path, coarse_dir / path.name.replace("coarse_", "MOD09GA_"))
+    cloudy = np.zeros((64, 64), np.uint8)
+    cloudy[:52] = 1  # 81 % invalid: too cloudy to be a reference
+    write_tif(fine_dir / f"LC08_{FINE_DATES[1]:%Y%m%d}_mask.tif", cloudy, crs=None)
+    write_tif(fine_dir / f"LC08_{FINE_DATES[2]:%Y%m%d}_MASK.TIF", cloudy, crs=None)
+    write_tif(fine_dir / "LC08_20010101_mask.tif", cloudy, crs=None)  # no such image
+    with caplog.at_level("WARNING", logger="stfusion.series"):
+        inputs = series.SeriesInputs.from_dirs(fine_dir, coarse_dir)
+    assert {image.name: mask.name for image, mask in inputs.masks.items()} == {
+        f"LC08_{FINE_DATES[1]:%Y%m%d}.TIF": f"LC08_{FINE_DATES[1]:%Y%m%d}_mask.tif",
+        f"LC08_{FINE_DATES[2]:%Y%m%d}.TIF": f"LC08_{FINE_DATES[2]:%Y%m%d}_MASK.TIF",
+    }
+    assert "LC08_20010101_mask.tif: not used: no image LC08_20010101.tif" in caplog.text
+    plans = {plan.date: plan for plan in series.plan_series(inputs)}
+    assert plans[FINE_DATES[0]].observed  # the clear one
+    for date in FINE_DATES[1:]:  # the masked ones are predicted from the clear one, and say why
+        assert plans[date].pairs == (FINE_DATES[0],), plans[date]
+        assert plans[date].reason == "predicted: the fine image of this date has 81.2% invalid (> 50%)"
+
+
 def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synthetic = build_series(data)
@@ -81,7 +114,7 @@ def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) ->
     args = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert result.output.rstrip().endswith("20 date(s) predicted, 3 observed, 0 not predicted")
+    assert result.output.rstrip().endswith("20 date(s) predicted, 3 observed")
     outputs = sorted(out.glob("fused_*.tif"))
     assert [p.name for p in outputs] == [f"fused_{d:%Y%m%d}.tif" for d in sorted(synthetic)]
     with open(out / "series.csv") as handle:
@@ -103,7 +136,15 @@ def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) ->
     mtimes = {p: p.stat().st_mtime_ns for p in outputs}
     kept = CliRunner().invoke(cli, [*args, "--skip-existing"])
     assert kept.exit_code == 0, kept.output
-    assert kept.output.count("(kept)") == 20
+    assert kept.output.count("(kept)") == 20 and "not coarse-delta" not in kept.output
+    assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
+    # kept by a run of another method: reported as the files were made, and said so
+    other = [*args[: args.index("--method") + 1], "persistence", "--skip-existing"]
+    switched = CliRunner().invoke(cli, other)
+    assert switched.exit_code == 0, switched.output
+    assert switched.output.count("(coarse-delta from ") == 20, switched.output
+    note = "kept as made by coarse-delta, not persistence (--overwrite redoes it)"
+    assert switched.output.count(note) == 20, switched.output
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
 
 
@@ -133,7 +174,7 @@ def test_fuse_killed_halfway_redoes_only_the_missing_dates(tmp_path: Path) -> No
     assert not list(out.glob(".*.part"))  # the rerun removed the killed write's temporary, if any
 
 
-def test_cloudy_references_are_reported_not_skipped_silently(tmp_path: Path) -> None:
+def test_no_usable_reference_is_refused_before_any_output(tmp_path: Path) -> None:
     data = tmp_path / "data"
     build_series(data, extra=3)
     for date in FINE_DATES:  # every fine image 80 % cloudy
@@ -145,9 +186,24 @@ def test_cloudy_references_are_reported_not_skipped_silently(tmp_path: Path) -> 
     # no date has a usable reference pair: one line, exit 2, and no output folder at all
     assert result.exit_code == 2, result.output
     message = result.output.strip()
-    assert "\n" not in message and message.startswith("error: no date can be predicted"), message
-    assert "at most 50% invalid pixels" in message and f"{FINE_DATES[0]} 81%" in message, message
+    assert "\n" not in message and message.startswith(f"error: {data}: no date can be predicted"), message
+    assert "has more than 50% invalid pixels (least invalid: " in message, message
+    assert f"{FINE_DATES[0]} 81.2%" in message and "--max-invalid admits cloudier ones" in message, message
     assert not out.exists()
+    # fine and coarse images of no common date: said so, with the dates of both
+    apart = tmp_path / "apart"
+    apart.mkdir()
+    for date in FINE_DATES[:1]:
+        shutil.copy(data / f"fine_{date:%Y%m%d}.tif", apart)
+    for date in FINE_DATES[1:]:
+        shutil.copy(data / f"coarse_{date:%Y%m%d}.tif", apart)
+    result = CliRunner().invoke(cli, ["fuse", str(apart), "--out", str(out), "--method", "coarse-delta"])
+    assert result.exit_code == 2 and not out.exists(), result.output
+    expected = (
+        "no fine image has a coarse image of its date to pair with (fine dates 2001-05-24; coarse dates "
+        "2001-07-11, 2001-08-12)"
+    )
+    assert expected in result.output, result.output
     # with a looser limit they are usable references (and their own dates count as observed)
     looser = CliRunner().invoke(
         cli,
@@ -253,7 +309,7 @@ def test_a_series_is_refused_before_any_output_and_observed_dates_respect_masks(
     with open(tmp_path / "o2" / "series.csv") as handle:
         row = next(r for r in csv.DictReader(handle) if r["date"] == str(FINE_DATES[1]))
     assert row["status"] == "predicted" and row["pairs"] == f"{FINE_DATES[0]} {FINE_DATES[2]}"
-    assert row["note"] == "predicted: the fine image of this date has 81% invalid (> 50%)"
+    assert row["note"] == "predicted: the fine image of this date has 81.2% invalid (> 50%)"
 
 
 def test_fuse_checks_what_it_will_do_and_reads_observed_dates_like_the_predictions(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ For each target date (every coarse date without a usable fine image, or the date
 - **Reference pairs** (:func:`choose_pairs`): the nearest date before and the nearest after that have
   a fine and a coarse image whose invalid fraction (nodata, NaN, masks) is at most ``max_invalid``;
   where one side has none, the two nearest on the other side (two-pair methods extrapolate well too);
-  one pair when only one is usable. A date with none is reported, not silently skipped.
+  one pair when only one is usable. A series where no reference pair is usable at all is refused
+  before any output.
 - **Method**: the one given, or the best for the number of pairs (:func:`stfusion.fusion.default_method`).
 - **Output**: ``OUT/fused_YYYYMMDD.tif`` (or a COG), georeferenced like the fine images, with provenance
   tags; ``series.csv`` (date, status, pairs used, method, valid fraction, per-band mean) and
@@ -40,7 +41,7 @@ from stfusion import distributed, fusion, raster, scenes, workflows
 from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader, ReadOptions, resolve_bands
+from stfusion.inputs import CaseReader, ReadOptions, band_count, resolve_bands
 from stfusion.streaming import predict_case
 
 if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
@@ -96,9 +97,9 @@ class SeriesInputs:
     @classmethod
     def from_dirs(cls, fine_dir: Path, coarse_dir: Path) -> SeriesInputs:
         """Two folders of GeoTIFFs, dated by :func:`date_of`; ``<stem>_mask.tif`` files are masks."""
-        return cls(
-            fine=_dated(fine_dir), coarse=_dated(coarse_dir), masks=_masks(fine_dir) | _masks(coarse_dir)
-        )
+        fine, coarse = _dated(fine_dir), _dated(coarse_dir)
+        masks = _masks(fine_dir, list(fine.values())) | _masks(coarse_dir, list(coarse.values()))
+        return cls(fine=fine, coarse=coarse, masks=masks)
 
     def check(self) -> None:
         if not self.coarse:
@@ -132,12 +133,21 @@ def _dated(folder: Path) -> dict[dt.date, Path]:
     return dated
 
 
-def _masks(folder: Path) -> dict[Path, Path]:
-    folder = Path(folder)
-    return {
-        folder / f"{p.stem[: -len(scenes.MASK_SUFFIX)]}{p.suffix}": p
-        for p in folder.glob(f"*{scenes.MASK_SUFFIX}.tif*")
-    }
+def _masks(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
+    """Image -> its mask ``<image stem>_mask.tif`` in ``folder`` (suffixes in any case, as images are
+    found); a warning for a mask that belongs to no image."""
+    by_stem = {p.stem: p for p in images}
+    attached = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() in scenes.RASTER_SUFFIXES and path.stem.lower().endswith(scenes.MASK_SUFFIX):
+            image = by_stem.get(path.stem[: -len(scenes.MASK_SUFFIX)])
+            if image is None:
+                log.warning(
+                    "%s: not used: no image %s.tif in its folder", path, path.stem[: -len(scenes.MASK_SUFFIX)]
+                )
+            else:
+                attached[image] = path
+    return attached
 
 
 def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo) -> float:
@@ -152,7 +162,7 @@ def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo) -> 
 
 @dataclass(frozen=True)
 class DatePlan:
-    """A target date and its reference dates (empty: none usable; ``reason`` says why)."""
+    """A target date and its reference dates (none for an observed date; ``reason`` says why)."""
 
     date: dt.date
     pairs: tuple[dt.date, ...]
@@ -180,12 +190,18 @@ def plan_series(
     max_invalid: float = MAX_INVALID,
     max_pairs: int = 2,
 ) -> list[DatePlan]:
-    """What to do with every coarse date (within ``dates``, inclusive): which pairs predict it, or why not."""
+    """What to do with every coarse date (within ``dates``, inclusive): observed, or which pairs predict it.
+
+    One-line InputError, before any output, when no fine image can be a reference (none with a coarse
+    image of its date and at most ``max_invalid`` invalid pixels): no date could be predicted.
+    """
     inputs.check()
     grid = raster.inspect(next(iter(inputs.fine.values())))
     complete = sorted(set(inputs.fine) & set(inputs.coarse))
     fraction = {d: invalid_fraction(inputs.fine[d], inputs.masks.get(inputs.fine[d]), grid) for d in complete}
     usable = [d for d in complete if fraction[d] <= max_invalid]
+    if not usable:  # no date could be predicted: refused before any output
+        raise InputError(_nothing_usable(inputs, fraction, max_invalid))
     plans = []
     for date in sorted(inputs.coarse):
         if dates is not None and not dates[0] <= date <= dates[1]:
@@ -193,30 +209,49 @@ def plan_series(
         if date in usable:
             plans.append(DatePlan(date, (), observed=True, reason="observed (usable fine image)"))
             continue
-        pairs = choose_pairs(date, [d for d in usable if d != date], max_pairs=max_pairs)
-        own = f"the fine image of this date has {fraction[date]:.0%} invalid" if date in fraction else ""
-        if pairs:  # a date whose own fine image is too cloudy is predicted, and says why
-            reason = f"predicted: {own} (> {max_invalid:.0%})" if own else ""
-        else:
-            reason = f"no reference pair with at most {max_invalid:.0%} invalid pixels" + (
-                f" ({own})" if own else ""
+        pairs = choose_pairs(date, usable, max_pairs=max_pairs)
+        reason = ""
+        if date in fraction:  # a date whose own fine image is too cloudy is predicted, and says why
+            reason = (
+                f"predicted: the fine image of this date has {_percent(fraction[date])} invalid "
+                f"(> {_percent(max_invalid)})"
             )
         plans.append(DatePlan(date, pairs, reason=reason))
     if not plans:
         raise InputError(f"no coarse date within {dates[0]}..{dates[1]}" if dates else "no coarse dates")
-    if not usable:  # no date has a reference pair: refused before any output
-        found = ", ".join(f"{d} {fraction[d]:.0%}" for d in complete[:5]) + (", ..." if complete[5:] else "")
-        raise InputError(
-            f"no date can be predicted: no fine image with a coarse image of its date has at most "
-            f"{max_invalid:.0%} invalid pixels ({found or 'no such date'}; --max-invalid admits cloudier "
-            "ones)"
-        )
     return plans
+
+
+def _nothing_usable(inputs: SeriesInputs, fraction: Mapping[dt.date, float], max_invalid: float) -> str:
+    """Why no date of a series can be predicted (no usable reference pair), naming the folders."""
+    folders = ", ".join(sorted({str(p.parent) for p in [*inputs.fine.values(), *inputs.coarse.values()]}))
+
+    def listed(days: Sequence[dt.date]) -> str:
+        return ", ".join(map(str, days[:5])) + (", ..." if days[5:] else "")
+
+    if not fraction:
+        return (
+            f"{folders}: no date can be predicted: no fine image has a coarse image of its date to pair "
+            f"with (fine dates {listed(sorted(inputs.fine))}; coarse dates {listed(sorted(inputs.coarse))})"
+        )
+    clearest = sorted(fraction, key=lambda d: (fraction[d], d))
+    found = ", ".join(f"{d} {_percent(fraction[d])}" for d in clearest[:5])
+    found += ", ..." if clearest[5:] else ""
+    return (
+        f"{folders}: no date can be predicted: every fine image with a coarse image of its date has more "
+        f"than {_percent(max_invalid)} invalid pixels (least invalid: {found}; --max-invalid admits cloudier "
+        "ones)"
+    )
+
+
+def _percent(fraction: float) -> str:
+    """0.8125 -> '81.2%', 0.5 -> '50%' (one decimal, none when it is zero)."""
+    return f"{100 * fraction:.1f}".removesuffix(".0") + "%"
 
 
 @dataclass
 class DateResult:
-    """What happened to one date: ``status`` predicted / kept / observed / skipped (``reason``)."""
+    """What happened to one date: ``status`` predicted / kept / observed (``reason``)."""
 
     date: dt.date
     status: str
@@ -366,9 +401,7 @@ def iter_series(
             )
             continue
         if not plan.pairs:
-            log.warning("%s: not predicted: %s", plan.date, plan.reason)
-            yield DateResult(plan.date, "skipped", reason=plan.reason)
-            continue
+            raise InputError(f"{plan.date}: no reference pair planned (plans come from plan_series)")
         name = method or fusion.default_method(len(plan.pairs))
         if name not in preparers:  # prepared (a model loaded) once for the whole series
             preparers[name] = fusion.get(name).preparer(options, checkpoint=checkpoint, runtime=runtime)
@@ -376,7 +409,11 @@ def iter_series(
         if target is not None and output.skip_existing and workflows.usable_output(target):
             image = raster.read(target).data
             means, valid = _band_means(image)
-            yield DateResult(plan.date, "kept", plan.pairs, name, target, valid, means, reason=plan.reason)
+            # reported as the file says it was made (an earlier run may have used another method)
+            made_by = raster.inspect(target).tags.get("STFUSION_METHOD") or "unknown method"
+            note = "" if made_by == name else f"kept as made by {made_by}, not {name} (--overwrite redoes it)"
+            reason = "; ".join(r for r in (plan.reason, note) if r)
+            yield DateResult(plan.date, "kept", plan.pairs, made_by, target, valid, means, reason=reason)
             continue
         case = _case(inputs, plan)
         reader = (readers or {}).get(plan.date) or CaseReader(case, options=reading)
@@ -481,6 +518,7 @@ def fuse(
     masks: Mapping[str | Path, str | Path] | None = None,
     checkpoint: str | Path | None = None,
     device: str = "cpu",
+    reading: ReadOptions | None = None,
 ) -> list[DateResult] | Iterator[DateResult]:
     """Python API of ``stfusion fuse``: the fine image of every coarse date without a usable fine image.
 
@@ -496,8 +534,9 @@ def fuse(
         lazy: return an iterator that predicts (and writes) one date at a time.
         masks: image path -> mask path (nonzero = invalid).
         checkpoint: a trained model (``stfusion train``) for ``mlffgan``; device: where it runs.
+        reading: how files become pixels (bands, scales, offsets, resampling; :class:`ReadOptions`).
     Returns:
-        One :class:`DateResult` per coarse date in range (observed, predicted or skipped, with why).
+        One :class:`DateResult` per coarse date in range (observed, predicted or kept, with why).
 
     Example::
 
@@ -517,6 +556,11 @@ def fuse(
 
         model = load(checkpoint)
     plans = plan_series(inputs, dates=dates, max_invalid=max_invalid)
+    # every date's options, pair count and images checked before the first output, as the CLI does
+    readers = check_plans(inputs, plans, method=method, options=options, reading=reading)
+    if model is not None:
+        first = next(iter(inputs.fine.values()))
+        model.check_bands_of_scene(band_count(first, reading), first)
     target = Path(out) if out is not None else None
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)
@@ -528,6 +572,8 @@ def fuse(
         checkpoint=model,
         runtime={"device": device},
         out=target,
+        reading=reading,
+        readers=readers,
     )
     return results if lazy else list(results)
 
@@ -581,7 +627,6 @@ def write_series_figure(
         dates=[r.date for r in rows],
         values=values,
         fine_dates=sorted(inputs.fine),
-        cloudy_dates=[r.date for r in rows if r.status == "skipped"],
         thumbnails=thumbnails,
         rgb_bands=workflows.default_rgb(band_names),
         ylabel="NDVI" if "NDVI" in values else "mean reflectance",

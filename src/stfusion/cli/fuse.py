@@ -159,7 +159,7 @@ def fuse_command(
             ):
                 series.save_summary(out, result)
                 bar.update(context.world_size)
-                if result.status in ("predicted", "kept", "skipped"):
+                if result.status in ("predicted", "kept"):
                     say(_line(result))
         distributed.barrier(context)
         if context.is_main:
@@ -183,17 +183,12 @@ def _inputs(folder: Path | None, fine_dir: Path | None, coarse_dir: Path | None)
 
 
 def _summary(plans: list[series.DatePlan]) -> str:
-    """One closing line: how many dates were predicted, observed, and could not be predicted."""
+    """One closing line: how many dates were predicted and observed."""
     predicted = sum(1 for p in plans if p.pairs)
-    observed = sum(1 for p in plans if p.observed)
-    missing = len(plans) - predicted - observed
-    line = f"{predicted} date(s) predicted, {observed} observed, {missing} not predicted"
-    return line + (" (no usable reference pair: see series.csv)" if missing else "")
+    return f"{predicted} date(s) predicted, {len(plans) - predicted} observed"
 
 
 def _line(result: series.DateResult) -> str:
-    if result.status == "skipped":
-        return f"{result.date}: not predicted: {result.reason}"
     pairs = " + ".join(str(d) for d in result.pairs)
     timing = f", {result.seconds:.1f} s" if result.status == "predicted" else " (kept)"
     why = f"; {result.reason}" if result.reason else ""
