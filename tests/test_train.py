@@ -324,8 +324,16 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
     )
     message = refused.output.strip()
     assert refused.exit_code == 2 and "\n" not in message and not save_dir.exists(), refused.output
-    assert "fine_offset: 0.0 needs fine_scale too, in the config or on the command line" in message
-    result = CliRunner().invoke(cli, [*args, "--fine-offset", "0"])
+    assert message.startswith(
+        "error: --fine-offset: fine_offset: 0.0 needs fine_scale too, in the config or on"
+    )
+    nan = CliRunner().invoke(cli, [*args, "--fine-offset", "nan"])  # named as the option typed
+    assert nan.exit_code == 2 and not save_dir.exists(), nan.output
+    assert nan.output.startswith("error: --fine-offset: fine_offset: expected a finite number"), nan.output
+    # --bands fills the config's unset keys only: its coarse_bands (a reordering) stays
+    config["coarse_bands"] = ["3", "2", "1"]
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(cli, [*args, "--fine-offset", "0", "--bands", "1,2,3"])
     assert result.exit_code == 0, result.output
     recorded = json.loads((save_dir / "config.json").read_text())
     assert recorded["resampling"] == "nearest" and (recorded["coarse_scale"], recorded["coarse_offset"]) == (
@@ -333,6 +341,7 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
         0,
     )
     assert (recorded["fine_scale"], recorded["fine_offset"]) == (1e-4, 0)
+    assert (recorded["fine_bands"], recorded["coarse_bands"]) == (["1", "2", "3"], ["3", "2", "1"])
     assert load_checkpoint(save_dir / "last.ckpt").epoch == 1
 
 
@@ -347,8 +356,9 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
     run = tmp_path / "run"
     args = ["train", str(DATASETS["cia-crop"]), "--save-dir", str(run), "--epochs", "1"]
     args += ["--patch-size", "32", "--random-crops", "1", "--coarse-factor", "1", "--residual"]
-    result = runner.invoke(cli, args)
+    result = runner.invoke(cli, [*args, "--coarse-ratio", "16"])
     assert result.exit_code == 0, result.output
+    assert "ERGAS ratio=0.0625" in (run / "test" / "metrics.md").read_text()  # from --coarse-ratio
     state = load_checkpoint(run / "best.ckpt")
     assert state.config["data"]["train"] == ["20011008-20011017"] and state.config["val_holdout"] == 0.25
     assert "fine_20011102.tif" not in state.training_files()  # the test date was never seen

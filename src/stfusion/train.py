@@ -246,8 +246,8 @@ class TrainConfig:
             if getattr(self, f"{images}_scale") is None:
                 raise ValueError(
                     f"{images}_offset: {offset} needs {images}_scale too, in the config or on the command "
-                    f"line (--scale or --{images}-scale; reflectance = value x scale + offset), e.g. "
-                    f'"{images}_scale": 2.75e-5, "{images}_offset": -0.2 for Landsat Collection 2 Level-2'
+                    f"line (--scale or --{images}-scale; reflectance = value x scale + offset), e.g. scale "
+                    "2.75e-5 and offset -0.2 for Landsat Collection 2 Level-2"
                 )
         if not isinstance(self.weights, GeneratorLossWeights):
             raise ValueError(f"weights: expected an object of loss weights, got {self.weights!r}")

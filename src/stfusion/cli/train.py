@@ -59,9 +59,17 @@ TRAIN_FLAGS: tuple[str, ...] = (
 
 
 def train_config(
-    config_file: Path | None, save_dir: Path, explicit: dict[str, Any], recipe: str | None = None
+    config_file: Path | None,
+    save_dir: Path,
+    explicit: dict[str, Any],
+    recipe: str | None = None,
+    *,
+    fill: dict[str, Any] | None = None,
+    flag_of: dict[str, str] | None = None,
 ) -> TrainConfig:
-    """Defaults < recipe < JSON config file < flags given on the command line; InputError naming a bad key."""
+    """Defaults < recipe < JSON config file < flags given on the command line (``explicit``; ``fill``:
+    values only for the keys the recipe and file leave unset). InputError naming a bad key and where it
+    came from (``flag_of``: key -> the command-line option that gave it)."""
     from stfusion.train import TrainConfig  # imports torch: only the commands that train need it
 
     values: dict[str, Any] = recipes.recipe(recipe) if recipe else {}
@@ -73,17 +81,21 @@ def train_config(
         if not isinstance(loaded, dict):
             raise InputError(f"{config_file}: a training config is a JSON object of options, not {loaded!r}")
         values.update(loaded)
+    for name, value in (fill or {}).items():
+        if values.get(name) is None:
+            values[name] = value
     values.update(explicit)
     values["save_dir"] = str(save_dir)
-    where = config_file if config_file is not None else "training options"
+    source = config_file if config_file is not None else "training options"
     try:
         config = TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{where}: {exc}") from exc
+        key = str(exc).split(":", 1)[0].split(".", 1)[0]
+        raise InputError(f"{(flag_of or {}).get(key) or source}: {exc}") from exc
     try:  # a device from a config file gets the --device flag's check
         check_device(config.device)
     except click.BadParameter as exc:
-        raise InputError(f"{where}: device {exc.message}") from exc
+        raise InputError(f"{(flag_of or {}).get('device') or source}: device {exc.message}") from exc
     return config
 
 
@@ -265,25 +277,10 @@ def train_command(
         raise InputError("give the data folder: stfusion train DATA --save-dir RUN")
     if resume and overwrite:
         raise InputError("--resume continues the run in --save-dir, --overwrite replaces it: give one")
-    from_command_line = config_file is not None or recipe is not None
-    given = {
-        name
-        for name in (*TRAIN_FLAGS, *READING_PARAMETERS)
-        if not from_command_line or ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-    }
-    explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
-    short = {  # the option that sets both the fine and the coarse value
-        "fine_scale": "scale",
-        "coarse_scale": "scale",
-        "fine_offset": "offset",
-        "coarse_offset": "offset",
-        "fine_bands": "bands",
-        "coarse_bands": "bands",
-    }
-    for name in ("resampling", "min_overlap", *short):
-        if name in given or short.get(name) in given:
-            explicit[name] = reading[name]
-    config = train_config(config_file, save_dir, explicit, recipe)
+    explicit, fill, flag_of = _command_line_values(ctx, flags, reading, files=bool(config_file or recipe))
+    config = train_config(config_file, save_dir, explicit, recipe, fill=fill, flag_of=flag_of)
+    if ratio is None and reading["coarse_ratio"] is not None:  # ERGAS of the test step
+        ratio = 1 / reading["coarse_ratio"]
     dates = tuple(d.date() for d in test_dates)
     result = run_training(folder, config, resume=resume, overwrite=overwrite, ratio=ratio, test_dates=dates)
     if result.test_split is None:
@@ -291,6 +288,45 @@ def train_command(
     say(f"best checkpoint: {result.train.best}")
     for name, path in result.tables.items():
         say(f"{name}: {path}")
+
+
+#: reading options that set both the fine and the coarse value (--scale sets fine_scale and coarse_scale)
+_BOTH = {
+    "fine_scale": "scale",
+    "coarse_scale": "scale",
+    "fine_offset": "offset",
+    "coarse_offset": "offset",
+    "fine_bands": "bands",
+    "coarse_bands": "bands",
+}
+
+
+def _command_line_values(
+    ctx: click.Context, flags: dict[str, Any], reading: dict[str, Any], *, files: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """The training config values of the command line, for :func:`train_config`: those that override a
+    recipe or --config (every option when neither is given; else the options typed), those that only
+    fill what they leave unset (--scale, --offset, --bands for the per-image keys: a config's
+    coarse_bands stays), and the option that gave each key (named in errors)."""
+    typed = {
+        name
+        for name in (*TRAIN_FLAGS, *READING_PARAMETERS)
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    given = typed if files else {*TRAIN_FLAGS, *READING_PARAMETERS}
+    explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
+    fill = {}
+    for name in ("resampling", "min_overlap", *_BOTH):
+        if name in given:
+            explicit[name] = reading[name]
+        elif _BOTH.get(name) in given:
+            fill[name] = reading[name]
+    flag_of = {}
+    for name in (*TRAIN_FLAGS, "resampling", "min_overlap", *_BOTH):
+        option = name if name in typed else _BOTH.get(name) if _BOTH.get(name) in typed else None
+        if option is not None:
+            flag_of[name] = "--" + option.replace("_", "-")
+    return explicit, fill, flag_of
 
 
 @click.command("test")
