@@ -45,12 +45,37 @@ def test_every_method_is_scored_on_the_same_pixels(case: scenes.FusionCase, tmp_
     assert full.metrics.mean == gappy.metrics.mean
     assert full.metrics.conventions["n_valid"] == 30 * 40 - 25
     # each method's conventions count its own unpredicted pixels, as its table column does
-    assert (gappy.metrics.conventions["n_unpredicted"], full.metrics.conventions["n_unpredicted"]) == (25, 0)
+    counts = ("n_excluded", "n_nonfinite_truth", "n_unpredicted", "n_masked")
+    assert [gappy.metrics.conventions[k] for k in counts] == [25, 0, 25, 0]
+    assert [full.metrics.conventions[k] for k in counts] == [25, 0, 0, 25]  # out for the other's holes
     tables = workflows.write_tables({"c": results}, tmp_path / "out", overwrite=True)
     assert "unpredicted" in tables["csv"].read_text()
     markdown = tables["markdown"].read_text()
     assert "- holes: " in markdown and "excluded=25, unpredicted=25" in markdown, markdown
     assert "- coarse-delta: " in markdown and "excluded=25, unpredicted=0" in markdown, markdown
+
+
+def test_scored_pixel_counts_are_disjoint_and_add_up() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.05, 0.4, (2, 20, 24))
+    truth[:, 0, :10] = np.nan  # 10 invalid truth pixels
+    one, two = truth + 0.01, truth - 0.02
+    one[:, 5:10, 5:10] = np.nan  # 25 holes in one; 4 in two, 2 of them shared with one
+    two[:, 9, 8:12] = np.nan
+    two[:, 0, :2] = np.nan  # where the truth is invalid anyway
+    results = workflows.score_predictions(
+        {"one": (one, 0.0, None), "two": (two, 0.0, None)}, truth, ratio=None, band_names=["a", "b"]
+    )
+    for name, unpredicted, masked in (("one", 25, 2), ("two", 4, 23)):
+        conventions = results[name].metrics.conventions  # type: ignore[union-attr]
+        assert conventions["n_valid"] == 20 * 24 - 10 - 27
+        assert (conventions["n_nonfinite_truth"], conventions["n_unpredicted"], conventions["n_masked"]) == (
+            10,
+            unpredicted,
+            masked,
+        )
+        assert conventions["n_excluded"] == 10 + unpredicted + masked
+        assert results[name].n_unpredicted == unpredicted
 
 
 def test_outputs_carry_provenance_and_never_replace_inputs(case: scenes.FusionCase, tmp_path: Path) -> None:

@@ -348,7 +348,12 @@ def score_predictions(
     ratio: float | None,
     band_names: Sequence[str],
 ) -> dict[str, MethodResult]:
-    """Metrics of each prediction on the pixels every prediction has a value for (and the truth)."""
+    """Metrics of each prediction on the pixels every prediction has a value for (and the truth).
+
+    Each report's conventions count its excluded pixels in three disjoint parts: ``n_nonfinite_truth``
+    (invalid in the truth), ``n_unpredicted`` (valid there, no value from this method) and
+    ``n_masked`` (left out because another method gave no value there).
+    """
     if truth is None:
         return {name: MethodResult(p, None, s, path) for name, (p, s, path) in predictions.items()}
     truth_valid = np.isfinite(truth).all(axis=0)
@@ -367,9 +372,14 @@ def score_predictions(
             metrics = compute_metrics(prediction, truth, valid=common, ratio=ratio, band_names=band_names)
         except ValueError as exc:
             raise InputError(f"{path or name}: cannot be scored: {exc}") from exc
-        # the report's own count is 0 on the common pixels: its conventions give this method's count,
-        # as its table column does (the excluded pixels include every method's unpredicted ones)
-        metrics = replace(metrics, conventions={**metrics.conventions, "n_unpredicted": missing})
+        # scored on the common pixels, the report counts every excluded pixel as masked: split them
+        # into the truth's invalid pixels, this method's unpredicted ones (as its table column) and
+        # those left out because another method did not predict them (n_masked)
+        excluded = int(metrics.conventions["n_excluded"])
+        invalid_truth = int((~truth_valid).sum())
+        counts = {"n_nonfinite_truth": invalid_truth, "n_unpredicted": missing}
+        counts["n_masked"] = excluded - invalid_truth - missing
+        metrics = replace(metrics, conventions={**metrics.conventions, **counts})
         results[name] = MethodResult(prediction, metrics, seconds, path, missing)
     return results
 
