@@ -89,6 +89,21 @@ def test_flat_folder_test_split_by_date_names_the_folder_in_its_errors(flat_fold
     assert message.endswith("(target dates: 2001-02-01, 2001-03-01)"), message
     with pytest.raises(InputError, match=rf"^{flat_folder}: test date\(s\) 2001-01-15"):
         scenes.split_cases(found, test_dates=[dt.date(2001, 1, 15)])
+    with pytest.raises(InputError) as error:  # the test date in every case: nothing left to train on
+        scenes.split_cases(found, test_dates=[dt.date(2001, 2, 1), dt.date(2001, 3, 1)])
+    message = str(error.value)
+    assert message.startswith(f"{flat_folder}: 2 case(s) and all of them involve the test date(s) "), message
+    assert "date(s) 2001-02-01, 2001-03-01; a flat folder needs three dates" in message, message
+
+
+def test_test_dates_are_refused_on_the_paper_layout(sample_root: Path) -> None:
+    found = scenes.discover(sample_root)
+    assert found.layout == "paper" and scenes.split_of(found, "test")
+    day = [dt.date(2001, 11, 2)]
+    with pytest.raises(InputError, match=rf"^{sample_root}: --test-date splits a flat folder by date"):
+        scenes.split_of(found, "test", test_dates=day)
+    with pytest.raises(InputError, match=rf"^{sample_root}: --test-date splits a flat folder by date"):
+        scenes.split_cases(found, test_dates=day)
 
 
 def test_flat_folder_coarse_only_target_and_duplicates(flat_folder: Path, rng: np.random.Generator) -> None:

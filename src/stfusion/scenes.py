@@ -780,6 +780,7 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
     training, so no test date is ever seen.
     """
     if discovery.layout == "paper":
+        _refuse_test_dates(discovery, test_dates)
         train, val, test = (discovery.split(name) for name in SPLITS)
         return Splits(train, val, test, rule="the data folder's train/, val/ and test/ pair folders")
     cases = discovery.cases
@@ -788,17 +789,31 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
     train = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
     if not train:
         raise InputError(
-            f"{len(cases)} case(s) and all of them involve the test date(s) {sorted(map(str, chosen))}; "
-            "a flat folder needs three dates or more to train on some and test on another"
+            f"{_where(discovery)}{len(cases)} case(s) and all of them involve the test date(s) "
+            f"{', '.join(map(str, sorted(chosen)))}; a flat folder needs three dates or more to train on "
+            "some and test on another"
         )
     dates = ", ".join(str(d) for d in sorted(chosen))
     return Splits(train, [], test, rule=f"by date: test = target date {dates}; validation = held-out rows")
 
 
+def _where(discovery: Discovery) -> str:
+    """``"<folder>: "`` to start a message about a discovered folder (empty when it has no root)."""
+    return f"{discovery.root}: " if discovery.root is not None else ""
+
+
+def _refuse_test_dates(discovery: Discovery, test_dates: Sequence[dt.date]) -> None:
+    if test_dates:
+        raise InputError(
+            f"{_where(discovery)}--test-date splits a flat folder by date; this folder has the paper "
+            "layout, whose test/ pair folders are the test"
+        )
+
+
 def _test_dates(discovery: Discovery, test_dates: Sequence[dt.date]) -> set[dt.date]:
     """A flat folder's test dates: those given (each must be a case's target date), else the latest."""
     cases = discovery.cases
-    where = f"{discovery.root}: " if discovery.root is not None else ""
+    where = _where(discovery)
     if not cases:
         raise InputError(f"{where}no fusion case found (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif)")
     targets = sorted({case.date_t2 for case in cases})
@@ -819,6 +834,7 @@ def split_of(discovery: Discovery, name: str, *, test_dates: Sequence[dt.date] =
     if name not in SPLITS:
         raise InputError(f"split {name!r}: choose one of {', '.join(SPLITS)}")
     if discovery.layout == "paper":
+        _refuse_test_dates(discovery, test_dates)
         return discovery.split(name)
     if name == "test":
         chosen = _test_dates(discovery, test_dates)
