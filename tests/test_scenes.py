@@ -92,8 +92,27 @@ def test_flat_folder_test_split_by_date_names_the_folder_in_its_errors(flat_fold
     with pytest.raises(InputError) as error:  # the test date in every case: nothing left to train on
         scenes.split_cases(found, test_dates=[dt.date(2001, 2, 1), dt.date(2001, 3, 1)])
     message = str(error.value)
-    assert message.startswith(f"{flat_folder}: 2 case(s) and all of them involve the test date(s) "), message
-    assert "date(s) 2001-02-01, 2001-03-01; a flat folder needs three dates" in message, message
+    assert message.startswith(f"{flat_folder}: no case to train on: of 2 case(s), 2 involve the test "), (
+        message
+    )
+    assert "date(s) 2001-02-01, 2001-03-01; a flat folder needs fine images of three dates" in message
+
+
+def test_a_date_to_predict_between_the_fine_dates_is_not_trained_on(
+    flat_folder: Path, rng: np.random.Generator
+) -> None:
+    """A coarse image without a fine one (a date to predict, as docs/data.md lays out) makes a case
+    without a truth: the date split leaves it out of training instead of failing on it."""
+    write_tif(flat_folder / "coarse_20010115.tif", random_scene(rng))
+    found = scenes.discover(flat_folder)
+    assert [(c.name, c.fine_t2 is not None) for c in found.cases] == [
+        ("20010101-20010115", False),
+        ("20010101-20010201", True),
+        ("20010201-20010301", True),
+    ]
+    splits = scenes.split_cases(found)
+    assert [c.name for c in splits.train] == ["20010101-20010201"]
+    assert [c.name for c in splits.test] == ["20010201-20010301"]
 
 
 def test_test_dates_are_refused_on_the_paper_layout(sample_root: Path) -> None:

@@ -777,7 +777,8 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
     the cases whose target date is in ``test_dates`` (default: the latest target date) are the test;
     the others train, and validation is a spatial hold-out of the training cases (``val`` is empty;
     the caller sets ``val_holdout``). Cases whose reference date is a test date are dropped from
-    training, so no test date is ever seen.
+    training, so no test date is ever seen, and so are cases without a fine image of their target date
+    (a date to predict, with nothing to learn from).
     """
     if discovery.layout == "paper":
         _refuse_test_dates(discovery, test_dates)
@@ -786,12 +787,14 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
     cases = discovery.cases
     chosen = _test_dates(discovery, test_dates)
     test = [case for case in cases if case.date_t2 in chosen]
-    train = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
+    apart = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
+    train = [case for case in apart if case.fine_t2 is not None]
     if not train:
+        untrained = f" and {len(apart)} have no fine image of their target date" if apart else ""
         raise InputError(
-            f"{_where(discovery)}{len(cases)} case(s) and all of them involve the test date(s) "
-            f"{', '.join(map(str, sorted(chosen)))}; a flat folder needs three dates or more to train on "
-            "some and test on another"
+            f"{_where(discovery)}no case to train on: of {len(cases)} case(s), {len(cases) - len(apart)} "
+            f"involve the test date(s) {', '.join(map(str, sorted(chosen)))}{untrained}; a flat folder "
+            "needs fine images of three dates or more to train on some and test on another"
         )
     dates = ", ".join(str(d) for d in sorted(chosen))
     return Splits(train, [], test, rule=f"by date: test = target date {dates}; validation = held-out rows")
