@@ -282,7 +282,18 @@ def test_ctrl_c_leaves_a_resumable_state_and_one_line(tiny_paper_data: Path, tmp
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: rerun with --resume")
     assert list(save_dir.glob(".*.part")) == []
-    assert load_checkpoint(save_dir / "last.ckpt").epoch >= 1
+    done = load_checkpoint(save_dir / "last.ckpt").epoch
+    assert done >= 1
+    # as the line says: the same data and --save-dir with --resume go on (the run's config.json is the
+    # base, so options left at their defaults are not "changed"); here for one more epoch only
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+
+    resume = ["train", "--data-dir", str(tiny_paper_data), "--save-dir", str(save_dir), "--resume"]
+    resumed = CliRunner().invoke(cli, [*resume, "--epochs", str(done + 1)])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(save_dir / "last.ckpt").epoch == done + 1
 
 
 def test_val_holdout_validates_on_unseen_rows(tiny_paper_data: Path, tmp_path: Path) -> None:

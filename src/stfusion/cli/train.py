@@ -80,6 +80,7 @@ def train_config(
             raise InputError(f"{config_file}: not a readable JSON training config ({exc})") from exc
         if not isinstance(loaded, dict):
             raise InputError(f"{config_file}: a training config is a JSON object of options, not {loaded!r}")
+        loaded.pop("world_size", None)  # a run's config.json records it beside the options
         values.update(loaded)
     for name, value in (fill or {}).items():
         if values.get(name) is None:
@@ -277,6 +278,9 @@ def train_command(
         raise InputError("give the data folder: stfusion train DATA --save-dir RUN")
     if resume and overwrite:
         raise InputError("--resume continues the run in --save-dir, --overwrite replaces it: give one")
+    recorded = save_dir / "config.json"
+    if resume and config_file is None and recipe is None and recorded.is_file():
+        config_file = recorded  # `--resume` alone continues the run as it was started (typed options win)
     explicit, fill, flag_of = _command_line_values(ctx, flags, reading, files=bool(config_file or recipe))
     config = train_config(config_file, save_dir, explicit, recipe, fill=fill, flag_of=flag_of)
     if ratio is None and reading["coarse_ratio"] is not None:  # ERGAS of the test step
