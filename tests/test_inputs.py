@@ -8,6 +8,7 @@ close to the one from the pre-resampled input (tolerances measured and stated be
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -290,7 +291,9 @@ def test_cloud_mask_changes_no_metric_and_is_nodata(tmp_path: Path, tiny_checkpo
         for name in ("persistence", "coarse-delta", "starfm", "fsdaf")
     }
     predictors["mlffgan"] = fusion.get("mlffgan").preparer(checkpoint=load_checkpoint(tiny_checkpoint))
-    unmasked = scenes.explicit_case(**dict(case.paths()))
+    unmasked = scenes.explicit_case(**dict(case.paths()), sidecar_masks=False)
+    # the same files named one by one (as `stfusion predict` does) take their sidecar masks
+    assert scenes.explicit_case(**dict(case.paths())).masks == case.masks
     control = {"starfm": predictors["starfm"]}
     first = workflows.run_methods([case], predictors, out_dir=tmp_path / "first", ratio=0.1)
     control_first = workflows.run_methods([unmasked], control, out_dir=tmp_path / "c1")
@@ -666,3 +669,51 @@ def test_coarse_bands_in_mod09ga_order_give_the_same_prediction(tmp_path: Path) 
     with rasterio.open(tmp_path / "d.tif") as d, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(d.read(), b.read()[2:4])
         assert d.descriptions == ("red", "nir")
+
+
+def test_sidecar_masks_reach_predict_and_evaluate_as_they_reach_compare(tmp_path: Path) -> None:
+    """Files named one by one (`predict`, `evaluate`) take their `<stem>_mask.tif` as a discovered
+    folder does: the masked block is nodata in the prediction, and evaluate leaves the truth's masked
+    pixels out as compare does."""
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+    from stfusion.sample import DATASETS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("fine_20011008", "coarse_20011008", "coarse_20011017", "fine_20011017"):
+        shutil.copy(DATASETS["cia-crop"] / f"{name}.tif", data)
+    block = np.zeros((250, 250), np.uint8)
+    block[100:140, 100:160] = 1
+    for name in ("fine_20011008", "fine_20011017"):
+        with rasterio.open(data / f"{name}.tif") as src:
+            write_tif(data / f"{name}_mask.tif", block, crs=src.crs.to_string(), transform=src.transform)
+    runner = CliRunner()
+    out = tmp_path / "pred.tif"
+    args = [
+        "predict",
+        "--method",
+        "coarse-delta",
+        "--out",
+        str(out),
+        "--fine-t1",
+        str(data / "fine_20011008.tif"),
+    ]
+    args += [
+        "--coarse-t1",
+        str(data / "coarse_20011008.tif"),
+        "--coarse-t2",
+        str(data / "coarse_20011017.tif"),
+    ]
+    assert (result := runner.invoke(cli, args)).exit_code == 0, result.output
+    with rasterio.open(out) as src:
+        predicted = src.read()
+        assert (predicted[:, 100:140, 100:160] == src.nodata).all()
+        assert (predicted[:, :100] != src.nodata).all()
+    evaluated = runner.invoke(
+        cli, ["evaluate", "--pred", str(out), "--truth", str(data / "fine_20011017.tif")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"mask: {data / 'fine_20011017_mask.tif'} (beside the truth" in evaluated.output
+    assert "valid pixels=60100, excluded=2400" in evaluated.output, evaluated.output

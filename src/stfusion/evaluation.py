@@ -8,6 +8,7 @@ reflectance by its own scale (GDAL scale/offset tags, an explicit scale, or the 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,8 @@ from stfusion import raster, report, scenes
 from stfusion.errors import InputError
 from stfusion.inputs import check_values
 from stfusion.metrics import MetricReport, compute_metrics
+
+log = logging.getLogger(__name__)
 
 
 def table_outputs(json_path: Path | None, csv_path: Path | None, *, overwrite: bool) -> dict[str, Path]:
@@ -62,7 +65,11 @@ def evaluate_files(
     pred_offset: float | None = None,
     truth_offset: float | None = None,
 ) -> MetricReport:
-    """Metrics of a prediction GeoTIFF against the truth; InputError naming the file on any mismatch."""
+    """Metrics of a prediction GeoTIFF against the truth; InputError naming the file on any mismatch.
+
+    ``mask``: nonzero = pixel left out; None = the truth's sidecar ``<stem>_mask.tif`` if it has one
+    (as ``compare`` masks its truth), else none.
+    """
     pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
     if pred_info.shape != truth_info.shape:
         raise InputError(
@@ -75,6 +82,8 @@ def evaluate_files(
             f"transform {pred_info.transform[:6]} vs {truth_info.transform[:6]}); a prediction is scored "
             "only against the truth of the same place"
         )
+    if mask is None and (mask := scenes.sidecar_mask(truth)) is not None:  # as compare masks the truth
+        log.info("%s: masked by %s", truth, mask.name)
     if mask is not None:
         scenes.check_mask_grid(raster.inspect(mask), truth_info)
     predicted = _read(pred, pred_scale, pred_offset, "pred")

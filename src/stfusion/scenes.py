@@ -25,7 +25,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stfusion import raster
@@ -240,6 +240,17 @@ def _files(folder: Path) -> list[Path]:
 
 def _is_mask_name(path: Path) -> bool:
     return _is_raster_name(path) and path.stem.lower().endswith(MASK_SUFFIX)
+
+
+def sidecar_mask(image: str | os.PathLike[str]) -> Path | None:
+    """The mask beside an image, ``<stem>_mask.tif`` (suffixes in either case), or None."""
+    image = Path(image)
+    for mask_suffix in (MASK_SUFFIX, MASK_SUFFIX.upper()):
+        for suffix in dict.fromkeys((image.suffix, ".tif", ".TIF", ".tiff", ".TIFF")):
+            candidate = image.with_name(f"{image.stem}{mask_suffix}{suffix}")
+            if candidate != image and candidate.is_file():
+                return candidate
+    return None
 
 
 def _split_masks(paths: list[Path]) -> tuple[list[Path], dict[str, Path]]:
@@ -549,10 +560,13 @@ def explicit_case(
     date_t2: dt.date | None = None,
     masks: Mapping[str, str | os.PathLike[str]] | None = None,
     extra_pairs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[str]]] = (),
+    sidecar_masks: bool = True,
 ) -> FusionCase:
     """A case from explicit file paths; dates default to those found in the file names, else unknown
-    (``date.min``). ``masks`` maps roles (``fine_t1`` ...) to mask rasters (nonzero = invalid);
-    ``extra_pairs`` are further (coarse, fine) reference pairs (roles ``coarse_t3``, ``fine_t3``, ...).
+    (``date.min``). ``masks`` maps roles (``fine_t1`` ...) to mask rasters (nonzero = invalid); an
+    image without one there takes its sidecar ``<stem>_mask.tif`` if it has one (:func:`sidecar_mask`),
+    as in every discovered layout, unless ``sidecar_masks`` is false. ``extra_pairs`` are further
+    (coarse, fine) reference pairs (roles ``coarse_t3``, ``fine_t3``, ...).
     """
     extra = tuple(
         ReferenceFiles(Path(c), Path(f), _date_in_name(Path(f)) or dt.date.min) for c, f in extra_pairs
@@ -564,7 +578,7 @@ def explicit_case(
     paths = [Path(p) for p in (coarse_t1, fine_t1, coarse_t2)]
     t1 = date_t1 or _date_in_name(paths[1]) or dt.date.min
     t2 = date_t2 or _date_in_name(paths[2]) or dt.date.min
-    return FusionCase(
+    case = FusionCase(
         extra_pairs=extra,
         name=name or Path(coarse_t2).stem,
         coarse_t1=paths[0],
@@ -575,6 +589,12 @@ def explicit_case(
         date_t2=t2,
         masks={role: Path(p) for role, p in (masks or {}).items()},
     )
+    sidecars = {}
+    for role, path in case.paths().items() if sidecar_masks else ():
+        if role not in case.masks and (found := sidecar_mask(path)) is not None:
+            log.info("%s: masked by %s", path, found.name)
+            sidecars[role] = found
+    return replace(case, masks={**case.masks, **sidecars}) if sidecars else case
 
 
 def _date_in_name(path: Path) -> dt.date | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stfusion import evaluation, report, workflows
+from stfusion import evaluation, report, scenes, workflows
 from stfusion.cli.options import one_line_errors, say
 
 
@@ -24,7 +24,8 @@ from stfusion.cli.options import one_line_errors, say
     "--mask",
     type=click.Path(path_type=Path),
     default=None,
-    help="Raster: nonzero = invalid (on the truth's grid, or georeferenced: nearest resampling).",
+    help="Raster: nonzero = invalid (on the truth's grid, or georeferenced: nearest resampling) "
+    "[default: the truth's <stem>_mask.tif if there is one].",
 )
 @click.option(
     "--data-range",
@@ -91,6 +92,8 @@ def evaluate_command(
     UIQI; lower for RMSE, MAE, |bias|, SAM and ERGAS.
     """
     outputs = evaluation.table_outputs(json_path, csv_path, overwrite=overwrite)
+    if mask is None and (mask := scenes.sidecar_mask(truth)) is not None:
+        say(f"mask: {mask} (beside the truth; nonzero = left out)")
     inputs = [path for path in (pred, truth, mask) if path is not None]
     workflows.refuse_inputs_as_outputs(list(outputs.values()), inputs)
     if ratio is None and coarse_ratio is not None:
