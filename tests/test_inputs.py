@@ -669,6 +669,42 @@ def test_coarse_bands_in_mod09ga_order_give_the_same_prediction(tmp_path: Path) 
     with rasterio.open(tmp_path / "d.tif") as d, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(d.read(), b.read()[2:4])
         assert d.descriptions == ("red", "nir")
+    # bands named alike in another order: refused (red would meet blue), and the named selection works
+    landsat = ("blue", "green", "red", "nir", "swir1", "swir2")
+    named_fine = tmp_path / "fine_named.tif"
+    shutil.copy(fine, named_fine)
+    raster.set_band_names(named_fine, landsat)
+    for date in ("1017", "1102"):
+        drop = [0, 1, 2, 3, 5, 6]  # without MODIS band 5
+        with rasterio.open(modis[date]) as src:
+            write_tif(
+                tmp_path / f"M6_{date}.tif",
+                src.read()[drop],
+                crs=src.crs.to_string(),
+                transform=src.transform,
+            )
+        raster.set_band_names(tmp_path / f"M6_{date}.tif", ("red", "nir", "blue", "green", "swir1", "swir2"))
+    swapped = ["predict", "--method", "coarse-delta", "--fine-t1", str(named_fine)]
+    swapped += ["--coarse-t1", str(tmp_path / "M6_1017.tif"), "--coarse-t2", str(tmp_path / "M6_1102.tif")]
+    refused = CliRunner().invoke(cli, [*swapped, "--out", str(tmp_path / "e.tif")])
+    assert refused.exit_code == 2 and not (tmp_path / "e.tif").exists(), refused.output
+    assert "bands red, nir, blue, green, swir1, swir2 are fine t1's (blue, green, red, nir" in refused.output
+    assert "--coarse-bands blue,green,red,nir,swir1,swir2" in refused.output
+    fixed = CliRunner().invoke(
+        cli, [*swapped, "--coarse-bands", ",".join(landsat), "--out", str(tmp_path / "e.tif")]
+    )
+    assert fixed.exit_code == 0, fixed.output
+    with rasterio.open(tmp_path / "e.tif") as e, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(e.read(), b.read())
+    # names asked of coarse files that have none: the message says how to select them instead
+    unnamed = ["predict", "--fine-t1", str(named_fine), "--coarse-t1", str(root / "coarse_20011017.tif")]
+    unnamed += ["--coarse-t2", str(root / "coarse_20011102.tif"), "--bands", "red,nir"]
+    result = CliRunner().invoke(cli, [*unnamed, "--out", str(tmp_path / "f.tif")])
+    assert (
+        result.exit_code == 2
+        and "has no band descriptions; select its bands by number with --coarse-bands (1 to 6)"
+        in result.output
+    ), result.output
 
 
 def test_sidecar_masks_reach_predict_and_evaluate_as_they_reach_compare(tmp_path: Path) -> None:

@@ -145,7 +145,11 @@ class CaseReader:
         self.case = case
         self.options = options or ReadOptions()
         self.selection = {
-            role: resolve_bands(self.options.bands_for(role), raster.inspect(path))
+            role: resolve_bands(
+                self.options.bands_for(role),
+                raster.inspect(path),
+                option="--coarse-bands" if is_coarse_role(role) else "--bands",
+            )
             for role, path in case.paths().items()
             if self.options.bands_for(role) is not None
         }
@@ -162,6 +166,7 @@ class CaseReader:
             names = [names[p] for p in self.selection["fine_t1"]]
         self.band_names = names
         self.bands = len(names)
+        self._check_band_order()
         self.reprojected = tuple(
             role
             for role, info in self.infos.items()
@@ -192,6 +197,28 @@ class CaseReader:
             for index in range(self.n_pairs):
                 coarse_role, fine_role = pair_roles(index)
                 check_scales_agree(samples[fine_role], samples[coarse_role])
+
+    def _selected_names(self, role: str) -> list[str] | None:
+        """A role's band descriptions after the band selection, lower case; None if any is missing."""
+        names = [(name or "").strip().lower() for name in self.infos[role].band_names]
+        if not all(names):
+            return None
+        return [names[p] for p in self.selection.get(role, range(len(names)))]
+
+    def _check_band_order(self) -> None:
+        """InputError when an image holds fine t1's named bands in another order (e.g. MOD09GA's red,
+        nir, blue, green, ... against Landsat's blue, green, red, ...): fused as they are, red would
+        meet blue."""
+        fine = self._selected_names("fine_t1")
+        for role in self.infos:
+            names = self._selected_names(role)
+            if fine is None or names is None or names == fine or sorted(names) != sorted(fine):
+                continue
+            option = "--coarse-bands" if is_coarse_role(role) else "--bands"
+            raise InputError(
+                f"{self.infos[role].path}: bands {', '.join(names)} are fine t1's ({', '.join(fine)}) in "
+                f"another order; select them in its order by name, e.g. {option} {','.join(fine)}"
+            )
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -287,8 +314,11 @@ def band_count(path: str | os.PathLike[str], options: ReadOptions | None = None)
     return len(spec) if spec is not None else raster.inspect(path).count
 
 
-def resolve_bands(spec: tuple[str, ...] | None, info: raster.RasterInfo) -> tuple[int, ...]:
-    """0-based positions of the bands ``spec`` names (1-based numbers or descriptions), in its order."""
+def resolve_bands(
+    spec: tuple[str, ...] | None, info: raster.RasterInfo, *, option: str = "--bands"
+) -> tuple[int, ...]:
+    """0-based positions of the bands ``spec`` names (1-based numbers or descriptions), in its order;
+    ``option`` is the command-line option a message suggests for selecting by number."""
     if spec is None:
         return tuple(range(info.count))
     names = {(n or "").strip().lower(): i for i, n in enumerate(info.band_names) if n}
@@ -305,7 +335,12 @@ def resolve_bands(spec: tuple[str, ...] | None, info: raster.RasterInfo) -> tupl
         elif text.lower() in names:
             positions.append(names[text.lower()])
         else:
-            known = ", ".join(n for n in info.band_names if n) or "none: use numbers"
+            known = ", ".join(n for n in info.band_names if n)
+            if not known:
+                raise InputError(
+                    f"{info.path}: no band named {text!r}: the file has no band descriptions; select its "
+                    f"bands by number with {option} (1 to {info.count})"
+                )
             raise InputError(f"{info.path}: no band named {text!r} (its band descriptions: {known})")
     return tuple(positions)
 
