@@ -182,6 +182,30 @@ def test_suspicious_values_warn(
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "b.tif").exit_code == 0
     assert "coarse_20010201.tif: values look like digital numbers" in caplog.text
+    # x 10000 integers read with Landsat C2's scale and offset: mostly negative reflectance, warned
+    caplog.clear()
+    write_tif(files["coarse_t2"], random_scene(rng))
+    with caplog.at_level(logging.WARNING):
+        scaled = ("--coarse-scale", "2.75e-5", "--coarse-offset", "-0.2")
+        assert predict(runner, files, tmp_path / "b2.tif", *scaled).exit_code == 0
+    assert "coarse_20010201.tif: most values are below reflectance 0 (median -0." in caplog.text
+    assert "is its scale or offset wrong?" in caplog.text
+    # Landsat C2 digital numbers read as x 10000 (median reflectance about 1.05): warned too
+    caplog.clear()
+    c2 = np.rint((random_scene(rng) * 1e-4 + 0.2) / 2.75e-5).astype(np.uint16)
+    write_tif(files["coarse_t2"], c2)
+    with caplog.at_level(logging.WARNING):
+        assert predict(runner, files, tmp_path / "b3.tif").exit_code == 0
+    assert "coarse_20010201.tif: most values are above reflectance 1 (median 1." in caplog.text
+    # an undeclared integer fill value (MODIS -28672) in a block: warned, named, used as data
+    caplog.clear()
+    filled = random_scene(rng)
+    filled[:, :4, :6] = -28672
+    write_tif(files["coarse_t2"], filled)
+    with caplog.at_level(logging.WARNING):
+        assert predict(runner, files, tmp_path / "b4.tif").exit_code == 0
+    assert "sampled values are below reflectance -0.5 (most often the stored value -28672)" in caplog.text
+    assert "gdal_edit.py -a_nodata -28672 coarse_20010201.tif" in caplog.text
     # float reflectance 0..1: read as reflectance (automatic scale 1), the same prediction as x 10000
     # integers, no warning; forced through --scale 0.0001 it is warned about
     caplog.clear()

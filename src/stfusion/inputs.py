@@ -42,6 +42,14 @@ DN_LIKE_REFLECTANCE = 1.5
 TINY_REFLECTANCE = 0.002
 #: Ratio of typical levels above which a date's fine and coarse images look differently scaled.
 SCALE_MISMATCH_RATIO = 3.0
+#: Median reflectance above which an image looks wrongly scaled (e.g. Landsat Collection 2 digital
+#: numbers read as x 10000), or below which it looks wrongly offset: no scene is mostly brighter than
+#: a white surface, nor mostly negative.
+HIGH_MEDIAN_REFLECTANCE = 1.0
+LOW_MEDIAN_REFLECTANCE = -0.02
+#: Reflectance below which a value is impossible (surface reflectance products stay above about -0.01):
+#: an undeclared integer nodata/fill value (e.g. -9999, MODIS -28672) read as data.
+IMPOSSIBLE_REFLECTANCE = -0.5
 
 
 def row_windows(height: int, width: int, rows: int = 256) -> list[Window]:
@@ -424,6 +432,33 @@ def check_values(
             path,
             TINY_REFLECTANCE,
             how,
+        )
+    elif not LOW_MEDIAN_REFLECTANCE <= median <= HIGH_MEDIAN_REFLECTANCE:
+        log.warning(
+            "%s: most values are %s reflectance %g (median %.3f, %s): is its scale or offset wrong? Give "
+            "the file's own (e.g. --fine-scale 2.75e-5 --fine-offset -0.2 for Landsat Collection 2 Level-2 "
+            "files without tags, --coarse-scale 0.0001 for MOD09GA), or GDAL scale/offset tags",
+            path,
+            "above" if median > 0 else "below",
+            HIGH_MEDIAN_REFLECTANCE if median > 0 else 0,
+            median,
+            how,
+        )
+    impossible = reflectance < IMPOSSIBLE_REFLECTANCE
+    if impossible.any():
+        stored, counts = np.unique(sample.values[impossible], return_counts=True)
+        common = float(stored[np.argmax(counts)])
+        log.warning(
+            "%s: %d of %d sampled values are below reflectance %g (most often the stored value %g): an "
+            "undeclared nodata or fill value? They are used as data; declare it (e.g. gdal_edit.py "
+            "-a_nodata %g %s)",
+            path,
+            int(impossible.sum()),
+            reflectance.size,
+            IMPOSSIBLE_REFLECTANCE,
+            common,
+            common,
+            os.path.basename(path),
         )
     return sample
 
