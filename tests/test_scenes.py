@@ -274,7 +274,7 @@ def test_sample_is_in_paper_layout(sample_root: Path) -> None:
 
 
 def test_paper_layout_copy_checks_every_folder_before_writing(
-    tmp_path: Path, rng: np.random.Generator
+    tmp_path: Path, rng: np.random.Generator, caplog: pytest.LogCaptureFixture
 ) -> None:
     flat = tmp_path / "flat"
     for day in (1, 2, 3):
@@ -282,8 +282,11 @@ def test_paper_layout_copy_checks_every_folder_before_writing(
             write_tif(flat / f"{kind}_200101{day:02d}.tif", random_scene(rng, 2, 8, 8))
     found = scenes.discover(flat)
     out = tmp_path / "paper"
-    written = scenes.to_paper_layout(found, out)
+    with caplog.at_level("WARNING", logger="stfusion.scenes"):
+        written = scenes.to_paper_layout(found, out)
     assert [p.relative_to(out).parts[0] for p in written] == ["train", "val", "test"]
+    assert written[1].name == "2001_002_0102-2001_001_0101"  # the training case reversed: said so
+    assert f"{out}: val/ holds the training case 20010101-20010102 reversed" in caplog.text
     again = scenes.discover(out)
     assert again.layout == "paper" and {c.split for c in again.cases} == {"train", "val", "test"}
     # a second layout whose test folder exists already: refused before any other folder is written

@@ -878,6 +878,14 @@ def to_paper_layout(discovery: Discovery, out: Path, *, test_dates: Sequence[dt.
         raise InputError(f"{out}: is the data folder itself; write the paper layout to a new folder")
     splits = split_cases(discovery, test_dates=test_dates)
     val = splits.val or [_reversed(splits.train[-1])]
+    if not splits.val:
+        log.warning(
+            "%s: val/ holds the training case %s reversed (no other case is free, as in the paper's own "
+            "data): an epoch chosen on it is chosen on training dates; `stfusion train` on the flat "
+            "folder itself validates on held-out rows instead",
+            out,
+            splits.train[-1].name,
+        )
     folders: list[Path] = []
     copies: list[tuple[Path, Path]] = []
     for split, cases in (("train", splits.train), ("val", val), ("test", splits.test)):
