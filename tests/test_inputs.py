@@ -753,3 +753,34 @@ def test_sidecar_masks_reach_predict_and_evaluate_as_they_reach_compare(tmp_path
     assert evaluated.exit_code == 0, evaluated.output
     assert f"mask: {data / 'fine_20011017_mask.tif'} (beside the truth" in evaluated.output
     assert "valid pixels=60100, excluded=2400" in evaluated.output, evaluated.output
+
+
+def test_evaluate_scores_a_band_subset_by_name_or_by_bands(tmp_path: Path) -> None:
+    """A prediction of some bands (`fuse --bands red,nir`) is scored against a full truth: by the
+    prediction's band names, or by --bands; without either, one line says how."""
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+    from stfusion.sample import DATASETS
+
+    truth = tmp_path / "truth.tif"
+    shutil.copy(DATASETS["cia-crop"] / "fine_20011017.tif", truth)
+    raster.set_band_names(truth, ("blue", "green", "red", "nir", "swir1", "swir2"))
+    with rasterio.open(truth) as src:
+        subset, crs, transform = src.read()[2:4], src.crs.to_string(), src.transform
+    pred = write_tif(tmp_path / "pred.tif", subset, crs=crs, transform=transform)
+    runner = CliRunner()
+    unnamed = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth)])
+    assert unnamed.exit_code == 2, unnamed.output
+    assert "2 bands, the truth" in unnamed.output and "with --bands" in unnamed.output
+    for extra in (["--bands", "3,4"], ["--bands", "red,nir"]):
+        result = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth), *extra])
+        assert result.exit_code == 0, result.output
+        assert "red" in result.output and "nir" in result.output and "blue" not in result.output
+        rows = [line.split() for line in result.output.splitlines() if line.startswith(("red", "nir"))]
+        assert len(rows) == 2 and all(float(row[1]) == 0.0 for row in rows), result.output  # RMSE 0
+    raster.set_band_names(pred, ("red", "nir"))
+    named = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth)])
+    assert named.exit_code == 0 and "blue" not in named.output, named.output
+    wrong = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth), "--bands", "1"])
+    assert wrong.exit_code == 2 and "--bands selects 1 bands" in wrong.output, wrong.output

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stfusion import raster, report, scenes
 from stfusion.errors import InputError
-from stfusion.inputs import check_values
+from stfusion.inputs import check_values, resolve_bands
 from stfusion.metrics import MetricReport, compute_metrics
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,34 @@ def table_outputs(json_path: Path | None, csv_path: Path | None, *, overwrite: b
     return outputs
 
 
-def _read(path: Path, scale: float | None, offset: float | None, role: str) -> raster.Raster:
+def truth_bands(
+    pred_info: raster.RasterInfo, truth_info: raster.RasterInfo, spec: tuple[str, ...] | None = None
+) -> tuple[int, ...]:
+    """0-based truth bands scored against the prediction's: ``spec`` (numbers or names, as --bands),
+    else all when the counts agree, else those named like the prediction's bands (e.g. a prediction
+    of red and nir against a 6-band truth); InputError when none of these fits."""
+    if spec is not None:
+        return resolve_bands(spec, truth_info)
+    if pred_info.count == truth_info.count:
+        return tuple(range(truth_info.count))
+    names = [(n or "").strip() for n in pred_info.band_names]
+    if all(names):
+        try:
+            return resolve_bands(tuple(names), truth_info)
+        except InputError:
+            pass
+    raise InputError(
+        f"{pred_info.path}: {pred_info.count} bands, the truth {truth_info.path} {truth_info.count}; "
+        "choose the truth's bands to score with --bands (numbers or names, in the prediction's order)"
+    )
+
+
+def _read(
+    path: Path, scale: float | None, offset: float | None, role: str, *, bands: Sequence[int] = ()
+) -> raster.Raster:
     """The file as reflectance (its tags, else ``scale``/``offset``, else automatic), values checked;
-    ``role`` (pred, truth) names the options in messages."""
+    ``role`` (pred, truth) names the options in messages; ``bands``: 0-based bands to read (all when
+    empty)."""
     if offset is not None and not math.isfinite(offset):
         raise InputError(f"--{role}-offset {offset}: must be a finite number")
     if offset is not None and scale is None:
@@ -49,7 +74,7 @@ def _read(path: Path, scale: float | None, offset: float | None, role: str) -> r
             f"--{role}-offset {offset:g} needs --{role}-scale too (reflectance = value x scale + offset)"
         )
     check_values(path, scale=scale, offset=offset)
-    return raster.read(path, scale=scale, offset=offset)
+    return raster.read(path, scale=scale, offset=offset, bands=[b + 1 for b in bands] if bands else None)
 
 
 def evaluate_files(
@@ -64,17 +89,24 @@ def evaluate_files(
     truth_scale: float | None = None,
     pred_offset: float | None = None,
     truth_offset: float | None = None,
+    bands: tuple[str, ...] | None = None,
 ) -> MetricReport:
     """Metrics of a prediction GeoTIFF against the truth; InputError naming the file on any mismatch.
 
     ``mask``: nonzero = pixel left out; None = the truth's sidecar ``<stem>_mask.tif`` if it has one
-    (as ``compare`` masks its truth), else none.
+    (as ``compare`` masks its truth), else none. ``bands``: the truth's bands to score, see
+    :func:`truth_bands`.
     """
     pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
-    if pred_info.shape != truth_info.shape:
+    if pred_info.shape[1:] != truth_info.shape[1:]:
         raise InputError(
             f"{pred}: shape {pred_info.shape} (bands, rows, cols) differs from truth {truth} "
             f"{truth_info.shape}"
+        )
+    selected = truth_bands(pred_info, truth_info, bands)
+    if len(selected) != pred_info.count:
+        raise InputError(
+            f"--bands selects {len(selected)} bands of {truth}; the prediction {pred} has {pred_info.count}"
         )
     if not raster.same_grid(pred_info, truth_info):
         raise InputError(
@@ -87,11 +119,11 @@ def evaluate_files(
     if mask is not None:
         scenes.check_mask_grid(raster.inspect(mask), truth_info)
     predicted = _read(pred, pred_scale, pred_offset, "pred")
-    true = _read(truth, truth_scale, truth_offset, "truth")
+    true = _read(truth, truth_scale, truth_offset, "truth", bands=selected)
     valid = None
     if mask is not None:
         valid = ~raster.read_mask_on_grid(mask, truth_info, resampling="nearest")
-    band_names = [n or f"band{i + 1}" for i, n in enumerate(true.info.band_names)]
+    band_names = [true.info.band_names[i] or f"band{i + 1}" for i in selected]
     try:
         return compute_metrics(
             predicted.data,

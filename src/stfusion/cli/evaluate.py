@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from stfusion import evaluation, report, scenes, workflows
-from stfusion.cli.options import one_line_errors, say
+from stfusion.cli.options import band_list, one_line_errors, say
 
 
 @click.command("evaluate")
@@ -66,6 +66,12 @@ from stfusion.cli.options import one_line_errors, say
     help="Reflectance offset of the truth, if it has no tags (Landsat C2 L2: --truth-scale 2.75e-5 "
     "--truth-offset -0.2).",
 )
+@click.option(
+    "--bands",
+    default=None,
+    help="The truth's bands to score, in the prediction's order, by number (1-based) or description, "
+    "e.g. red,nir [default: all; fewer prediction bands: those named like them].",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write JSON.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write CSV.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
@@ -82,6 +88,7 @@ def evaluate_command(
     truth_scale: float | None,
     pred_offset: float | None,
     truth_offset: float | None,
+    bands: str | None,
     json_path: Path | None,
     csv_path: Path | None,
     overwrite: bool,
@@ -109,6 +116,7 @@ def evaluate_command(
         truth_scale=truth_scale,
         pred_offset=pred_offset,
         truth_offset=truth_offset,
+        bands=band_list(bands),
     )
     say(report.format_table(result))
     for path in evaluation.write_reports({pred.stem: result}, outputs):

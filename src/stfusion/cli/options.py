@@ -252,7 +252,7 @@ def read_values(
     coarse_ratio: float | None = None,
 ) -> dict[str, Any]:
     """The :class:`ReadOptions` field values of :func:`read_options`, not yet checked."""
-    fine_bands = _band_list(bands)
+    fine_bands = band_list(bands)
     return {
         "resampling": resampling,
         "min_overlap": min_overlap,
@@ -261,12 +261,12 @@ def read_values(
         "fine_offset": fine_offset if fine_offset is not None else offset,
         "coarse_offset": coarse_offset if coarse_offset is not None else offset,
         "fine_bands": fine_bands,
-        "coarse_bands": _band_list(coarse_bands) if coarse_bands is not None else fine_bands,
+        "coarse_bands": band_list(coarse_bands) if coarse_bands is not None else fine_bands,
         "coarse_ratio": coarse_ratio,
     }
 
 
-def _band_list(text: str | None) -> tuple[str, ...] | None:
+def band_list(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     items = tuple(item.strip() for item in text.split(",") if item.strip())
