@@ -273,3 +273,14 @@ def test_compare_writes_tables_and_one_figure_per_case(flat_folder: Path, tmp_pa
         assert f"figure: {figure}" in result.output
     table = (out / "comparison.csv").read_text()
     assert all(f"{case}/coarse-delta" in table for case in cases)
+
+
+def test_overwrite_and_skip_existing_together_are_refused(
+    runner: CliRunner, flat_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    for command in (["fuse", str(flat_folder)], ["compare", str(flat_folder)]):
+        result = runner.invoke(cli, [*command, "--out", str(out), "--overwrite", "--skip-existing"])
+        assert result.exit_code == 2, result.output
+        assert "give --overwrite (redo the outputs) or --skip-existing (keep them), not both" in result.output
+        assert not out.exists()

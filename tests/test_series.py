@@ -18,7 +18,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from stfusion import raster, series
+from stfusion import raster, scenes, series
 from stfusion.cli import cli
 from stfusion.errors import InputError
 from stfusion.sample import DATASETS
@@ -66,6 +66,32 @@ def test_choose_pairs() -> None:
     assert series.choose_pairs(d(2000, 12, 1), usable[:1]) == (d(2001, 1, 1),)
     assert series.choose_pairs(d(2001, 1, 20), usable, max_pairs=1) == (d(2001, 2, 1),)
     assert series.choose_pairs(d(2001, 1, 20), []) == ()
+
+
+def test_fuse_dates_option_takes_a_range_or_one_date() -> None:
+    from stfusion.cli.fuse import parse_dates
+
+    d = dt.date
+    assert parse_dates("2001-06-01..20010831") == (d(2001, 6, 1), d(2001, 8, 31))
+    assert parse_dates("2001-07-11") == (d(2001, 7, 11), d(2001, 7, 11))
+    assert parse_dates(None) is None
+    for bad, why in (("2001-08-31..2001-06-01", "A on or before B"), ("July", "expected A..B or one date")):
+        with pytest.raises(InputError, match=why):
+            parse_dates(bad)
+
+
+def test_a_file_given_as_the_folder_is_named_as_a_file(tmp_path: Path) -> None:
+    script = tmp_path / "info.py"
+    script.write_text("print(1)\n")
+    for call in (
+        lambda: series.SeriesInputs.from_folder(script),
+        lambda: series.SeriesInputs.from_dirs(script, tmp_path),
+        lambda: scenes.discover(script),
+    ):
+        with pytest.raises(InputError, match=r"info\.py: is a file, not a folder; give the folder"):
+            call()
+    with pytest.raises(InputError, match=r"nowhere: folder not found"):
+        series.SeriesInputs.from_folder(tmp_path / "nowhere")
 
 
 def test_date_of_names() -> None:

@@ -242,6 +242,13 @@ def _is_mask_name(path: Path) -> bool:
     return _is_raster_name(path) and path.stem.lower().endswith(MASK_SUFFIX)
 
 
+def missing_folder(path: Path) -> str:
+    """The message for a data folder that is not one: missing, or a file."""
+    if Path(path).exists():
+        return f"{path}: is a file, not a folder; give the folder that holds the images"
+    return f"{path}: folder not found"
+
+
 def sidecar_mask(image: str | os.PathLike[str]) -> Path | None:
     """The mask beside an image, ``<stem>_mask.tif`` (suffixes in either case), or None."""
     image = Path(image)
@@ -526,10 +533,8 @@ def discover(root: str | os.PathLike[str]) -> Discovery:
     folders, a single pair folder, or a flat folder of fine_/coarse_ files. An empty result is an error.
     """
     root = Path(root)
-    if not root.exists():
-        raise InputError(f"{root}: folder not found")
     if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+        raise InputError(missing_folder(root))
     if any((root / split).is_dir() for split in SPLITS):
         discovery = discover_paper_layout(root)
     elif _PAIR_FOLDER.match(root.name):

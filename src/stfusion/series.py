@@ -88,7 +88,7 @@ class SeriesInputs:
         """A flat folder of ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` (+ ``<stem>_mask.tif``)."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise InputError(f"{folder}: folder not found")
+            raise InputError(scenes.missing_folder(folder))
         by_role, masks, _ = scenes.flat_images(folder)
         images = [*by_role["fine"].values(), *by_role["coarse"].values()]
         attached = {p: masks[p.stem] for p in images if p.stem in masks}
@@ -111,7 +111,7 @@ class SeriesInputs:
 def _images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: folder not found")
+        raise InputError(scenes.missing_folder(folder))
     return sorted(
         p
         for p in folder.iterdir()

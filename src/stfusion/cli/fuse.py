@@ -16,6 +16,7 @@ from stfusion.cli.options import (
     make_output_folder,
     make_tiles,
     one_line_errors,
+    one_output_state,
     progress,
     reading_options,
     say,
@@ -26,18 +27,17 @@ from stfusion.inputs import ReadOptions, band_count
 
 
 def parse_dates(text: str | None) -> tuple[dt.date, dt.date] | None:
-    """``A..B`` (YYYY-MM-DD or YYYYMMDD each, inclusive) -> (A, B)."""
+    """``A..B`` (YYYY-MM-DD or YYYYMMDD each, inclusive) -> (A, B); one date ``A`` -> (A, A)."""
     if text is None:
         return None
     first, sep, last = text.partition("..")
     try:
-        dates = [
-            dt.date.fromisoformat(d.strip()) if "-" in d else dt.datetime.strptime(d.strip(), "%Y%m%d").date()
-            for d in (first, last)
-        ]
+        dates = [_date(first), _date(last if sep else first)]
     except ValueError:
-        raise InputError(f"--dates {text!r}: expected A..B, e.g. 2001-06-01..2001-08-31") from None
-    if not sep or dates[0] > dates[1]:
+        raise InputError(
+            f"--dates {text!r}: expected A..B or one date, e.g. 2001-06-01..2001-08-31 or 2001-07-11"
+        ) from None
+    if dates[0] > dates[1]:
         raise InputError(f"--dates {text!r}: expected A..B with A on or before B")
     return dates[0], dates[1]
 
@@ -62,7 +62,9 @@ def _date(text: str) -> dt.date:
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="MLFF-GAN checkpoint.")
 @click.option("--option", "options", multiple=True, help="Method option key=value (repeatable).")
 @click.option(
-    "--dates", default=None, help="Only target dates within A..B (inclusive), e.g. 2001-06-01..2001-08-31."
+    "--dates",
+    default=None,
+    help="Only target dates within A..B (inclusive), e.g. 2001-06-01..2001-08-31, or one date.",
 )
 @click.option(
     "--max-invalid",
@@ -115,6 +117,7 @@ def fuse_command(
     one side). Writes OUT/fused_YYYYMMDD.tif, OUT/series.csv and OUT/series.png. Under `torchrun
     --nproc_per_node N -m stfusion fuse ...` the dates are split over the N processes.
     """
+    one_output_state(overwrite, skip_existing)
     method = method or ("mlffgan" if checkpoint is not None else None)  # as in predict
     if method is not None:  # a method/checkpoint mismatch stops here, before any output exists
         fusion.get(method).check_checkpoint(checkpoint is not None)

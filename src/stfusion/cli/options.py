@@ -403,9 +403,15 @@ def explicit_masks(mask: Path | None, **own: Path | None) -> dict[str, Path]:
 
 
 def output_state_options(command: F) -> F:
-    """``--overwrite``, ``--skip-existing`` (resume an interrupted run) and ``--quality``."""
+    """``--overwrite``, ``--skip-existing`` (resume an interrupted run; not both) and ``--quality``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        one_output_state(kwargs["overwrite"], kwargs["skip_existing"])
+        return command(*args, **kwargs)
+
     return _apply(
-        command,
+        cast(F, wrapper),
         [
             click.option("--overwrite", is_flag=True, help="Replace existing outputs (never an input)."),
             click.option(
@@ -424,6 +430,12 @@ def output_state_options(command: F) -> F:
             ),
         ],
     )
+
+
+def one_output_state(overwrite: bool, skip_existing: bool) -> None:
+    """Usage error when both --overwrite and --skip-existing are given."""
+    if overwrite and skip_existing:
+        raise click.UsageError("give --overwrite (redo the outputs) or --skip-existing (keep them), not both")
 
 
 def make_output_folder(out: Path) -> Path:
