@@ -113,6 +113,10 @@ def test_a_date_to_predict_between_the_fine_dates_is_not_trained_on(
     splits = scenes.split_cases(found)
     assert [c.name for c in splits.train] == ["20010101-20010201"]
     assert [c.name for c in splits.test] == ["20010201-20010301"]
+    # a date before the first fine date is in no case, but fuse can predict it: said so
+    write_tif(flat_folder / "coarse_20001201.tif", random_scene(rng))
+    skipped = {s.path.name: s.reason for s in scenes.discover(flat_folder).skipped}
+    assert skipped["coarse_20001201.tif"].endswith("`stfusion fuse` predicts its date from later pairs")
 
 
 def test_test_dates_are_refused_on_the_paper_layout(sample_root: Path) -> None:

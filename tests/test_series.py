@@ -126,6 +126,12 @@ def test_separate_folders_attach_masks_whatever_the_case_of_their_suffixes(
         f"LC08_{FINE_DATES[2]:%Y%m%d}.TIF": f"LC08_{FINE_DATES[2]:%Y%m%d}_MASK.TIF",
     }
     assert "LC08_20010101_mask.tif: not used: no image LC08_20010101.tif" in caplog.text
+    lone = fine_dir / "LC08_20010901.TIF"  # a fine image without a coarse image of its date
+    shutil.copy(fine_dir / f"LC08_{FINE_DATES[0]:%Y%m%d}.TIF", lone)
+    with caplog.at_level("WARNING", logger="stfusion.series"):
+        series.plan_series(series.SeriesInputs.from_dirs(fine_dir, coarse_dir))
+    assert f"{lone}: not used: no coarse image of 2001-09-01 (a reference pair needs both)" in caplog.text
+    lone.unlink()
     plans = {plan.date: plan for plan in series.plan_series(inputs)}
     assert plans[FINE_DATES[0]].observed  # the clear one
     for date in FINE_DATES[1:]:  # the masked ones are predicted from the clear one, and say why
@@ -163,6 +169,7 @@ def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) ->
     kept = CliRunner().invoke(cli, [*args, "--skip-existing"])
     assert kept.exit_code == 0, kept.output
     assert kept.output.count("(kept)") == 20 and "not coarse-delta" not in kept.output
+    assert kept.output.rstrip().endswith("0 date(s) predicted, 20 kept, 3 observed"), kept.output
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
     # kept by a run of another method: reported as the files were made, and said so
     other = [*args[: args.index("--method") + 1], "persistence", "--skip-existing"]

@@ -473,6 +473,11 @@ def discover_flat_folder(
                 continue
             if role == "fine" and date not in coarse:
                 why = f"no coarse image of {date}, so it is in no case"
+            elif role == "coarse":
+                why = (
+                    "in no case (no earlier date has both a fine and a coarse image); `stfusion fuse` "
+                    "predicts its date from later pairs"
+                )
             else:
                 why = "in no case (no earlier date has both a fine and a coarse image)"
             discovery.skipped.append(SkippedFile(path, why))

@@ -198,6 +198,10 @@ def plan_series(
     inputs.check()
     grid = raster.inspect(next(iter(inputs.fine.values())))
     complete = sorted(set(inputs.fine) & set(inputs.coarse))
+    for date in sorted(set(inputs.fine) - set(inputs.coarse)):
+        log.warning(
+            "%s: not used: no coarse image of %s (a reference pair needs both)", inputs.fine[date], date
+        )
     fraction = {d: invalid_fraction(inputs.fine[d], inputs.masks.get(inputs.fine[d]), grid) for d in complete}
     usable = [d for d in complete if fraction[d] <= max_invalid]
     if not usable:  # no date could be predicted: refused before any output

@@ -168,7 +168,7 @@ def fuse_command(
         if context.is_main:
             table, figure = series.write_series_outputs(out, inputs, plans, reading)
             say(f"series: {table}\nfigure: {figure}")
-            say(_summary(plans))
+            say(_summary(series.load_summaries(out, plans)))
     finally:
         distributed.teardown(context)
 
@@ -185,10 +185,12 @@ def _inputs(folder: Path | None, fine_dir: Path | None, coarse_dir: Path | None)
     return series.SeriesInputs.from_dirs(fine_dir, coarse_dir)
 
 
-def _summary(plans: list[series.DatePlan]) -> str:
-    """One closing line: how many dates were predicted and observed."""
-    predicted = sum(1 for p in plans if p.pairs)
-    return f"{predicted} date(s) predicted, {len(plans) - predicted} observed"
+def _summary(results: list[series.DateResult]) -> str:
+    """One closing line: how many dates were predicted, kept (--skip-existing) and observed."""
+    counts = {status: sum(1 for r in results if r.status == status) for status in ("predicted", "kept")}
+    kept = f", {counts['kept']} kept" if counts["kept"] else ""
+    observed = sum(1 for r in results if r.status == "observed")
+    return f"{counts['predicted']} date(s) predicted{kept}, {observed} observed"
 
 
 def _line(result: series.DateResult) -> str:
