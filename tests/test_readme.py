@@ -52,6 +52,7 @@ def test_the_readme_tutorial_runs_as_written(tmp_path: Path) -> None:
     example = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     assert len(example) == 1
     check = "\nassert july.prediction.shape == (3, 400, 400)\nassert prediction.shape == (3, 400, 400)\n"
+    check += "import numpy\nnumpy.testing.assert_allclose(same, prediction, rtol=0, atol=1e-6)\n"
     done = subprocess.run(
         [sys.executable, "-c", example[0] + check],
         cwd=tmp_path,
