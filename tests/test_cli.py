@@ -284,3 +284,22 @@ def test_overwrite_and_skip_existing_together_are_refused(
         assert result.exit_code == 2, result.output
         assert "give --overwrite (redo the outputs) or --skip-existing (keep them), not both" in result.output
         assert not out.exists()
+
+
+def test_an_output_folder_left_empty_by_a_failed_run_is_removed(
+    runner: CliRunner, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A run that stops after creating its output folders but before writing any output leaves none
+    behind (here FSDAF cannot estimate a scale factor on 3 x 3 images); a folder that existed stays."""
+    data = tmp_path / "tiny"
+    for stamp in ("20010101", "20010201"):
+        for kind in ("fine", "coarse"):
+            write_tif(data / f"{kind}_{stamp}.tif", random_scene(rng, 2, 3, 3))
+    out = tmp_path / "new" / "out"
+    result = runner.invoke(cli, ["compare", str(data), "--out", str(out), "--methods", "fsdaf"])
+    assert result.exit_code == 2 and "cannot estimate scale_factor" in result.output, result.output
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = runner.invoke(cli, ["compare", str(data), "--out", str(existing), "--methods", "fsdaf"])
+    assert result.exit_code == 2 and existing.is_dir() and not list(existing.rglob("*.tif")), result.output

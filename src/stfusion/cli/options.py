@@ -7,6 +7,7 @@ is parsed (click types and ranges), before any work.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -43,12 +44,15 @@ def one_line_errors(hint: str = "outputs written so far are complete") -> Callab
     def decorate(command: F) -> F:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _CREATED_FOLDERS.clear()
             try:
                 return command(*args, **kwargs)
             except StfusionError as exc:
+                _remove_empty_created_folders()
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(EXIT_INPUT_ERROR)
             except KeyboardInterrupt:
+                _remove_empty_created_folders()
                 click.echo(f"interrupted: {hint}", err=True)
                 sys.exit(EXIT_INTERRUPTED)
 
@@ -438,14 +442,31 @@ def one_output_state(overwrite: bool, skip_existing: bool) -> None:
         raise click.UsageError("give --overwrite (redo the outputs) or --skip-existing (keep them), not both")
 
 
+#: Output folders this command created (deepest first): removed again if it stops on an error or
+#: Ctrl-C before writing anything into them (see :func:`one_line_errors`).
+_CREATED_FOLDERS: list[Path] = []
+
+
+def _remove_empty_created_folders() -> None:
+    for folder in _CREATED_FOLDERS:
+        if folder.is_dir():  # its empty subfolders (e.g. a case's), then itself if nothing was written
+            for inner, _, _ in os.walk(folder, topdown=False):
+                with contextlib.suppress(OSError):  # not empty: an output was written there
+                    os.rmdir(inner)
+    _CREATED_FOLDERS.clear()
+
+
 def make_output_folder(out: Path) -> Path:
-    """Create an output folder (and parents); InputError if impossible."""
+    """Create an output folder (and parents); InputError if impossible. A folder created here is
+    removed again, if still empty, when the command stops on an error or Ctrl-C."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; --out needs a folder")
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from exc
+    _CREATED_FOLDERS.extend(missing)
     if not os.access(out, os.W_OK):
         raise InputError(f"{out}: output folder is not writable")
     return out
