@@ -256,7 +256,12 @@ def test_evaluate_shape_mismatch(runner: CliRunner, tmp_path: Path, rng: np.rand
     pred = write_tif(tmp_path / "p.tif", random_scene(rng, bands=3))
     truth = write_tif(tmp_path / "t.tif", random_scene(rng))
     result = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth)])
-    _assert_one_line_error(result, "p.tif", "differs from truth")
+    _assert_one_line_error(
+        result, "p.tif", "3 bands, the truth", "choose the truth's bands to score with --bands"
+    )
+    other = write_tif(tmp_path / "o.tif", random_scene(rng, height=10))
+    result = runner.invoke(cli, ["evaluate", "--pred", str(other), "--truth", str(truth)])
+    _assert_one_line_error(result, "o.tif", "differs from truth")
 
 
 def test_compare_writes_tables_and_one_figure_per_case(flat_folder: Path, tmp_path: Path) -> None:

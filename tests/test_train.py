@@ -341,11 +341,19 @@ def test_train_cli_reprojects_native_coarse_images(tiny_paper_data: Path, tmp_pa
     nan = CliRunner().invoke(cli, [*args, "--fine-offset", "nan"])  # named as the option typed
     assert nan.exit_code == 2 and not save_dir.exists(), nan.output
     assert nan.output.startswith("error: --fine-offset: fine_offset: expected a finite number"), nan.output
-    # --bands fills the config's unset keys only: its coarse_bands (a reordering) stays
+    # a bad value of the config is the config's, even when a typed --bands would have filled it
+    (tmp_path / "bad.json").write_text(json.dumps({**config, "coarse_bands": 5}))
+    blamed = CliRunner().invoke(cli, [*args, "--config", str(tmp_path / "bad.json"), "--bands", "1,2,3"])
+    assert blamed.exit_code == 2 and not save_dir.exists(), blamed.output
+    assert blamed.output.startswith(f"error: {tmp_path / 'bad.json'}: coarse_bands: expected a list"), (
+        blamed.output
+    )
+    # --bands sets fine_bands as typed, and coarse_bands unless the config has its own (a reordering)
     config["coarse_bands"] = ["3", "2", "1"]
     (tmp_path / "tiny.json").write_text(json.dumps(config))
     result = CliRunner().invoke(cli, [*args, "--fine-offset", "0", "--bands", "1,2,3"])
     assert result.exit_code == 0, result.output
+    assert f"--bands: coarse_bands kept from {tmp_path / 'tiny.json'}: ['3', '2', '1']" in result.output
     recorded = json.loads((save_dir / "config.json").read_text())
     assert recorded["resampling"] == "nearest" and (recorded["coarse_scale"], recorded["coarse_offset"]) == (
         1e-4,

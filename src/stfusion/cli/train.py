@@ -82,9 +82,15 @@ def train_config(
             raise InputError(f"{config_file}: a training config is a JSON object of options, not {loaded!r}")
         loaded.pop("world_size", None)  # a run's config.json records it beside the options
         values.update(loaded)
+    flag_of = dict(flag_of or {})
+    kept = []
     for name, value in (fill or {}).items():
         if values.get(name) is None:
             values[name] = value
+        elif value != values[name]:  # the config's own coarse value stays: said, and not blamed on it
+            kept.append(
+                f"{flag_of.pop(name, name)}: {name} kept from {config_file or recipe}: {values[name]}"
+            )
     values.update(explicit)
     values["save_dir"] = str(save_dir)
     source = config_file if config_file is not None else "training options"
@@ -92,11 +98,13 @@ def train_config(
         config = TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
         key = str(exc).split(":", 1)[0].split(".", 1)[0]
-        raise InputError(f"{(flag_of or {}).get(key) or source}: {exc}") from exc
+        raise InputError(f"{flag_of.get(key) or source}: {exc}") from exc
     try:  # a device from a config file gets the --device flag's check
         check_device(config.device)
     except click.BadParameter as exc:
-        raise InputError(f"{(flag_of or {}).get('device') or source}: device {exc.message}") from exc
+        raise InputError(f"{flag_of.get('device') or source}: device {exc.message}") from exc
+    for line in kept:
+        say(line)
     return config
 
 
@@ -310,8 +318,9 @@ def _command_line_values(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """The training config values of the command line, for :func:`train_config`: those that override a
     recipe or --config (every option when neither is given; else the options typed), those that only
-    fill what they leave unset (--scale, --offset, --bands for the per-image keys: a config's
-    coarse_bands stays), and the option that gave each key (named in errors)."""
+    fill what they leave unset (the coarse key of --scale, --offset and --bands: a config's
+    coarse_bands, e.g. MOD09GA's order, stays; their fine key is set as typed), and the option that gave
+    each key (named in errors)."""
     typed = {
         name
         for name in (*TRAIN_FLAGS, *READING_PARAMETERS)
@@ -319,15 +328,17 @@ def _command_line_values(
     }
     given = typed if files else {*TRAIN_FLAGS, *READING_PARAMETERS}
     explicit = {name: flags[name] for name in TRAIN_FLAGS if name in given}
-    fill = {}
+    flag_of = {name: "--" + name.replace("_", "-") for name in explicit if name in typed}
+    fill: dict[str, Any] = {}
     for name in ("resampling", "min_overlap", *_BOTH):
+        short = _BOTH.get(name)
         if name in given:
             explicit[name] = reading[name]
-        elif _BOTH.get(name) in given:
-            fill[name] = reading[name]
-    flag_of = {}
-    for name in (*TRAIN_FLAGS, "resampling", "min_overlap", *_BOTH):
-        option = name if name in typed else _BOTH.get(name) if _BOTH.get(name) in typed else None
+        elif short in given:
+            (fill if name.startswith("coarse_") else explicit)[name] = reading[name]
+        else:
+            continue
+        option = name if name in typed else short if short in typed else None
         if option is not None:
             flag_of[name] = "--" + option.replace("_", "-")
     return explicit, fill, flag_of
