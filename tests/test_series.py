@@ -125,7 +125,7 @@ def test_separate_folders_attach_masks_whatever_the_case_of_their_suffixes(
         f"LC08_{FINE_DATES[1]:%Y%m%d}.TIF": f"LC08_{FINE_DATES[1]:%Y%m%d}_mask.tif",
         f"LC08_{FINE_DATES[2]:%Y%m%d}.TIF": f"LC08_{FINE_DATES[2]:%Y%m%d}_MASK.TIF",
     }
-    assert "LC08_20010101_mask.tif: not used: no image LC08_20010101.tif" in caplog.text
+    assert "LC08_20010101_mask.tif: not used: no image named LC08_20010101 in its folder" in caplog.text
     lone = fine_dir / "LC08_20010901.TIF"  # a fine image without a coarse image of its date
     shutil.copy(fine_dir / f"LC08_{FINE_DATES[0]:%Y%m%d}.TIF", lone)
     with caplog.at_level("WARNING", logger="stfusion.series"):
@@ -269,6 +269,15 @@ def test_python_api_in_memory(tmp_path: Path) -> None:
     first = next(r for r in lazy if r.status == "predicted")
     assert first.path is not None and first.path.exists()
     assert os.path.basename(first.path) == f"fused_{min(synthetic):%Y%m%d}.tif"
+    # a sidecar mask plans the series as on the command line: a fine image 81 % masked is no
+    # reference (its date is predicted, and says why)
+    cloudy = np.zeros((64, 64), np.uint8)
+    cloudy[:52] = 1
+    write_tif(data / f"fine_{FINE_DATES[1]:%Y%m%d}_mask.tif", cloudy, crs=None)
+    planned = {r.date: r for r in series.fuse(inputs.fine, inputs.coarse, method="coarse-delta")}
+    assert planned[FINE_DATES[1]].status == "predicted", planned[FINE_DATES[1]]
+    assert "81.2% invalid" in planned[FINE_DATES[1]].reason
+    assert all(FINE_DATES[1] not in r.pairs for r in planned.values())
 
 
 def test_fuse_with_a_checkpoint_defaults_to_mlffgan_and_a_mismatch_writes_nothing(tmp_path: Path) -> None:

@@ -143,7 +143,9 @@ def _masks(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
             image = by_stem.get(path.stem[: -len(scenes.MASK_SUFFIX)])
             if image is None:
                 log.warning(
-                    "%s: not used: no image %s.tif in its folder", path, path.stem[: -len(scenes.MASK_SUFFIX)]
+                    "%s: not used: no image named %s in its folder",
+                    path,
+                    path.stem[: -len(scenes.MASK_SUFFIX)],
                 )
             else:
                 attached[image] = path
@@ -362,6 +364,7 @@ def _case(inputs: SeriesInputs, plan: DatePlan) -> scenes.FusionCase:
         date_t1=first,
         date_t2=plan.date,
         masks=masks,
+        sidecar_masks=False,  # the series' masks are inputs.masks, which planned the dates too
     )
 
 
@@ -536,7 +539,8 @@ def fuse(
         max_invalid: largest invalid fraction of a usable reference image.
         out: folder to write ``fused_YYYYMMDD.tif`` to; None = results carry the predictions in memory.
         lazy: return an iterator that predicts (and writes) one date at a time.
-        masks: image path -> mask path (nonzero = invalid).
+        masks: image path -> mask path (nonzero = invalid); an image without one takes its sidecar
+            ``<stem>_mask.tif`` if it has one.
         checkpoint: a trained model (``stfusion train``) for ``mlffgan``; device: where it runs.
         reading: how files become pixels (bands, scales, offsets, resampling; :class:`ReadOptions`).
     Returns:
@@ -546,10 +550,13 @@ def fuse(
 
         results = stfusion.fuse(fine={date(2001, 5, 24): "f0524.tif", ...}, coarse={...}, out="series/")
     """
+    images = [*map(Path, fine.values()), *map(Path, coarse.values())]
+    given = {Path(k): Path(v) for k, v in (masks or {}).items()}
+    sidecars = {p: m for p in images if p not in given and (m := scenes.sidecar_mask(p)) is not None}
     inputs = SeriesInputs(
         fine={d: Path(p) for d, p in fine.items()},
         coarse={d: Path(p) for d, p in coarse.items()},
-        masks={Path(k): Path(v) for k, v in (masks or {}).items()},
+        masks={**sidecars, **given},
     )
     method = method or ("mlffgan" if checkpoint is not None else None)
     if method is not None:
