@@ -439,13 +439,18 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
     extended = tmp_path / "extended"
     shutil.copytree(DATASETS["cia-crop"], extended)
     shutil.copy(extended / "coarse_20011102.tif", extended / "coarse_20011120.tif")
-    no_truth = runner.invoke(
+    # a date to predict after the last fine date: the test is the latest date with a truth
+    tested = runner.invoke(
         cli, ["test", str(extended), "--checkpoint", str(run / "best.ckpt"), "--out", str(tmp_path / "t3")]
     )
+    assert tested.exit_code == 0, tested.output
+    assert sorted(p.name for p in (tmp_path / "t3").iterdir() if p.is_dir()) == ["20011017-20011102"]
+    later = ["test", str(extended), "--checkpoint", str(run / "best.ckpt"), "--out", str(tmp_path / "t4")]
+    no_truth = runner.invoke(cli, [*later, "--test-date", "2001-11-20"])
     assert (
         no_truth.exit_code == 2 and "has a fine image of its target date to score against" in no_truth.output
     )
-    assert not (tmp_path / "t3").exists()
+    assert not (tmp_path / "t4").exists()
     args = [
         "train",
         str(extended),
@@ -456,10 +461,14 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
         "--patch-size",
         "32",
     ]
-    trained = runner.invoke(cli, [*args, "--random-crops", "1", "--coarse-factor", "1", "--residual"])
+    args += ["--random-crops", "1", "--coarse-factor", "1", "--residual"]
+    refused = runner.invoke(cli, [*args, "--test-date", "2001-11-20"])
+    assert refused.exit_code == 2 and not (tmp_path / "run2").exists(), refused.output
+    assert "test date(s) 2001-11-20: no fine image to score a test against" in refused.output
+    trained = runner.invoke(cli, args)
     assert trained.exit_code == 0, trained.output
-    assert (tmp_path / "run2" / "test" / "20011102-20011120" / "mlffgan.tif").exists()
-    assert not list((tmp_path / "run2" / "test").glob("*.png"))
+    assert (tmp_path / "run2" / "test" / "20011017-20011102" / "mlffgan.tif").exists()
+    assert (tmp_path / "run2" / "test" / "metrics.md").exists()
 
 
 def test_config_file_values_are_checked_and_band_numbers_read_as_on_the_command_line() -> None:

@@ -805,7 +805,8 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
 
     The paper layout keeps its folders. Other layouts (a flat folder of dated files) are split by date:
     the cases whose target date is in ``test_dates`` (default: the latest target date) are the test;
-    the others train, and validation is a spatial hold-out of the training cases (``val`` is empty;
+    the others train (default test date: the latest with a fine image, a truth to score; a test date
+    without one is refused), and validation is a spatial hold-out of the training cases (``val`` is empty;
     the caller sets ``val_holdout``). Cases whose reference date is a test date are dropped from
     training, so no test date is ever seen, and so are cases without a fine image of their target date
     (a date to predict, with nothing to learn from).
@@ -817,6 +818,11 @@ def split_cases(discovery: Discovery, *, test_dates: Sequence[dt.date] = ()) -> 
     cases = discovery.cases
     chosen = _test_dates(discovery, test_dates)
     test = [case for case in cases if case.date_t2 in chosen]
+    if all(case.fine_t2 is None for case in test):
+        raise InputError(
+            f"{_where(discovery)}test date(s) {', '.join(map(str, sorted(chosen)))}: no fine image to score "
+            "a test against; choose a date that has one (--test-date)"
+        )
     apart = [case for case in cases if case.date_t2 not in chosen and case.date_t1 not in chosen]
     train = [case for case in apart if case.fine_t2 is not None]
     if not train:
@@ -844,13 +850,15 @@ def _refuse_test_dates(discovery: Discovery, test_dates: Sequence[dt.date]) -> N
 
 
 def _test_dates(discovery: Discovery, test_dates: Sequence[dt.date]) -> set[dt.date]:
-    """A flat folder's test dates: those given (each must be a case's target date), else the latest."""
+    """A flat folder's test dates: those given (each must be a case's target date), else the latest
+    target date that has a fine image (a truth to score), else the latest."""
     cases = discovery.cases
     where = _where(discovery)
     if not cases:
         raise InputError(f"{where}no fusion case found (fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif)")
     targets = sorted({case.date_t2 for case in cases})
-    chosen = set(test_dates) or {targets[-1]}
+    scored = sorted({case.date_t2 for case in cases if case.fine_t2 is not None})
+    chosen = set(test_dates) or {(scored or targets)[-1]}  # by default the latest date with a truth
     unknown = chosen - set(targets)
     if unknown:
         raise InputError(

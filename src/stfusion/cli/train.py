@@ -114,7 +114,8 @@ test_date_option = click.option(
     "test_dates",
     multiple=True,
     type=click.DateTime(["%Y-%m-%d", "%Y%m%d"]),
-    help="Flat folders: target date(s) held out for the test, by train and test alike [default: the latest].",
+    help="Flat folders: target date(s) held out for the test, by train and test alike [default: the latest "
+    "with a fine image].",
 )
 
 
@@ -277,7 +278,7 @@ def train_command(
     """Train MLFF-GAN on the cases of DATA, select the best epoch, test it; write a run folder.
 
     DATA is a flat folder of fine_YYYYMMDD.tif / coarse_YYYYMMDD.tif (split by date: the latest target
-    date is the test, the others train, validation on held-out rows) or the paper's layout
+    date with a fine image is the test, the others train, validation on held-out rows) or the paper's layout
     (train/, val/, test/ pair folders). Data-parallel on several processes with torchrun, e.g.
     `torchrun --nproc_per_node 4 -m stfusion train ...` (--batch-size is the global batch).
     """
