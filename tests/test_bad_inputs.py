@@ -188,15 +188,29 @@ def test_suspicious_values_warn(
     with caplog.at_level(logging.WARNING):
         scaled = ("--coarse-scale", "2.75e-5", "--coarse-offset", "-0.2")
         assert predict(runner, files, tmp_path / "b2.tif", *scaled).exit_code == 0
-    assert "coarse_20010201.tif: most values are below reflectance 0 (median -0." in caplog.text
+    assert "coarse_20010201.tif: most values are below reflectance -0.02 (median -0." in caplog.text
     assert "is its scale or offset wrong?" in caplog.text
-    # Landsat C2 digital numbers read as x 10000 (median reflectance about 1.05): warned too
+    # Landsat C2 digital numbers read as x 10000 (every value above reflectance 0.73): warned too
     caplog.clear()
     c2 = np.rint((random_scene(rng) * 1e-4 + 0.2) / 2.75e-5).astype(np.uint16)
     write_tif(files["coarse_t2"], c2)
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "b3.tif").exit_code == 0
-    assert "coarse_20010201.tif: most values are above reflectance 1 (median 1." in caplog.text
+    assert "coarse_20010201.tif: almost every value is above reflectance 0.7" in caplog.text
+    assert "Landsat Collection 2 Level-2 digital numbers read as x 10000" in caplog.text
+    # bright float reflectance (snow, 0.9-1.1) and a swath edge of undeclared -9999 (60 %): only the
+    # fill value is warned about, not the scale
+    caplog.clear()
+    snow = np.random.default_rng(3).uniform(0.9, 1.1, (4, 20, 24)).astype(np.float32)
+    write_tif(files["coarse_t2"], snow)
+    edge = random_scene(rng)
+    edge[:, :12] = -9999
+    write_tif(files["coarse_t1"], edge)
+    with caplog.at_level(logging.WARNING):
+        assert predict(runner, files, tmp_path / "b5.tif").exit_code == 0
+    assert "coarse_20010201.tif" not in caplog.text, caplog.text
+    assert "coarse_20010101.tif: " in caplog.text and "(most often the stored value -9999)" in caplog.text
+    assert "scale or offset wrong" not in caplog.text and "Collection 2" not in caplog.text
     # an undeclared integer fill value (MODIS -28672) in a block: warned, named, used as data
     caplog.clear()
     filled = random_scene(rng)

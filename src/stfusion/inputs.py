@@ -42,11 +42,11 @@ DN_LIKE_REFLECTANCE = 1.5
 TINY_REFLECTANCE = 0.002
 #: Ratio of typical levels above which a date's fine and coarse images look differently scaled.
 SCALE_MISMATCH_RATIO = 3.0
-#: Median reflectance above which an image looks wrongly scaled (e.g. Landsat Collection 2 digital
-#: numbers read as x 10000), or below which it looks wrongly offset: no scene is mostly brighter than
-#: a white surface, nor mostly negative.
-HIGH_MEDIAN_REFLECTANCE = 1.0
+#: Median reflectance below which an image looks wrongly scaled or offset: no scene is mostly negative.
 LOW_MEDIAN_REFLECTANCE = -0.02
+#: Reflectance that almost every value of an integer file read as x 10000 exceeds when it holds Landsat
+#: Collection 2 digital numbers (reflectance 0 is stored as 7273 there): real scenes have dark pixels.
+C2_FLOOR_REFLECTANCE = 0.7
 #: Reflectance below which a value is impossible (surface reflectance products stay above about -0.01):
 #: an undeclared integer nodata/fill value (e.g. -9999, MODIS -28672) read as data.
 IMPOSSIBLE_REFLECTANCE = -0.5
@@ -433,18 +433,33 @@ def check_values(
             TINY_REFLECTANCE,
             how,
         )
-    elif not LOW_MEDIAN_REFLECTANCE <= median <= HIGH_MEDIAN_REFLECTANCE:
+    impossible = reflectance < IMPOSSIBLE_REFLECTANCE
+    plausible = reflectance[~impossible]  # an undeclared fill value is warned about below, apart
+    if plausible.size and np.median(plausible) < LOW_MEDIAN_REFLECTANCE:
         log.warning(
-            "%s: most values are %s reflectance %g (median %.3f, %s): is its scale or offset wrong? Give "
-            "the file's own (e.g. --fine-scale 2.75e-5 --fine-offset -0.2 for Landsat Collection 2 Level-2 "
-            "files without tags, --coarse-scale 0.0001 for MOD09GA), or GDAL scale/offset tags",
+            "%s: most values are below reflectance %g (median %.3f, %s): is its scale or offset wrong? "
+            "Give the file's own (--fine-scale / --coarse-scale, --fine-offset / --coarse-offset) or GDAL "
+            "scale/offset tags",
             path,
-            "above" if median > 0 else "below",
-            HIGH_MEDIAN_REFLECTANCE if median > 0 else 0,
-            median,
+            LOW_MEDIAN_REFLECTANCE,
+            float(np.median(plausible)),
             how,
         )
-    impossible = reflectance < IMPOSSIBLE_REFLECTANCE
+    elif (
+        plausible.size
+        and sample.scaling is not None
+        and sample.scaling.source == "auto"
+        and np.issubdtype(np.dtype(sample.dtype), np.integer)
+        and np.percentile(plausible, 2) >= C2_FLOOR_REFLECTANCE
+    ):
+        log.warning(
+            "%s: almost every value is above reflectance %g (%s), as Landsat Collection 2 Level-2 digital "
+            "numbers read as x 10000 are: if it is one, give --fine-scale 2.75e-5 --fine-offset -0.2 (or "
+            "its GDAL scale/offset tags)",
+            path,
+            C2_FLOOR_REFLECTANCE,
+            how,
+        )
     if impossible.any():
         stored, counts = np.unique(sample.values[impossible], return_counts=True)
         common = float(stored[np.argmax(counts)])
