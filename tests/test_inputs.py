@@ -720,9 +720,13 @@ def test_sidecar_masks_reach_predict_and_evaluate_as_they_reach_compare(tmp_path
     data.mkdir()
     for name in ("fine_20011008", "coarse_20011008", "coarse_20011017", "fine_20011017"):
         shutil.copy(DATASETS["cia-crop"] / f"{name}.tif", data)
-    block = np.zeros((250, 250), np.uint8)
-    block[100:140, 100:160] = 1
-    for name in ("fine_20011008", "fine_20011017"):
+    blocks = {
+        "fine_20011008": (slice(100, 140), slice(100, 160)),
+        "fine_20011017": (slice(10, 30), slice(10, 40)),
+    }
+    for name, (rows, cols) in blocks.items():  # a cloud on the reference, another on the truth
+        block = np.zeros((250, 250), np.uint8)
+        block[rows, cols] = 1
         with rasterio.open(data / f"{name}.tif") as src:
             write_tif(data / f"{name}_mask.tif", block, crs=src.crs.to_string(), transform=src.transform)
     runner = CliRunner()
@@ -752,7 +756,8 @@ def test_sidecar_masks_reach_predict_and_evaluate_as_they_reach_compare(tmp_path
     )
     assert evaluated.exit_code == 0, evaluated.output
     assert f"mask: {data / 'fine_20011017_mask.tif'} (beside the truth" in evaluated.output
-    assert "valid pixels=60100, excluded=2400" in evaluated.output, evaluated.output
+    # out: the prediction's nodata (the reference's cloud, 2400 px) and the truth's cloud (600 px)
+    assert "valid pixels=59500, excluded=3000" in evaluated.output, evaluated.output
 
 
 def test_evaluate_scores_a_band_subset_by_name_or_by_bands(tmp_path: Path) -> None:
@@ -782,5 +787,12 @@ def test_evaluate_scores_a_band_subset_by_name_or_by_bands(tmp_path: Path) -> No
     raster.set_band_names(pred, ("red", "nir"))
     named = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth)])
     assert named.exit_code == 0 and "blue" not in named.output, named.output
+    # as many bands in another order: matched by name, not crossed
+    two = write_tif(tmp_path / "two.tif", subset[::-1], crs=crs, transform=transform)
+    raster.set_band_names(two, ("nir", "red"))
+    crossed = runner.invoke(cli, ["evaluate", "--pred", str(two), "--truth", str(pred)])
+    assert crossed.exit_code == 0, crossed.output
+    rows = [line.split() for line in crossed.output.splitlines() if line.startswith(("red", "nir"))]
+    assert len(rows) == 2 and all(float(row[1]) == 0.0 for row in rows), crossed.output
     wrong = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth), "--bands", "1"])
     assert wrong.exit_code == 2 and "--bands selects 1 bands" in wrong.output, wrong.output

@@ -43,18 +43,19 @@ def truth_bands(
     pred_info: raster.RasterInfo, truth_info: raster.RasterInfo, spec: tuple[str, ...] | None = None
 ) -> tuple[int, ...]:
     """0-based truth bands scored against the prediction's: ``spec`` (numbers or names, as --bands),
-    else all when the counts agree, else those named like the prediction's bands (e.g. a prediction
-    of red and nir against a 6-band truth); InputError when none of these fits."""
+    else those named like the prediction's bands when the truth has them all (a prediction of red and
+    nir against a 6-band truth, or bands in another order), else all when the counts agree; InputError
+    when none of these fits."""
     if spec is not None:
         return resolve_bands(spec, truth_info)
-    if pred_info.count == truth_info.count:
-        return tuple(range(truth_info.count))
     names = [(n or "").strip() for n in pred_info.band_names]
     if all(names):
         try:
             return resolve_bands(tuple(names), truth_info)
         except InputError:
             pass
+    if pred_info.count == truth_info.count:
+        return tuple(range(truth_info.count))
     raise InputError(
         f"{pred_info.path}: {pred_info.count} bands, the truth {truth_info.path} {truth_info.count}; "
         "choose the truth's bands to score with --bands (numbers or names, in the prediction's order)"
