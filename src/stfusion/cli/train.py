@@ -87,7 +87,7 @@ def train_config(
     for name, value in (fill or {}).items():
         if values.get(name) is None:
             values[name] = value
-        elif value != values[name]:  # the config's own coarse value stays: said, and not blamed on it
+        elif _plain(value) != _plain(values[name]):  # the config's own value stays: said, not blamed on it
             kept.append(
                 f"{flag_of.pop(name, name)}: {name} kept from {config_file or recipe}: {values[name]}"
             )
@@ -301,6 +301,11 @@ def train_command(
     say(f"best checkpoint: {result.train.best}")
     for name, path in result.tables.items():
         say(f"{name}: {path}")
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON and the command line both give it (band lists of strings)."""
+    return [str(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 #: reading options that set both the fine and the coarse value (--scale sets fine_scale and coarse_scale)
