@@ -145,3 +145,28 @@ def test_import_reference_maps_the_authors_keys(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="refused"):
         checkpoint.import_reference(tmp_path / "evil.pth", bands=3)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_band_checks_use_the_band_names_a_checkpoint_carries() -> None:
+    spec = ModelSpec("mlffgan", 2, {"channels": [4, 4, 8, 8, 8]})
+    named = Checkpoint(
+        model=spec, generator=spec.build().state_dict(), coarse_factor=4, band_names=["Red", "NIR"]
+    )
+    expected = (
+        r"is for 2 bands, but s\.tif has 6; it was trained on red, nir: select them with --bands red,nir"
+    )
+    with pytest.raises(InputError, match=expected):
+        named.check_bands_of_scene(6, "s.tif", ["blue", "green", "red", "nir", "swir1", "swir2"])
+    with pytest.raises(
+        InputError, match=r"the bands of s\.tif are nir, red, the checkpoint's in another order"
+    ):
+        named.check_bands_of_scene(2, "s.tif", ["nir", "red"])
+    named.check_bands_of_scene(2, "s.tif", ["red", "nir"])  # the same names, the same order
+    named.check_bands_of_scene(2, "s.tif", [None, None])  # unnamed bands: only their number is known
+    named.check_bands_of_scene(2, "s.tif", ["B4", "B5"])  # other names: not comparable, not refused
+    generic = Checkpoint(
+        model=spec, generator=spec.build().state_dict(), coarse_factor=4, band_names=["band1", "band2"]
+    )
+    with pytest.raises(InputError) as error:
+        generic.check_bands_of_scene(6, "s.tif", ["blue", "green", "red", "nir", "swir1", "swir2"])
+    assert "trained on" not in str(error.value)

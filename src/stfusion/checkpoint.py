@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ from stfusion.atomic import OutputError, atomic_path, output_error
 from stfusion.errors import InputError
 from stfusion.models import MODELS
 from stfusion.transforms import REFLECTANCE_SCALE
+
+#: band names that name nothing (written for bands without a description)
+_GENERIC = re.compile(r"band\d+", re.IGNORECASE)
 
 FORMAT = "stfusion-checkpoint/1"
 
@@ -101,17 +105,38 @@ class Checkpoint:
     def where(self) -> str:
         return str(self.path) if self.path is not None else "checkpoint"
 
-    def check_bands(self, bands: int, source: str | os.PathLike[str]) -> None:
-        """InputError unless the checkpoint's model takes ``bands`` bands (those of ``source``)."""
+    def check_bands(
+        self, bands: int, source: str | os.PathLike[str], names: Sequence[str | None] = ()
+    ) -> None:
+        """InputError unless the checkpoint's model takes ``bands`` bands (those of ``source``), and, when
+        ``names`` (the scene's band descriptions) and the checkpoint's are the same names, in its order."""
+        trained = [name.strip().lower() for name in self.band_names if name and not _GENERIC.fullmatch(name)]
+        named = len(trained) == self.bands
+        hint = f"; it was trained on {', '.join(trained)}: select them with --bands {','.join(trained)}"
         if bands != self.bands:
             raise InputError(
                 f"{self.where()}: checkpoint is for {self.bands} bands, but {source} has {bands}"
+                + (hint if named else "")
+            )
+        given = [(name or "").strip().lower() for name in names]
+        if (
+            named
+            and len(given) == bands
+            and all(given)
+            and given != trained
+            and sorted(given) == sorted(trained)
+        ):
+            raise InputError(
+                f"{self.where()}: the bands of {source} are {', '.join(given)}, the checkpoint's in another "
+                f"order{hint}"
             )
 
-    def check_bands_of_scene(self, bands: int, source: str | os.PathLike[str]) -> None:
+    def check_bands_of_scene(
+        self, bands: int, source: str | os.PathLike[str], names: Sequence[str | None] = ()
+    ) -> None:
         """Like :meth:`check_bands`, but a one-band model (applied band by band) fits any scene."""
         if self.bands != 1:
-            self.check_bands(bands, source)
+            self.check_bands(bands, source, names)
 
     def training_files(self) -> set[str]:
         """Names of the images the model was trained (or selected) on, as its training run recorded."""

@@ -322,6 +322,13 @@ def band_count(path: str | os.PathLike[str], options: ReadOptions | None = None)
     return len(spec) if spec is not None else raster.inspect(path).count
 
 
+def band_names(path: str | os.PathLike[str], options: ReadOptions | None = None) -> list[str | None]:
+    """Descriptions of the bands a fine image gives after the band selection of ``options`` (None where
+    a band has none)."""
+    info = raster.inspect(path)
+    return [info.band_names[p] for p in resolve_bands((options or ReadOptions()).fine_bands, info)]
+
+
 def resolve_bands(
     spec: tuple[str, ...] | None, info: raster.RasterInfo, *, option: str = "--bands"
 ) -> tuple[int, ...]:

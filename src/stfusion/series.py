@@ -41,7 +41,7 @@ from stfusion import distributed, fusion, raster, scenes, workflows
 from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
 from stfusion.errors import InputError
-from stfusion.inputs import CaseReader, ReadOptions, band_count, resolve_bands
+from stfusion.inputs import CaseReader, ReadOptions, band_count, band_names, resolve_bands
 from stfusion.streaming import predict_case
 
 if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
@@ -571,7 +571,7 @@ def fuse(
     readers = check_plans(inputs, plans, method=method, options=options, reading=reading)
     if model is not None:
         first = next(iter(inputs.fine.values()))
-        model.check_bands_of_scene(band_count(first, reading), first)
+        model.check_bands_of_scene(band_count(first, reading), first, band_names(first, reading))
     target = Path(out) if out is not None else None
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions, band_count
+from stfusion.inputs import ReadOptions, band_count, band_names
 
 DEFAULT_METHODS = "persistence,coarse-delta,starfm,fsdaf"
 
@@ -111,7 +111,8 @@ def compare_command(
     notes: dict[tuple[str, str], str] = {}
     for number, path in enumerate(checkpoints, start=1):
         model = load_checkpoint(path)
-        model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
+        first = cases[0].fine_t1
+        model.check_bands_of_scene(band_count(first, reading), first, band_names(first, reading))
         name = "mlffgan" if number == 1 else f"mlffgan{number}"
         preparers[name] = fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)
         notes |= {

@@ -23,7 +23,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions, band_count
+from stfusion.inputs import ReadOptions, band_count, band_names
 
 
 def parse_dates(text: str | None) -> tuple[dt.date, dt.date] | None:
@@ -134,7 +134,7 @@ def fuse_command(
     model = load_checkpoint(checkpoint) if checkpoint is not None else None
     if model is not None:
         first = next(iter(inputs.fine.values()))
-        model.check_bands_of_scene(band_count(first, reading), first)
+        model.check_bands_of_scene(band_count(first, reading), first, band_names(first, reading))
     make_output_folder(out)
     targets = [series.output_path(out, p.date) for p in plans if p.pairs]
     all_inputs = [*inputs.fine.values(), *inputs.coarse.values(), *inputs.masks.values()]

@@ -24,7 +24,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions, band_count
+from stfusion.inputs import ReadOptions, band_count, band_names
 
 
 def target_outputs(out: Path, coarse_t2: tuple[Path, ...]) -> list[Path]:
@@ -139,7 +139,7 @@ def predict_command(
     runtime = {"device": device, "amp": amp, "compile": compile_model, "tiles": tiles}
     model = load_checkpoint(checkpoint) if checkpoint is not None else None
     if model is not None:
-        model.check_bands_of_scene(band_count(fine_t1, reading), fine_t1)
+        model.check_bands_of_scene(band_count(fine_t1, reading), fine_t1, band_names(fine_t1, reading))
     preparer = entry.preparer(values, checkpoint=model, runtime=runtime)
     context = distributed.setup(device)
     output = workflows.OutputOptions(dtype, cog, overwrite, skip_existing, quality, clip)

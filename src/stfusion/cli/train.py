@@ -29,7 +29,7 @@ from stfusion.cli.options import (
     tile_options,
 )
 from stfusion.errors import InputError
-from stfusion.inputs import ReadOptions, band_count
+from stfusion.inputs import ReadOptions, band_count, band_names
 
 if TYPE_CHECKING:
     from stfusion.train import TrainConfig
@@ -397,7 +397,8 @@ def test_command(
             f"{data_dir}: no case of split {split!r} has a fine image of its target date to score against "
             "(choose another with --test-date, or use `stfusion predict`)"
         )
-    model.check_bands_of_scene(band_count(cases[0].fine_t1, reading), cases[0].fine_t1)
+    first = cases[0].fine_t1
+    model.check_bands_of_scene(band_count(first, reading), first, band_names(first, reading))
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
     for name in (n for n in baselines.split(",") if n):
