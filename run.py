@@ -93,8 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--resume", default=False, **flag)
     parser.add_argument("--overwrite", default=False, **flag, help="replace a run already in --save_dir")
-    parser.add_argument("--ratio", type=float, default=None, help="ERGAS fine/coarse pixel-size ratio")
+    parser.add_argument(
+        "--ratio",
+        type=_fine_over_coarse,
+        default=None,
+        help="ERGAS fine/coarse pixel-size ratio h/l, at most 1 (e.g. 0.0625 for 30 m / 480 m)",
+    )
     return parser
+
+
+def _fine_over_coarse(text: str) -> float:
+    """--ratio: h/l in (0, 1]; a coarse/fine ratio (16) is refused with its inverse named."""
+    value = float(text)
+    if not 0 < value <= 1:
+        hint = f"; for a coarse/fine ratio of {value:g} give {1 / value:g}" if value > 1 else ""
+        raise argparse.ArgumentTypeError(f"{text}: the fine/coarse pixel-size ratio is within (0, 1]{hint}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

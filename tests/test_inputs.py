@@ -792,6 +792,8 @@ def test_evaluate_scores_a_band_subset_by_name_or_by_bands(tmp_path: Path) -> No
     raster.set_band_names(two, ("nir", "red"))
     crossed = runner.invoke(cli, ["evaluate", "--pred", str(two), "--truth", str(pred)])
     assert crossed.exit_code == 0, crossed.output
+    forced = runner.invoke(cli, ["evaluate", "--pred", str(two), "--truth", str(pred), "--bands", "red,nir"])
+    assert forced.exit_code == 2 and "holds nir, red in that order; give --bands nir,red" in forced.output
     rows = [line.split() for line in crossed.output.splitlines() if line.startswith(("red", "nir"))]
     assert len(rows) == 2 and all(float(row[1]) == 0.0 for row in rows), crossed.output
     wrong = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth), "--bands", "1"])

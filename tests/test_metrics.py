@@ -6,8 +6,11 @@ import doctest
 import json
 import math
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -745,3 +748,24 @@ def test_doctests() -> None:
     result = doctest.testmod(metrics_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
     assert result.attempted >= len(public)
+
+
+def test_ergas_ratio_is_fine_over_coarse_and_a_coarse_ratio_is_refused_with_its_inverse() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.05, 0.4, (3, 16, 16))
+    prediction = truth + rng.normal(0, 0.01, truth.shape)
+    assert compute_metrics(prediction, truth, ratio=0.0625).mean["ergas"] is not None
+    for call in (
+        lambda: compute_metrics(prediction, truth, ratio=16),
+        lambda: metrics_module.ergas(prediction, truth, ratio=16),
+    ):
+        with pytest.raises(
+            ValueError, match=r"at most 1 .* got 16; for a coarse / fine ratio of 16 give 0\.0625"
+        ):
+            call()
+    run = subprocess.run(
+        [sys.executable, str(Path(__file__).parent.parent / "run.py"), "--data_dir", "d", "--ratio", "16"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "for a coarse/fine ratio of 16 give 0.0625" in run.stderr, run.stderr

@@ -46,9 +46,18 @@ def truth_bands(
     else those named like the prediction's bands when the truth has them all (a prediction of red and
     nir against a 6-band truth, or bands in another order), else all when the counts agree; InputError
     when none of these fits."""
-    if spec is not None:
-        return resolve_bands(spec, truth_info)
     names = [(n or "").strip() for n in pred_info.band_names]
+    if spec is not None:
+        chosen = resolve_bands(spec, truth_info)
+        picked = [(truth_info.band_names[p] or "").strip().lower() for p in chosen]
+        own = [n.lower() for n in names]
+        if all(own) and all(picked) and picked != own and sorted(picked) == sorted(own):
+            raise InputError(
+                f"--bands {','.join(spec)}: selects the truth's {', '.join(picked)}, but the prediction "
+                f"{pred_info.path} holds {', '.join(own)} in that order; give --bands {','.join(own)}, or "
+                "leave it out (bands are matched by name)"
+            )
+        return chosen
     if all(names):
         try:
             return resolve_bands(tuple(names), truth_info)

@@ -551,7 +551,7 @@ def ergas(
     1.25
     """
     prediction, truth = _check_images(prediction, truth)
-    ratio = _check_positive("ratio", ratio)
+    ratio = _check_ratio(ratio)
     scene = _scene(prediction, truth, valid)
     rmse_values: list[float] = []
     truth_means: list[float] = []
@@ -623,7 +623,7 @@ def compute_metrics(
     data_range = _check_positive("data_range", data_range)
     ssim_data_range = _check_positive("ssim_data_range", ssim_data_range)
     if ratio is not None:
-        ratio = _check_positive("ratio", ratio)
+        ratio = _check_ratio(ratio)
     uiqi_window = _check_window("uiqi_window", uiqi_window)
     _check_size(truth.shape, {"SSIM": SSIM_WINDOW, "UIQI": uiqi_window})
     names = _band_names(band_names, n_bands)
@@ -762,6 +762,17 @@ def _check_positive(name: str, value: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def _check_ratio(ratio: float) -> float:
+    """ERGAS's h/l: fine over coarse pixel size, so at most 1 (a coarse/fine ratio of 16 is 1/16 here)."""
+    ratio = _check_positive("ratio", ratio)
+    if ratio > 1:
+        raise ValueError(
+            f"ratio is the fine / coarse pixel size h/l, at most 1 (e.g. 30 m / 480 m = 0.0625), got "
+            f"{ratio:g}; for a coarse / fine ratio of {ratio:g} give {1 / ratio:g}"
+        )
+    return ratio
 
 
 def _check_window(name: str, window: int) -> int:

@@ -19,7 +19,7 @@ from stfusion.cli.options import band_list, one_line_errors, say
     default=None,
     help="Coarse / fine pixel size for ERGAS, e.g. 16 for 480 m MODIS over 30 m Landsat (unset: no ERGAS).",
 )
-@click.option("--ratio", type=click.FloatRange(min=0.0, min_open=True), default=None, hidden=True)
+@click.option("--ratio", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None, hidden=True)
 @click.option(
     "--mask",
     type=click.Path(path_type=Path),

@@ -283,7 +283,7 @@ def ratio_option(command: F) -> F:
     """``--ratio`` (hidden; older name): ERGAS's fine/coarse pixel-size ratio h/l = 1 / --coarse-ratio."""
     return click.option(
         "--ratio",
-        type=click.FloatRange(min=0, min_open=True),
+        type=click.FloatRange(min=0, max=1, min_open=True),
         default=None,
         hidden=True,
         help="ERGAS fine/coarse pixel-size ratio (older name: give --coarse-ratio, its inverse).",
