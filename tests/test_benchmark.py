@@ -80,7 +80,9 @@ def test_run_write_and_resume(tmp_path: Path, rng: np.random.Generator) -> None:
     assert benchmark.planned_runs(datasets, specs) == 14 * 3
     tables = benchmark.write_benchmark(result, tmp_path / "out", protocol={"test": True})
     text = tables["markdown"].read_text()
-    assert "## Mean over cases" in text and "starfm[window_size=7]" in text
+    assert "## Mean over the 12 one-pair case(s)" in text and "starfm[window_size=7]" in text
+    two = text[text.index("## Mean over the 2 two-pair case(s)") : text.index("## Every case")]
+    assert "| coarse-delta | 2 |" in two, two  # means of one-pair and two-pair cases are apart
     assert tables["figure"].stat().st_size > 5000
     stored = json.loads(tables["json"].read_text())
     assert len(stored["methods"]) == 14 * 3 and stored["protocol"]["test"] is True

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from stfusion import fusion, scenes, workflows
+from stfusion import fusion, metrics, scenes, workflows
 from stfusion.blocks import Block, Prediction, RowBlocks, SceneSource
 from stfusion.errors import InputError
 from tests.conftest import random_scene, write_tif
@@ -127,3 +127,17 @@ def test_clip_keeps_predictions_in_the_valid_range(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "raw.tif") as raw, rasterio.open(tmp_path / "clipped.tif") as clipped:
         np.testing.assert_allclose([raw.read().max(), raw.read().min()], [1.3, -0.3], atol=1e-6)
         np.testing.assert_allclose([clipped.read().max(), clipped.read().min()], [1.0, 0.0], atol=0)
+
+
+def test_winner_sentence_names_ties_and_cases_a_model_trained_on() -> None:
+    def scored(value: float) -> workflows.MethodResult:
+        report = metrics.compute_metrics(np.full((1, 8, 8), value), np.full((1, 8, 8), 0.0) + np.eye(8)[None])
+        return workflows.MethodResult(np.zeros((1, 8, 8)), report, 0.0)
+
+    clear = {"c1": {"a": scored(0.1), "b": scored(0.3)}}
+    assert workflows.winner_sentence(clear).startswith("best mean RMSE over 1 case(s): a ")
+    assert "lower than the next, b" in workflows.winner_sentence(clear)
+    tied = {"c1": {"a": scored(0.1), "b": scored(0.1)}}
+    assert " tie at " in workflows.winner_sentence(tied)
+    unfair = workflows.winner_sentence(clear, notes={("c1", "a"): "TRAINED ON THIS CASE"})
+    assert unfair.endswith("; a: the mean includes cases it was trained on, no fair test"), unfair

@@ -285,28 +285,45 @@ def run_benchmark(
     return BenchmarkResult(results=results, cases=cases, methods=list(methods), folds=folds)
 
 
-def write_benchmark(
-    result: BenchmarkResult, out: Path, *, protocol: Mapping[str, Any], overwrite: bool = True
-) -> dict[str, Path]:
-    """``benchmark.{csv,json,md}`` (every case x method, all metrics, seconds), with the mean per method."""
-    tables = workflows.write_tables(
-        result.results, out, protocol=protocol, stem="benchmark", overwrite=overwrite
-    )
+_PAIRS = {1: "one-pair", 2: "two-pair"}
+
+
+def _mean_table(result: BenchmarkResult, n_pairs: int) -> str:
+    """The mean per method over the cases of one pair count (methods ranked only against others scored
+    on the same cases; one-pair and two-pair cases are not comparable)."""
+    names = {case.name for case in result.cases if case.n_pairs == n_pairs}
+    kind = _PAIRS.get(n_pairs, f"{n_pairs}-pair")
     lines = [
+        f"## Mean over the {len(names)} {kind} case(s)",
+        "",
         "| method | cases | mean RMSE | mean SSIM | mean SAM | mean ERGAS | seconds (mean) |",
         "|---|--:|--:|--:|--:|--:|--:|",
     ]
-    means = {metric: result.mean(metric) for metric in ("rmse", "ssim", "sam", "ergas")}
-    for label in sorted(means["rmse"], key=lambda m: means["rmse"][m]):
-        runs = [r for case in result.results.values() for name, r in case.items() if name == label]
-        seconds = [r.seconds for r in runs if math.isfinite(r.seconds)]
+    means = {metric: result.mean(metric, n_pairs=n_pairs) for metric in ("rmse", "ssim", "sam", "ergas")}
+    runs = {
+        label: [r for case in names for name, r in result.results.get(case, {}).items() if name == label]
+        for label in means["rmse"]
+    }
+    for label in sorted(means["rmse"], key=lambda m: (-len(runs[m]), means["rmse"][m])):
+        seconds = [r.seconds for r in runs[label] if math.isfinite(r.seconds)]
         cells = [f"{means[m].get(label, math.nan):.4f}" for m in ("rmse", "ssim")]
         cells += [f"{means[m].get(label, math.nan):.3f}" for m in ("sam", "ergas")]
         mean_seconds = f"{sum(seconds) / len(seconds):.2f}" if seconds else "kept"
-        lines.append(f"| {label} | {len(runs)} | {' | '.join(cells)} | {mean_seconds} |")
-    summary = "\n".join(lines)
+        lines.append(f"| {label} | {len(runs[label])} | {' | '.join(cells)} | {mean_seconds} |")
+    return "\n".join(lines)
+
+
+def write_benchmark(
+    result: BenchmarkResult, out: Path, *, protocol: Mapping[str, Any], overwrite: bool = True
+) -> dict[str, Path]:
+    """``benchmark.{csv,json,md}`` (every case x method, all metrics, seconds), with the mean per method
+    over the one-pair cases and over the two-pair cases apart."""
+    tables = workflows.write_tables(
+        result.results, out, protocol=protocol, stem="benchmark", overwrite=overwrite
+    )
+    sections = [_mean_table(result, n_pairs) for n_pairs in sorted({case.n_pairs for case in result.cases})]
     markdown = tables["markdown"]
-    markdown.write_text(f"## Mean over cases\n\n{summary}\n\n## Every case\n\n{markdown.read_text()}")
+    markdown.write_text("\n\n".join(sections) + f"\n\n## Every case\n\n{markdown.read_text()}")
     scores = {
         case: {label: r.metrics.mean["rmse"] if r.metrics else None for label, r in methods.items()}
         for case, methods in result.results.items()

@@ -443,8 +443,15 @@ DEFAULT_VAL_HOLDOUT = 0.25
 RUN_FILES: tuple[str, ...] = ("last.ckpt", "best.ckpt", "config.json", "history.csv")
 
 
-def winner_sentence(results: Mapping[str, Mapping[str, MethodResult]], metric: str = "rmse") -> str:
-    """One sentence: which method has the best mean ``metric`` over the cases, and by how much."""
+def winner_sentence(
+    results: Mapping[str, Mapping[str, MethodResult]],
+    metric: str = "rmse",
+    *,
+    notes: Mapping[tuple[str, str], str] | None = None,
+) -> str:
+    """One sentence: which method has the best mean ``metric`` over the cases, and by how much (a tie
+    when the two best are within 0.05 %). ``notes`` ((case, method) -> note, e.g. "TRAINED ON THIS
+    CASE") are methods whose mean includes a case that is no fair test of them: the sentence says so."""
     values: dict[str, list[float]] = {}
     for methods in results.values():
         for name, result in methods.items():
@@ -460,10 +467,17 @@ def winner_sentence(results: Mapping[str, Mapping[str, MethodResult]], metric: s
         return f"{best}: mean {metric.upper()} {means[best]:.4f} over {len(results)} case(s)"
     second = ranked[1]
     gain = 100 * (means[second] - means[best]) / means[second]
-    return (
-        f"best mean {metric.upper()} over {len(results)} case(s): {best} {means[best]:.4f}, "
-        f"{gain:.1f}% lower than the next, {second} {means[second]:.4f}"
-    )
+    head = f"best mean {metric.upper()} over {len(results)} case(s): "
+    if gain < 0.05:
+        sentence = f"{head}{best} and {second} tie at {means[best]:.4f} ({gain:.2f}% apart)"
+    else:
+        sentence = (
+            f"{head}{best} {means[best]:.4f}, {gain:.1f}% lower than the next, {second} {means[second]:.4f}"
+        )
+    unfair = sorted({name for _, name in (notes or {}) if name in (best, second)})
+    if unfair:
+        sentence += f"; {' and '.join(unfair)}: the mean includes cases it was trained on, no fair test"
+    return sentence
 
 
 @dataclass

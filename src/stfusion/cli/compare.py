@@ -156,4 +156,4 @@ def compare_command(
         results, out, protocol=protocol, stem="comparison", overwrite=overwrite or skip_existing, notes=notes
     )
     say(tables["markdown"].read_text())
-    say(workflows.winner_sentence(results))
+    say(workflows.winner_sentence(results, notes=notes))
