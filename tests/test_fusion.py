@@ -128,3 +128,12 @@ def test_one_option_syntax_for_several_methods() -> None:
         fusion.split_method_options([("gain", "1")], ["starfm"])
     with pytest.raises(InputError, match="method 'estarfm' is not run here"):
         fusion.split_method_options([("estarfm.preset", "idl")], ["starfm"])
+
+
+def test_an_even_window_is_refused_with_the_other_options_before_any_work() -> None:
+    """STARFM's window side must be odd: refused when the options are parsed (compare checks every
+    method's options before the first prediction), not by the method after others have written."""
+    starfm = fusion.get("starfm")
+    assert starfm.parse_options({"window_size": "31"})["window_size"] == 31
+    with pytest.raises(InputError, match=r"method starfm: option window_size='30': must be odd"):
+        starfm.parse_options({"window_size": "30"})

@@ -68,6 +68,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     default_text: str | None = None  # how the default reads in help, when not the value itself
+    odd: bool = False  # an int that must be odd (a window side)
 
     def parse(self, value: Any, method: str) -> Any:
         """A value given as text (command line) or as a Python value, converted and checked."""
@@ -97,6 +98,8 @@ class Option:
             raise InputError(f"{where}: must be >= {self.minimum:g}")
         if self.maximum is not None and number > self.maximum:
             raise InputError(f"{where}: must be <= {self.maximum:g}")
+        if self.odd and int(number) % 2 == 0:
+            raise InputError(f"{where}: must be odd (a window centred on its pixel)")
         return value
 
     def describe(self) -> str:
@@ -308,6 +311,7 @@ METHODS: dict[str, Method] = {
                     None,
                     "Search window side in fine pixels, odd; auto: the preset's.",
                     minimum=3,
+                    odd=True,
                 ),
                 Option(
                     "n_classes",
