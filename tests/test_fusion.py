@@ -137,3 +137,21 @@ def test_an_even_window_is_refused_with_the_other_options_before_any_work() -> N
     assert starfm.parse_options({"window_size": "31"})["window_size"] == 31
     with pytest.raises(InputError, match=r"method starfm: option window_size='30': must be odd"):
         starfm.parse_options({"window_size": "30"})
+
+
+def test_the_package_docstring_entry_points_work_after_import_stfusion() -> None:
+    """help(stfusion) names stfusion.fusion, .inputs, .scenes, .blocks, .metrics ...: they work after a
+    plain `import stfusion`, without loading PyTorch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stfusion\n"
+        "names = [stfusion.fusion.get('starfm').name, stfusion.inputs.CaseReader.__name__,\n"
+        "         stfusion.scenes.explicit_case.__name__, stfusion.blocks.predict_scene.__name__,\n"
+        "         stfusion.metrics.compute_metrics.__name__, stfusion.raster.read.__name__]\n"
+        "print(names, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("False"), done.stdout
+    assert "starfm" in done.stdout and "CaseReader" in done.stdout

@@ -474,6 +474,9 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
 def test_config_file_values_are_checked_and_band_numbers_read_as_on_the_command_line() -> None:
     values = {"save_dir": "run", "fine_bands": [3, "nir"], "coarse_bands": [1, 2], "fine_scale": 1}
     config = TrainConfig.from_dict(values)
+    # the command line's --bands / --scale are two keys in a config: the message names them
+    with pytest.raises(ValueError, match=r"unknown training option\(s\): nope, bands \(give fine_bands and "):
+        TrainConfig.from_dict({"save_dir": "run", "bands": [1], "nope": 1})
     assert config.fine_bands == ("3", "nir") and config.coarse_bands == ("1", "2")
     assert config.fine_scale == 1
     for bad, message in [

@@ -24,16 +24,36 @@ docs/ (data layouts, metrics, training, the architecture).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
 
+#: Submodules reachable as ``stfusion.<name>`` after ``import stfusion`` (imported on first use).
+_SUBMODULES = frozenset(
+    {
+        "baselines",
+        "blocks",
+        "evaluation",
+        "fusion",
+        "inputs",
+        "metrics",
+        "models",
+        "raster",
+        "scenes",
+        "series",
+    }
+)
+
+
 def __getattr__(name: str) -> Any:
-    """``stfusion.fuse`` (the time-series API) is imported on first use (PyTorch only loads when it
-    predicts with MLFF-GAN)."""
+    """``stfusion.fuse`` (the time-series API) and the submodules above are imported on first use
+    (PyTorch only loads when MLFF-GAN needs it)."""
     if name == "fuse":
         from stfusion.series import fuse
 
         return fuse
+    if name in _SUBMODULES:
+        return importlib.import_module(f"stfusion.{name}")
     raise AttributeError(f"module 'stfusion' has no attribute {name!r}")

@@ -274,7 +274,9 @@ def _resolve(target: str) -> Callable[..., Any]:
     return cast(Callable[..., Any], function)
 
 
-_PRESET_HELP = "Rule set (see the method's module documentation)."
+_FSDAF_PRESET_HELP = (
+    "Rule set: fsdaf_idl the reference IDL code's, zhu2016 the paper's (docs/specs/FSDAF.md, section 4)."
+)
 
 #: Every fusion method, by name.
 METHODS: dict[str, Method] = {
@@ -389,7 +391,7 @@ METHODS: dict[str, Method] = {
             summary="FSDAF (Zhu et al. 2016): unmixing, thin-plate spline and residual distribution.",
             prepare="stfusion.baselines.fsdaf:prepare",
             options=(
-                Option("preset", str, "fsdaf_idl", _PRESET_HELP, choices=("fsdaf_idl", "zhu2016")),
+                Option("preset", str, "fsdaf_idl", _FSDAF_PRESET_HELP, choices=("fsdaf_idl", "zhu2016")),
                 Option(
                     "scale_factor",
                     int,

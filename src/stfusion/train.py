@@ -158,7 +158,13 @@ class TrainConfig:
         values = dict(values)
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+            per_image = [
+                f"{k} (give fine_{k} and coarse_{k})"
+                for k in unknown
+                if f"fine_{k}" in cls.__dataclass_fields__
+            ]
+            others = [k for k in unknown if f"fine_{k}" not in cls.__dataclass_fields__]
+            raise ValueError(f"unknown training option(s): {', '.join(others + per_image)}")
         if isinstance(values.get("weights"), dict):
             try:
                 values["weights"] = GeneratorLossWeights(**values["weights"])

@@ -34,7 +34,9 @@ from stfusion.inputs import ReadOptions, band_count, band_names
 if TYPE_CHECKING:
     from stfusion.train import TrainConfig
 
-RESUME_HINT = "rerun with --resume to continue from the last finished epoch (last.ckpt)"
+RESUME_HINT = (
+    "rerun with --resume to continue from the last finished epoch (last.ckpt; from the start if none)"
+)
 
 #: Command-line flags of `train` that map to TrainConfig fields of the same name.
 TRAIN_FLAGS: tuple[str, ...] = (
