@@ -454,6 +454,7 @@ def check_values(
         )
     elif (
         plausible.size
+        and median <= DN_LIKE_REFLECTANCE  # else the digital-number warning above said it
         and sample.scaling is not None
         and sample.scaling.source == "auto"
         and np.issubdtype(np.dtype(sample.dtype), np.integer)
