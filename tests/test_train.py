@@ -435,6 +435,7 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
     assert len(marked) == 1 and "mlffgan" in marked[0]
     refused = runner.invoke(cli, [*args, "--baselines", "estarfm"])  # one pair per case: never run
     assert refused.exit_code == 2 and "method estarfm needs 2 reference pairs" in refused.output
+    assert "`stfusion compare DATA --pairs 2 --checkpoint ...` makes two-pair ones" in refused.output
     # a latest date with a coarse image only: test refuses in one line; train tests on it without a figure
     extended = tmp_path / "extended"
     shutil.copytree(DATASETS["cia-crop"], extended)

@@ -404,7 +404,10 @@ def test_command(
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
     for name in (n for n in baselines.split(",") if n):
-        fusion.get(name).check_pairs(len(case.pairs) for case in cases)
+        fusion.get(name).check_pairs(
+            (len(case.pairs) for case in cases),
+            hint=" (a split's cases; `stfusion compare DATA --pairs 2 --checkpoint ...` makes two-pair ones)",
+        )
         preparers[name] = fusion.get(name).preparer()
     readers = workflows.case_readers(cases, reading)
     make_output_folder(out)
