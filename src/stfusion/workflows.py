@@ -294,10 +294,10 @@ def run_methods(
     results: dict[str, dict[str, MethodResult]] = {}
     for case in cases:
         reader = readers[case.name]
-        case_dir = out_dir / case.name
-        case_dir.mkdir(parents=True, exist_ok=True)
+        # the case's folder is made just before its first output: a method failing first leaves none
         quality_path = outputs.get((case.name, "quality"))
         if quality_path is not None and not (output.skip_existing and usable_output(quality_path)):
+            quality_path.parent.mkdir(parents=True, exist_ok=True)
             write_quality(reader, quality_path, overwrite=True)
         predictions: dict[str, tuple[np.ndarray, float, Path]] = {}
         for name, preparer in preparers.items():
@@ -315,6 +315,7 @@ def run_methods(
                 except PairCountError as exc:  # e.g. a two-pair method on a one-pair case: not run
                     log.warning("%s: %s; it is left out of this case", case.name, exc)
                     continue
+                target.parent.mkdir(parents=True, exist_ok=True)
                 predict_case(
                     reader,
                     prediction,
