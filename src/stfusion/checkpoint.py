@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from stfusion import __version__
+from stfusion import __version__, raster
 from stfusion.atomic import OutputError, atomic_path, output_error
 from stfusion.errors import InputError
 from stfusion.models import MODELS
@@ -118,14 +118,8 @@ class Checkpoint:
                 f"{self.where()}: checkpoint is for {self.bands} bands, but {source} has {bands}"
                 + (hint if named else "")
             )
-        given = [(name or "").strip().lower() for name in names]
-        if (
-            named
-            and len(given) == bands
-            and all(given)
-            and given != trained
-            and sorted(given) == sorted(trained)
-        ):
+        if named and raster.reordered_bands(names, trained):
+            given = [(name or "").strip().lower() for name in names]
             raise InputError(
                 f"{self.where()}: the bands of {source} are {', '.join(given)}, the checkpoint's in another "
                 f"order{hint}"

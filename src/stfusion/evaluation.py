@@ -51,7 +51,7 @@ def truth_bands(
         chosen = resolve_bands(spec, truth_info)
         picked = [(truth_info.band_names[p] or "").strip().lower() for p in chosen]
         own = [n.lower() for n in names]
-        if all(own) and all(picked) and picked != own and sorted(picked) == sorted(own):
+        if raster.reordered_bands(picked, own):
             raise InputError(
                 f"--bands {','.join(spec)}: selects the truth's {', '.join(picked)}, but the prediction "
                 f"{pred_info.path} holds {', '.join(own)} in that order; give --bands {','.join(own)}, or "

@@ -206,11 +206,9 @@ class CaseReader:
                 coarse_role, fine_role = pair_roles(index)
                 check_scales_agree(samples[fine_role], samples[coarse_role])
 
-    def _selected_names(self, role: str) -> list[str] | None:
-        """A role's band descriptions after the band selection, lower case; None if any is missing."""
+    def _selected_names(self, role: str) -> list[str]:
+        """A role's band descriptions after the band selection, lower case ("" where missing)."""
         names = [(name or "").strip().lower() for name in self.infos[role].band_names]
-        if not all(names):
-            return None
         return [names[p] for p in self.selection.get(role, range(len(names)))]
 
     def _check_band_order(self) -> None:
@@ -220,7 +218,7 @@ class CaseReader:
         fine = self._selected_names("fine_t1")
         for role in self.infos:
             names = self._selected_names(role)
-            if fine is None or names is None or names == fine or sorted(names) != sorted(fine):
+            if not raster.reordered_bands(names, fine):
                 continue
             option = "--coarse-bands" if is_coarse_role(role) else "--bands"
             raise InputError(

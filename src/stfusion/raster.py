@@ -238,6 +238,15 @@ def _read_error(path: Path, exc: Exception) -> InputError:
     return InputError(f"{path}: corrupt or truncated raster ({reason}); re-download or re-export it")
 
 
+def reordered_bands(names: Sequence[str | None], reference: Sequence[str | None]) -> bool:
+    """Whether ``names`` are the band descriptions of ``reference`` (any case) in another order: the
+    same bands, to be selected in the reference's order before they are compared or fused. False when a
+    band has no description (nothing to tell by)."""
+    own = [(name or "").strip().lower() for name in names]
+    other = [(name or "").strip().lower() for name in reference]
+    return all(own) and all(other) and own != other and sorted(own) == sorted(other)
+
+
 def set_band_names(path: str | os.PathLike[str], names: Sequence[str]) -> None:
     """Write band descriptions (e.g. green, red, nir) into a GeoTIFF in place; pixels untouched.
 

@@ -238,7 +238,8 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _is_mask_name(path: Path) -> bool:
+def is_mask_name(path: Path) -> bool:
+    """Whether a file is a mask by its name: ``<image stem>_mask.tif`` (suffixes in any case)."""
     return _is_raster_name(path) and path.stem.lower().endswith(MASK_SUFFIX)
 
 
@@ -262,8 +263,8 @@ def sidecar_mask(image: str | os.PathLike[str]) -> Path | None:
 
 def _split_masks(paths: list[Path]) -> tuple[list[Path], dict[str, Path]]:
     """Image-like files, and mask files keyed by the stem of the image they belong to."""
-    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in paths if _is_mask_name(p)}
-    return [p for p in paths if not _is_mask_name(p)], masks
+    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in paths if is_mask_name(p)}
+    return [p for p in paths if not is_mask_name(p)], masks
 
 
 def _attach_masks(

@@ -115,7 +115,7 @@ def _images(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.iterdir()
-        if p.suffix.lower() in scenes.RASTER_SUFFIXES and not p.stem.lower().endswith(scenes.MASK_SUFFIX)
+        if p.suffix.lower() in scenes.RASTER_SUFFIXES and not scenes.is_mask_name(p)
     )
 
 
@@ -139,7 +139,7 @@ def _masks(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
     by_stem = {p.stem: p for p in images}
     attached = {}
     for path in sorted(Path(folder).iterdir()):
-        if path.suffix.lower() in scenes.RASTER_SUFFIXES and path.stem.lower().endswith(scenes.MASK_SUFFIX):
+        if scenes.is_mask_name(path):
             image = by_stem.get(path.stem[: -len(scenes.MASK_SUFFIX)])
             if image is None:
                 log.warning(

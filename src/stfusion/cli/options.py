@@ -210,36 +210,10 @@ def _reading(command: F, build: Callable[[dict[str, Any]], Any]) -> F:
     )
 
 
-def read_options(
-    resampling: str = "bilinear",
-    min_overlap: float = MIN_COARSE_OVERLAP,
-    scale: float | None = None,
-    fine_scale: float | None = None,
-    coarse_scale: float | None = None,
-    offset: float | None = None,
-    fine_offset: float | None = None,
-    coarse_offset: float | None = None,
-    bands: str | None = None,
-    coarse_bands: str | None = None,
-    coarse_ratio: float | None = None,
-) -> ReadOptions:
-    """ReadOptions from the values of :func:`reading_options` (--fine/--coarse-scale win over --scale,
-    --fine/--coarse-offset over --offset, --coarse-bands over --bands)."""
-    return ReadOptions(
-        **read_values(
-            resampling=resampling,
-            min_overlap=min_overlap,
-            scale=scale,
-            fine_scale=fine_scale,
-            coarse_scale=coarse_scale,
-            offset=offset,
-            fine_offset=fine_offset,
-            coarse_offset=coarse_offset,
-            bands=bands,
-            coarse_bands=coarse_bands,
-            coarse_ratio=coarse_ratio,
-        )
-    )
+def read_options(**values: Any) -> ReadOptions:
+    """ReadOptions from the values of :func:`reading_options` (the keywords of :func:`read_values`),
+    checked."""
+    return ReadOptions(**read_values(**values))
 
 
 def read_values(
@@ -255,7 +229,9 @@ def read_values(
     coarse_bands: str | None = None,
     coarse_ratio: float | None = None,
 ) -> dict[str, Any]:
-    """The :class:`ReadOptions` field values of :func:`read_options`, not yet checked."""
+    """The :class:`ReadOptions` field values of the :func:`reading_options` values, not yet checked:
+    --fine/--coarse-scale win over --scale, --fine/--coarse-offset over --offset, --coarse-bands over
+    --bands."""
     fine_bands = band_list(bands)
     return {
         "resampling": resampling,
