@@ -182,44 +182,43 @@ def test_suspicious_values_warn(
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "b.tif").exit_code == 0
     assert "coarse_20010201.tif: values look like digital numbers" in caplog.text
+
+    def warnings_of(out: str, *extra: str) -> str:
+        """The warnings of one prediction with the files as they are now."""
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert predict(runner, files, tmp_path / out, *extra).exit_code == 0
+        return caplog.text
+
     # x 10000 integers read with Landsat C2's scale and offset: mostly negative reflectance, warned
-    caplog.clear()
     write_tif(files["coarse_t2"], random_scene(rng))
-    with caplog.at_level(logging.WARNING):
-        scaled = ("--coarse-scale", "2.75e-5", "--coarse-offset", "-0.2")
-        assert predict(runner, files, tmp_path / "b2.tif", *scaled).exit_code == 0
-    assert "coarse_20010201.tif: most values are below reflectance -0.02 (median -0." in caplog.text
-    assert "is its scale or offset wrong?" in caplog.text
+    text = warnings_of("b2.tif", "--coarse-scale", "2.75e-5", "--coarse-offset", "-0.2")
+    assert "coarse_20010201.tif: most values are below reflectance -0.02 (median -0." in text
+    assert "is its scale or offset wrong?" in text
     # Landsat C2 digital numbers read as x 10000 (every value above reflectance 0.73): warned too
-    caplog.clear()
     c2 = np.rint((random_scene(rng) * 1e-4 + 0.2) / 2.75e-5).astype(np.uint16)
     write_tif(files["coarse_t2"], c2)
-    with caplog.at_level(logging.WARNING):
-        assert predict(runner, files, tmp_path / "b3.tif").exit_code == 0
-    assert "coarse_20010201.tif: almost every value is above reflectance 0.7" in caplog.text
-    assert "Landsat Collection 2 Level-2 digital numbers read as x 10000" in caplog.text
+    text = warnings_of("b3.tif")
+    assert "coarse_20010201.tif: almost every value is above reflectance 0.7" in text
+    assert "Landsat Collection 2 Level-2 digital numbers read as x 10000" in text
     # bright float reflectance (snow, 0.9-1.1) and a swath edge of undeclared -9999 (60 %): only the
     # fill value is warned about, not the scale
-    caplog.clear()
     snow = np.random.default_rng(3).uniform(0.9, 1.1, (4, 20, 24)).astype(np.float32)
     write_tif(files["coarse_t2"], snow)
     edge = random_scene(rng)
     edge[:, :12] = -9999
     write_tif(files["coarse_t1"], edge)
-    with caplog.at_level(logging.WARNING):
-        assert predict(runner, files, tmp_path / "b5.tif").exit_code == 0
-    assert "coarse_20010201.tif" not in caplog.text, caplog.text
-    assert "coarse_20010101.tif: " in caplog.text and "(most often the stored value -9999)" in caplog.text
-    assert "scale or offset wrong" not in caplog.text and "Collection 2" not in caplog.text
+    text = warnings_of("b5.tif")
+    assert "coarse_20010201.tif" not in text, text
+    assert "coarse_20010101.tif: " in text and "(most often the stored value -9999)" in text
+    assert "scale or offset wrong" not in text and "Collection 2" not in text
     # an undeclared integer fill value (MODIS -28672) in a block: warned, named, used as data
-    caplog.clear()
     filled = random_scene(rng)
     filled[:, :4, :6] = -28672
     write_tif(files["coarse_t2"], filled)
-    with caplog.at_level(logging.WARNING):
-        assert predict(runner, files, tmp_path / "b4.tif").exit_code == 0
-    assert "sampled values are below reflectance -0.5 (most often the stored value -28672)" in caplog.text
-    assert "gdal_edit.py -a_nodata -28672 coarse_20010201.tif" in caplog.text
+    text = warnings_of("b4.tif")
+    assert "sampled values are below reflectance -0.5 (most often the stored value -28672)" in text
+    assert "gdal_edit.py -a_nodata -28672 coarse_20010201.tif" in text
     # float reflectance 0..1: read as reflectance (automatic scale 1), the same prediction as x 10000
     # integers, no warning; forced through --scale 0.0001 it is warned about
     caplog.clear()
