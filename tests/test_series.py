@@ -181,6 +181,36 @@ def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) ->
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
 
 
+def test_a_rerun_with_dates_keeps_the_other_dates_in_the_table(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = sorted(build_series(data, extra=6))
+    out = tmp_path / "out"
+    args = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+
+    def table() -> dict[str, dict[str, str]]:
+        with open(out / "series.csv") as handle:
+            return {row["date"]: row for row in csv.DictReader(handle)}
+
+    before = table()
+    assert len(before) == 9
+    # one date redone with another method: its row changes, the other eight stay as they were
+    redo = [*args[:-1], "persistence", "--dates", str(synthetic[0]), "--overwrite"]
+    again = CliRunner().invoke(cli, redo)
+    assert again.exit_code == 0, again.output
+    assert again.output.rstrip().endswith("1 date(s) predicted, 0 observed"), again.output
+    after = table()
+    assert list(after) == sorted(before) and after[str(synthetic[0])]["method"] == "persistence"
+    assert all(after[d] == before[d] for d in before if d != str(synthetic[0]))
+    # a date whose output is gone, or whose images are, is not reported from the earlier run
+    series.output_path(out, synthetic[1]).unlink()
+    (data / f"coarse_{synthetic[2]:%Y%m%d}.tif").unlink()
+    third = CliRunner().invoke(cli, [*args, "--dates", str(synthetic[3]), "--overwrite"])
+    assert third.exit_code == 0, third.output
+    assert sorted(table()) == sorted(set(before) - {str(synthetic[1]), str(synthetic[2])})
+
+
 @pytest.mark.slow
 def test_fuse_killed_halfway_redoes_only_the_missing_dates(tmp_path: Path) -> None:
     data = tmp_path / "data"

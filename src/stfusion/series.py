@@ -493,22 +493,47 @@ def save_summary(out: Path, result: DateResult) -> None:
 
 
 def load_summaries(out: Path, plans: Sequence[DatePlan]) -> list[DateResult]:
+    return [_read_summary(summary_path(out, plan.date), plan.date) for plan in plans]
+
+
+def _read_summary(path: Path, date: dt.date) -> DateResult:
+    record = json.loads(path.read_text())
+    return DateResult(
+        date=date,
+        status=record["status"],
+        pairs=tuple(dt.date.fromisoformat(d) for d in record["pairs"]),
+        method=record["method"],
+        path=Path(record["path"]) if record["path"] else None,
+        valid_fraction=_number(record["valid_fraction"]),
+        band_means=tuple(_number(v) for v in record["band_means"]),
+        seconds=_number(record["seconds"]),
+        reason=record["reason"],
+    )
+
+
+def earlier_summaries(
+    out: Path, inputs: SeriesInputs, plans: Sequence[DatePlan], n_bands: int
+) -> list[DateResult]:
+    """The dates an earlier run into ``out`` handled and this one did not plan (e.g. other ``--dates``).
+
+    Only those that still describe the folder: a date of this series whose output is still there (an
+    observed date: whose fine image is), summarised with ``n_bands`` band means; a summary that cannot
+    be read is left out.
+    """
+    folder = out / ".series"
+    planned = {plan.date for plan in plans}
     results = []
-    for plan in plans:
-        record = json.loads(summary_path(out, plan.date).read_text())
-        results.append(
-            DateResult(
-                date=plan.date,
-                status=record["status"],
-                pairs=tuple(dt.date.fromisoformat(d) for d in record["pairs"]),
-                method=record["method"],
-                path=Path(record["path"]) if record["path"] else None,
-                valid_fraction=_number(record["valid_fraction"]),
-                band_means=tuple(_number(v) for v in record["band_means"]),
-                seconds=_number(record["seconds"]),
-                reason=record["reason"],
-            )
-        )
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            date = dt.datetime.strptime(path.stem, "%Y%m%d").date()
+            result = _read_summary(path, date)
+        except (ValueError, KeyError, TypeError, OSError):
+            continue
+        if date in planned or date not in inputs.coarse or len(result.band_means) != n_bands:
+            continue
+        observed = result.status == "observed"
+        if date in inputs.fine if observed else output_path(out, date).exists():
+            results.append(result)
     return results
 
 
@@ -608,9 +633,10 @@ def ndvi(band_names: Sequence[str], means: Sequence[float]) -> float:
 def write_series_outputs(
     out: Path, inputs: SeriesInputs, plans: Sequence[DatePlan], reading: ReadOptions | None = None
 ) -> tuple[Path, Path]:
-    """``series.csv`` and ``series.png`` from the summaries every rank left in ``out`` (rank 0)."""
-    results = load_summaries(out, plans)
+    """``series.csv`` and ``series.png`` from the summaries every rank left in ``out`` (rank 0), with the
+    dates an earlier run into ``out`` predicted and this one did not plan (:func:`earlier_summaries`)."""
     names = default_band_names(inputs, reading)
+    results = [*load_summaries(out, plans), *earlier_summaries(out, inputs, plans, len(names))]
     table = write_series_table(out / "series.csv", results, names)
     figure = write_series_figure(out / "series.png", results, names, inputs)
     return table, figure

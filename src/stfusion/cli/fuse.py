@@ -114,7 +114,8 @@ def fuse_command(
     FOLDER holds fine_YYYYMMDD.tif and coarse_YYYYMMDD.tif (masks: <stem>_mask.tif); or give
     --fine-dir and --coarse-dir, whose file names carry dates (YYYYMMDD, YYYY-MM-DD, MODIS AYYYYDOY) or
     whose tags do. Each date uses the nearest usable pair before and after it (or the two nearest on
-    one side). Writes OUT/fused_YYYYMMDD.tif, OUT/series.csv and OUT/series.png. Under `torchrun
+    one side). Writes OUT/fused_YYYYMMDD.tif, OUT/series.csv and OUT/series.png (with the dates an
+    earlier run into OUT predicted, e.g. with other --dates, while their outputs remain). Under `torchrun
     --nproc_per_node N -m stfusion fuse ...` the dates are split over the N processes.
     """
     one_output_state(overwrite, skip_existing)
