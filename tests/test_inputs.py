@@ -798,3 +798,12 @@ def test_evaluate_scores_a_band_subset_by_name_or_by_bands(tmp_path: Path) -> No
     assert len(rows) == 2 and all(float(row[1]) == 0.0 for row in rows), crossed.output
     wrong = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth), "--bands", "1"])
     assert wrong.exit_code == 2 and "--bands selects 1 bands" in wrong.output, wrong.output
+    # a prediction of more bands than the truth: its bands named like the truth's are scored; with
+    # --bands, the named bands of both files
+    for args in (["--pred", str(truth), "--truth", str(pred)], ["--pred", str(truth), "--truth", str(truth)]):
+        picked = [*args, "--bands", "red,nir"] if args[-1] == str(truth) else args
+        result = runner.invoke(cli, ["evaluate", *picked])
+        assert result.exit_code == 0, result.output
+        rows = [line.split() for line in result.output.splitlines() if line.startswith(("red", "nir"))]
+        assert len(rows) == 2 and all(float(row[1]) == 0.0 for row in rows), result.output
+        assert "blue" not in result.output and "swir" not in result.output, result.output

@@ -39,35 +39,54 @@ def table_outputs(json_path: Path | None, csv_path: Path | None, *, overwrite: b
     return outputs
 
 
-def truth_bands(
+def scored_bands(
     pred_info: raster.RasterInfo, truth_info: raster.RasterInfo, spec: tuple[str, ...] | None = None
-) -> tuple[int, ...]:
-    """0-based truth bands scored against the prediction's: ``spec`` (numbers or names, as --bands),
-    else those named like the prediction's bands when the truth has them all (a prediction of red and
-    nir against a 6-band truth, or bands in another order), else all when the counts agree; InputError
-    when none of these fits."""
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """0-based (prediction, truth) bands scored against each other, in pairs.
+
+    ``spec`` (numbers or names, as --bands) picks the truth's bands, in the prediction's order; names
+    that the prediction's band descriptions hold pick its bands too. Without ``spec``: the truth's bands
+    named like all the prediction's (a prediction of red and nir against a 6-band truth, or bands in
+    another order); else the prediction's bands named like all the truth's (a 6-band prediction against
+    a truth of green, red and nir); else every band of both when the counts agree. InputError when none
+    of these fits, or when a ``spec`` would score named bands against others.
+    """
     names = [(n or "").strip() for n in pred_info.band_names]
+    truth_names = [(n or "").strip() for n in truth_info.band_names]
+    every_pred = tuple(range(pred_info.count))
     if spec is not None:
         chosen = resolve_bands(spec, truth_info)
-        picked = [(truth_info.band_names[p] or "").strip().lower() for p in chosen]
+        picked = [truth_names[p].lower() for p in chosen]
         own = [n.lower() for n in names]
+        if all(own) and all(picked) and set(picked) <= set(own):
+            mine = tuple(own.index(n) for n in picked)
+            if len(chosen) != pred_info.count:
+                return mine, chosen
         if raster.reordered_bands(picked, own):
             raise InputError(
                 f"--bands {','.join(spec)}: selects the truth's {', '.join(picked)}, but the prediction "
                 f"{pred_info.path} holds {', '.join(own)} in that order; give --bands {','.join(own)}, or "
                 "leave it out (bands are matched by name)"
             )
-        return chosen
+        return every_pred, chosen
     if all(names):
         try:
-            return resolve_bands(tuple(names), truth_info)
+            return every_pred, resolve_bands(tuple(names), truth_info)
+        except InputError:
+            pass
+    if all(truth_names):
+        try:
+            return resolve_bands(tuple(truth_names), pred_info), tuple(range(truth_info.count))
         except InputError:
             pass
     if pred_info.count == truth_info.count:
-        return tuple(range(truth_info.count))
+        return every_pred, tuple(range(truth_info.count))
+    described = ", ".join(n for n in names if n)
+    known = f" ({described})" if described else ""
     raise InputError(
-        f"{pred_info.path}: {pred_info.count} bands, the truth {truth_info.path} {truth_info.count}; "
-        "choose the truth's bands to score with --bands (numbers or names, in the prediction's order)"
+        f"{pred_info.path}: {pred_info.count} bands{known}, the truth {truth_info.path} "
+        f"{truth_info.count}; choose the truth's bands to score with --bands (numbers or names, one "
+        f"for each of the prediction's bands, in its order)"
     )
 
 
@@ -105,7 +124,7 @@ def evaluate_files(
 
     ``mask``: nonzero = pixel left out; None = the truth's sidecar ``<stem>_mask.tif`` if it has one
     (as ``compare`` masks its truth), else none. ``bands``: the truth's bands to score, see
-    :func:`truth_bands`.
+    :func:`scored_bands`.
     """
     pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
     if pred_info.shape[1:] != truth_info.shape[1:]:
@@ -113,10 +132,10 @@ def evaluate_files(
             f"{pred}: shape {pred_info.shape} (bands, rows, cols) differs from truth {truth} "
             f"{truth_info.shape}"
         )
-    selected = truth_bands(pred_info, truth_info, bands)
-    if len(selected) != pred_info.count:
+    own, selected = scored_bands(pred_info, truth_info, bands)
+    if len(selected) != len(own):
         raise InputError(
-            f"--bands selects {len(selected)} bands of {truth}; the prediction {pred} has {pred_info.count}"
+            f"--bands selects {len(selected)} bands of {truth}; the prediction {pred} has {len(own)}"
         )
     if not raster.same_grid(pred_info, truth_info):
         raise InputError(
@@ -128,7 +147,7 @@ def evaluate_files(
         log.info("%s: masked by %s", truth, mask.name)
     if mask is not None:
         scenes.check_mask_grid(raster.inspect(mask), truth_info)
-    predicted = _read(pred, pred_scale, pred_offset, "pred")
+    predicted = _read(pred, pred_scale, pred_offset, "pred", bands=own)
     true = _read(truth, truth_scale, truth_offset, "truth", bands=selected)
     valid = None
     if mask is not None:

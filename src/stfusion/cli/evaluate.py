@@ -70,7 +70,8 @@ from stfusion.cli.options import band_list, one_line_errors, say
     "--bands",
     default=None,
     help="The truth's bands to score, in the prediction's order, by number (1-based) or description, "
-    "e.g. red,nir [default: all; fewer prediction bands: those named like them].",
+    "e.g. red,nir (names pick the prediction's bands too) [default: all, or the bands the two files "
+    "name alike].",
 )
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write JSON.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write CSV.")
