@@ -14,7 +14,7 @@ import click
 
 from stfusion import __version__
 from stfusion.cli.benchmark import benchmark_command
-from stfusion.cli.cases import cases_command
+from stfusion.cli.cases import cases_command, info_command
 from stfusion.cli.checkpoints import import_reference_command
 from stfusion.cli.compare import compare_command
 from stfusion.cli.demo import demo_command
@@ -56,6 +56,7 @@ def cli(ctx: click.Context, verbose: bool, quiet: bool, threads: int | None) -> 
 
 for command in (
     cases_command,
+    info_command,
     predict_command,
     evaluate_command,
     compare_command,

@@ -1,12 +1,13 @@
-"""``stfusion cases``: the fusion cases a folder holds, and the files skipped."""
+"""``stfusion cases``: the fusion cases a folder holds, and the files skipped; ``stfusion info``: one file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from stfusion import scenes
+from stfusion import describe, scenes
 from stfusion.cli.options import one_line_errors, say
 
 
@@ -40,3 +41,31 @@ def cases_command(folder: Path, paper_out: Path | None) -> None:
             say(f"      mask of {role}: {mask.name}")
     for skipped in discovery.skipped:
         say(f"  skipped {skipped.path}: {skipped.reason}")
+
+
+@click.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Reflectance per stored unit, as --fine-scale of the other commands, if the file has no tags "
+    "[default: auto].",
+)
+@click.option("--offset", type=float, default=None, help="Reflectance offset, with --scale, if no tags.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+@one_line_errors()
+def info_command(path: Path, scale: float | None, offset: float | None, as_json: bool) -> None:
+    """Describe a GeoTIFF or a checkpoint as stfusion reads it.
+
+    A GeoTIFF: size, storage, bands, nodata and masks, grid, date, how its values become reflectance
+    and a sample of them (warnings as the other commands give them). A checkpoint: its model, bands,
+    scale and the training run that made it (epochs, cases, images); nothing in it runs.
+    """
+    lines = describe.describe(path, scale=scale, offset=offset)
+    if as_json:
+        say(json.dumps(dict(lines), indent=2))
+        return
+    width = max(len(label) for label, _ in lines)
+    for label, text in lines:
+        say(f"{label + ':':<{width + 1}} {text}")

@@ -1,0 +1,174 @@
+"""What a file holds, as stfusion reads it (``stfusion info``): a GeoTIFF or a checkpoint.
+
+A description is a list of (label, text) lines in display order, plain data for a terminal or JSON.
+For a GeoTIFF: size, storage, bands, nodata and masks, grid, date, how values become reflectance and
+a sample of them (:func:`stfusion.raster.sample_values`: cheap on any size). For a checkpoint: the
+model, its bands and scale, and the training run that made it (epochs, cases, images), loaded without
+running code from the file (:func:`stfusion.checkpoint.load`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stfusion import raster, series
+from stfusion.errors import InputError
+from stfusion.inputs import check_values
+
+#: the first bytes of a ``torch.save`` file (a zip archive)
+_ZIP_MAGIC = b"PK\x03\x04"
+_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+Lines = list[tuple[str, str]]
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is to be read as a checkpoint: a zip archive, or named like one."""
+    if path.suffix.lower() in _CHECKPOINT_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == _ZIP_MAGIC
+    except OSError:
+        return False
+
+
+def describe(
+    path: str | os.PathLike[str], *, scale: float | None = None, offset: float | None = None
+) -> Lines:
+    """The description of a GeoTIFF (``scale``/``offset``: see :func:`describe_raster`) or a checkpoint;
+    InputError naming the file when it is neither, or for a scale given with a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found")
+    if path.is_dir():
+        raise InputError(
+            f"{path}: is a folder; give one GeoTIFF or checkpoint (`stfusion cases` lists a folder)"
+        )
+    if offset is not None and scale is None:
+        raise InputError(f"--offset {offset:g} needs --scale too (reflectance = value x scale + offset)")
+    if not is_checkpoint(path):
+        return describe_raster(path, scale=scale, offset=offset)
+    if scale is not None:
+        raise InputError(f"{path}: a checkpoint records its own scale; --scale and --offset are for rasters")
+    return describe_checkpoint(path)
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _bands(info: raster.RasterInfo) -> str:
+    names = [(name or "").strip() for name in info.band_names]
+    if not any(names):
+        return f"{info.count}, without descriptions (select them by number: --bands 1,2,...)"
+    return ", ".join(f"{i + 1} {name or '(unnamed)'}" for i, name in enumerate(names))
+
+
+def _grid(info: raster.RasterInfo) -> str:
+    a, b, c, d, e, f = info.transform[:6]
+    if info.crs is None:
+        return "no CRS: not georeferenced (the other images of a case must then be on its grid)"
+    pixel = f"pixel {_number(abs(a))} x {_number(abs(e))}" if b == 0 and d == 0 else "rotated pixels"
+    return f"{info.crs}; {pixel}; upper-left corner ({c:.10g}, {f:.10g})"
+
+
+def _masks(info: raster.RasterInfo) -> str:
+    kinds = {"none": "none", "per_dataset": "GDAL mask shared by the bands", "per_band": "GDAL mask per band"}
+    text = kinds.get(info.mask_kind, info.mask_kind)
+    if info.alpha_band is not None:
+        text += f"; alpha band {info.alpha_band} (0 = no data)"
+    sidecar = Path(info.path).with_name(f"{Path(info.path).stem}_mask.tif")
+    if sidecar.exists():
+        text += f"; sidecar {sidecar.name} (nonzero = invalid)"
+    return text
+
+
+def describe_raster(
+    path: str | os.PathLike[str], *, scale: float | None = None, offset: float | None = None
+) -> Lines:
+    """A GeoTIFF as stfusion reads it (``scale``/``offset``: as the reading options, when untagged).
+
+    Warnings about its values (digital numbers, undeclared fill values, ...) are logged as every
+    command logs them (:func:`stfusion.inputs.check_values`); a file with no valid pixel is refused.
+    """
+    path = Path(path)
+    info = raster.inspect(path)
+    sample = check_values(path, scale=scale, offset=offset)
+    date = series.date_of(path)
+    profile = info.profile
+    storage = info.dtype
+    if profile.get("compress"):
+        storage += f", {str(profile['compress']).lower()} compression"
+    if profile.get("tiled"):
+        storage += f", tiles of {profile.get('blockxsize')} x {profile.get('blockysize')}"
+    lines: Lines = [
+        ("file", str(path)),
+        ("kind", "GeoTIFF" if path.suffix.lower() in (".tif", ".tiff") else "raster"),
+        ("size", f"{info.count} band(s) x {info.height} rows x {info.width} columns"),
+        ("storage", storage),
+        ("bands", _bands(info)),
+        ("nodata", "none declared" if info.nodata is None else _number(info.nodata)),
+        ("masks", _masks(info)),
+        ("grid", _grid(info)),
+        ("date", f"{date} (from its name or tags)" if date else "none in its name or tags"),
+    ]
+    if sample.scaling is not None:
+        lines.append(("reading", str(sample.scaling)))
+    where = "every pixel" if sample.complete else "a sample of windows"
+    invalid = sample.n_pixels - sample.values.size
+    parts = [f"{invalid / max(sample.n_pixels, 1):.1%} invalid in {where}"]
+    for count, what in (
+        (sample.n_nodata, "nodata"),
+        (sample.n_nonfinite, "NaN/inf or fill values"),
+        (sample.n_masked, "masked"),
+    ):
+        if count:
+            parts.append(f"{count} {what}")
+    lines.append(("values", "; ".join(parts)))
+    if sample.reflectance.size:
+        low, median, high = np.percentile(sample.reflectance.astype(np.float64), [2, 50, 98])
+        lines.append(
+            ("reflectance", f"median {median:.4f}, 2nd-98th percentile {low:.4f} to {high:.4f} (all bands)")
+        )
+    return lines
+
+
+def describe_checkpoint(path: str | os.PathLike[str]) -> Lines:
+    """A checkpoint's model, bands and training run (imports torch)."""
+    from stfusion.checkpoint import load
+
+    model = load(path)
+    names = [name for name in model.band_names if name]
+    kwargs = ", ".join(f"{k}={v}" for k, v in sorted(model.model.kwargs.items()))
+    lines: Lines = [
+        ("file", str(path)),
+        ("kind", "stfusion checkpoint"),
+        ("model", f"{model.model.name}, {model.bands} band(s)" + (f" ({kwargs})" if kwargs else "")),
+        ("bands", ", ".join(names) if names else "not recorded"),
+        ("coarse factor", str(model.coarse_factor)),
+        ("scale", f"{_number(model.scale)} reflectance per stored unit of its training data"),
+    ]
+    if model.epoch:
+        best = f", best validation loss {model.best_val:.6g}" if model.best_val is not None else ""
+        lines.append(("trained", f"{model.epoch} epoch(s){best}"))
+    else:
+        lines.append(("trained", "no training record (e.g. imported weights)"))
+    data = model.config.get("data") or {}
+    for key, label in (("train", "training cases"), ("val", "validation cases")):
+        cases = data.get(key) or []
+        if cases:
+            lines.append((label, ", ".join(str(c) for c in cases)))
+    files = sorted(model.training_files())
+    if files:
+        lines.append(("training images", f"{len(files)}: " + ", ".join(files)))
+    resume = (
+        "yes (discriminator and optimisers saved)" if model.has_training_state() else "no (generator only)"
+    )
+    lines.append(("can resume training", resume))
+    if model.versions:
+        lines.append(("written by", ", ".join(f"{k} {v}" for k, v in sorted(model.versions.items()))))
+    return lines

@@ -1,0 +1,107 @@
+"""`stfusion info` (stfusion.describe): a GeoTIFF or a checkpoint as stfusion reads it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from stfusion import describe, raster
+from stfusion.checkpoint import Checkpoint, ModelSpec, save
+from stfusion.cli import cli
+from stfusion.errors import InputError
+from tests.conftest import write_tif
+
+
+def _landsat_c2(path: Path) -> Path:
+    """A 3-band int16 file stored as Landsat C2 L2 (x 2.75e-5 - 0.2, tags), -9999 nodata in a quarter."""
+    rng = np.random.default_rng(0)
+    reflectance = rng.uniform(0.05, 0.15, (3, 40, 40))
+    stored = np.rint((reflectance + 0.2) / 2.75e-5).astype(np.int16)
+    stored[:, :20, :20] = -9999
+    write_tif(path, stored, nodata=-9999)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales = (2.75e-5,) * 3
+        dst.offsets = (-0.2,) * 3
+    raster.set_band_names(path, ("green", "red", "nir"))
+    return path
+
+
+def test_a_geotiff_is_described_as_it_is_read(tmp_path: Path) -> None:
+    path = _landsat_c2(tmp_path / "fine_2021-07-04.tif")
+    lines = dict(describe.describe(path))
+    assert lines["size"] == "3 band(s) x 40 rows x 40 columns"
+    assert lines["storage"].startswith("int16")
+    assert lines["bands"] == "1 green, 2 red, 3 nir"
+    assert lines["nodata"] == "-9999"
+    assert lines["date"].startswith("2021-07-04")
+    assert "x 2.75e-05 - 0.2" in lines["reading"] and "tags" in lines["reading"]
+    assert lines["values"] == "25.0% invalid in every pixel; 1200 nodata"
+    median = float(lines["reflectance"].split()[1].rstrip(","))
+    assert 0.09 < median < 0.11  # the reflectance written, not the stored numbers
+    assert lines["grid"].startswith("EPSG:")
+
+
+def test_an_untagged_file_takes_the_scale_given(tmp_path: Path) -> None:
+    data = np.full((2, 8, 8), 4000, np.uint16)
+    path = write_tif(tmp_path / "x.tif", data, crs=None)
+    auto = dict(describe.describe(path))
+    assert auto["bands"].startswith("2, without descriptions") and auto["date"] == "none in its name or tags"
+    assert auto["grid"].startswith("no CRS") and auto["reflectance"].startswith("median 0.4000")
+    given = dict(describe.describe(path, scale=2.75e-5, offset=-0.2))
+    assert given["reflectance"].startswith("median -0.0900")
+    with pytest.raises(InputError, match=r"--offset 0\.1 needs --scale"):
+        describe.describe(path, offset=0.1)
+
+
+def test_a_checkpoint_is_described_without_running_code(tmp_path: Path) -> None:
+    spec = ModelSpec("mlffgan", 2, {"channels": [4, 4, 8, 8, 8]})
+    trained = Checkpoint(
+        model=spec,
+        generator=spec.build().state_dict(),
+        coarse_factor=16,
+        band_names=["red", "nir"],
+        config={"data": {"train": ["a-b"], "val": ["b-a"], "files": ["fine_1.tif", "coarse_1.tif"]}},
+        epoch=3,
+        best_val=0.25,
+    )
+    path = save(tmp_path / "model.bin", trained)  # a zip archive, whatever its name
+    lines = dict(describe.describe(path))
+    assert lines["kind"] == "stfusion checkpoint" and lines["model"].startswith("mlffgan, 2 band(s)")
+    assert lines["bands"] == "red, nir" and lines["coarse factor"] == "16"
+    assert lines["trained"] == "3 epoch(s), best validation loss 0.25"
+    assert lines["training cases"] == "a-b" and lines["validation cases"] == "b-a"
+    assert lines["training images"] == "2: coarse_1.tif, fine_1.tif"
+    assert lines["can resume training"].startswith("no")
+    with pytest.raises(InputError, match="records its own scale"):
+        describe.describe(path, scale=1e-4)
+
+
+def test_info_command_prints_lines_or_json_and_refuses_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _landsat_c2(tmp_path / "fine.tif")
+    runner = CliRunner()
+    text = runner.invoke(cli, ["info", str(path)])
+    assert text.exit_code == 0, text.output
+    assert "bands:       1 green, 2 red, 3 nir" in text.output
+    as_json = runner.invoke(cli, ["info", str(path), "--json"])
+    assert json.loads(as_json.output)["nodata"] == "-9999"
+    # digital numbers without tags: the value warning every command gives
+    dn = write_tif(tmp_path / "dn.tif", np.full((1, 8, 8), 30000, np.uint16))
+    with caplog.at_level(logging.WARNING):
+        assert runner.invoke(cli, ["info", str(dn)]).exit_code == 0
+    assert "look like digital numbers" in caplog.text
+    for bad, message in (
+        (tmp_path / "none.tif", "none.tif: not found"),
+        (tmp_path, "is a folder"),
+        (write_tif(tmp_path / "empty.tif", np.full((1, 4, 4), -1, np.int16), nodata=-1), "no valid pixel"),
+    ):
+        result = runner.invoke(cli, ["info", str(bad)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.output.count("\n") == 1, result.output
