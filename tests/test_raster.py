@@ -105,8 +105,12 @@ def test_truncated_raster_is_an_input_error(tmp_path: Path, rng: np.random.Gener
     path = write_tif(tmp_path / "a.tif", rng.integers(0, 9000, size=(3, 300, 300)).astype(np.int16))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match=r"a\.tif"):
+    with pytest.raises(InputError, match=r"a\.tif: corrupt or truncated raster"):
         raster.read(path)
+    # cut inside its header: it does not open, and says why
+    path.write_bytes(data[:100])
+    with pytest.raises(InputError, match=r"a\.tif: corrupt or truncated TIFF \(.*\); re-download"):
+        raster.inspect(path)
 
 
 def test_check_writable(tmp_path: Path) -> None:

@@ -194,7 +194,23 @@ def _open(path: Path) -> rasterio.DatasetReader:
             return rasterio.open(path)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        if _starts_like_tiff(path):  # a TIFF whose header or directory is cut off or damaged
+            raise InputError(
+                f"{path}: corrupt or truncated TIFF ({reason}); re-download or re-export it"
+            ) from exc
         raise InputError(f"{path}: not a readable raster ({reason})") from exc
+
+
+#: the first four bytes of a TIFF (little- or big-endian) and of a BigTIFF
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _starts_like_tiff(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in _TIFF_MAGICS
+    except OSError:
+        return False
 
 
 def _info(path: Path, src: rasterio.DatasetReader) -> RasterInfo:
