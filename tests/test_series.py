@@ -181,6 +181,38 @@ def test_fuse_writes_every_date_table_and_figure_then_resumes(tmp_path: Path) ->
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
 
 
+def test_a_reference_needs_both_images_usable_and_masks_add_to_nodata(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = build_series(data, extra=4)
+    may, july, august = FINE_DATES
+    june = next(d for d in synthetic if may < d < july)
+    # July's coarse image 92 % nodata: July stays observed, but is no reference
+    path = data / f"coarse_{july:%Y%m%d}.tif"
+    stored = raster.read(path).data
+    stored = np.rint(np.nan_to_num(stored, nan=0) * 1e4).astype(np.int16)
+    stored[:, :59] = -32768
+    write_tif(path, stored, crs=None, nodata=-32768)
+    plans = {p.date: p for p in series.plan_series(series.SeriesInputs.from_folder(data))}
+    assert plans[july].observed and "not a reference: its coarse image has 92.2% invalid" in plans[july].reason
+    assert plans[june].pairs == (may, august)
+    # May's fine image: the top half nodata and the bottom 24 rows masked, 87.5 % invalid in all (each
+    # alone is at most 50 %)
+    path = data / f"fine_{may:%Y%m%d}.tif"
+    stored = np.rint(np.nan_to_num(raster.read(path).data, nan=0) * 1e4).astype(np.int16)
+    stored[:, :32] = -32768
+    write_tif(path, stored, crs=None, nodata=-32768)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[40:] = 1
+    write_tif(data / f"fine_{may:%Y%m%d}_mask.tif", mask, crs=None)
+    inputs = series.SeriesInputs.from_folder(data)
+    grid = raster.inspect(inputs.fine[may])
+    assert series.invalid_fraction(inputs.fine[may], inputs.masks[inputs.fine[may]], grid) == 0.875
+    plans = {p.date: p for p in series.plan_series(inputs, max_invalid=0.6)}
+    assert not plans[may].observed and "87.5% invalid" in plans[may].reason
+    with pytest.raises(InputError, match="in one of them"):
+        series.plan_series(series.SeriesInputs(fine={july: inputs.fine[july]}, coarse=inputs.coarse))
+
+
 def test_a_rerun_with_dates_keeps_the_other_dates_in_the_table(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synthetic = sorted(build_series(data, extra=6))
@@ -250,7 +282,7 @@ def test_no_usable_reference_is_refused_before_any_output(tmp_path: Path) -> Non
     assert result.exit_code == 2, result.output
     message = result.output.strip()
     assert "\n" not in message and message.startswith(f"error: {data}: no date can be predicted"), message
-    assert "has more than 50% invalid pixels (least invalid: " in message, message
+    assert "has more than 50% invalid pixels in one of them (least invalid: " in message, message
     assert f"{FINE_DATES[0]} 81.2%" in message and "--max-invalid admits cloudier ones" in message, message
     assert not out.exists()
     # fine and coarse images of no common date: said so, with the dates of both

@@ -152,14 +152,24 @@ def _masks(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
     return attached
 
 
-def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo) -> float:
-    """Fraction of a file's pixels that are invalid (nodata, NaN, masked), from a cheap sample + its mask."""
-    sample = raster.sample_values(path)
-    invalid = 1.0 - sample.values.size / max(sample.n_pixels, 1)
-    if mask is not None:
-        masked = raster.read_mask_on_grid(mask, grid)
-        invalid = max(invalid, float(masked.mean()))
-    return invalid
+def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo, *, rows: int = 1024) -> float:
+    """Fraction of ``grid``'s pixels that are invalid in an image as read on it: nodata, NaN, fill
+    values, its GDAL masks, outside its footprint, or set in ``mask`` (the union, per pixel).
+
+    An image on the grid without a mask file is judged from a cheap sample of its values; otherwise it
+    is read on the grid ``rows`` rows at a time (with its mask, nearest resampling).
+    """
+    if mask is None and raster.same_grid(raster.inspect(path), grid):
+        sample = raster.sample_values(path)
+        return 1.0 - sample.values.size / max(sample.n_pixels, 1)
+    invalid = 0
+    for top in range(0, grid.height, rows):
+        window = raster.make_window(top, 0, min(rows, grid.height - top), grid.width)
+        strip = np.isnan(raster.read_on_grid(path, grid, window=window)).any(axis=0)
+        if mask is not None:
+            strip |= raster.read_mask_on_grid(mask, grid, window=window)
+        invalid += int(strip.sum())
+    return invalid / max(grid.height * grid.width, 1)
 
 
 @dataclass(frozen=True)
@@ -194,8 +204,9 @@ def plan_series(
 ) -> list[DatePlan]:
     """What to do with every coarse date (within ``dates``, inclusive): observed, or which pairs predict it.
 
-    One-line InputError, before any output, when no fine image can be a reference (none with a coarse
-    image of its date and at most ``max_invalid`` invalid pixels): no date could be predicted.
+    A date is observed when its fine image has at most ``max_invalid`` invalid pixels (see
+    :func:`invalid_fraction`), and a reference when its coarse image has too. One-line InputError,
+    before any output, when no date can be a reference: no date could be predicted.
     """
     inputs.check()
     grid = raster.inspect(next(iter(inputs.fine.values())))
@@ -204,7 +215,15 @@ def plan_series(
         log.warning(
             "%s: not used: no coarse image of %s (a reference pair needs both)", inputs.fine[date], date
         )
-    fraction = {d: invalid_fraction(inputs.fine[d], inputs.masks.get(inputs.fine[d]), grid) for d in complete}
+    # a date is observed when its fine image is usable, and a reference when its coarse image is too
+    fine_part = {
+        d: invalid_fraction(inputs.fine[d], inputs.masks.get(inputs.fine[d]), grid) for d in complete
+    }
+    fraction = dict(fine_part)  # the larger invalid fraction of each date's fine and coarse image
+    for d in complete:
+        if fine_part[d] <= max_invalid:
+            coarse = inputs.coarse[d]
+            fraction[d] = max(fraction[d], invalid_fraction(coarse, inputs.masks.get(coarse), grid))
     usable = [d for d in complete if fraction[d] <= max_invalid]
     if not usable:  # no date could be predicted: refused before any output
         raise InputError(_nothing_usable(inputs, fraction, max_invalid))
@@ -212,14 +231,17 @@ def plan_series(
     for date in sorted(inputs.coarse):
         if dates is not None and not dates[0] <= date <= dates[1]:
             continue
-        if date in usable:
-            plans.append(DatePlan(date, (), observed=True, reason="observed (usable fine image)"))
+        if date in fine_part and fine_part[date] <= max_invalid:
+            reason = "observed (usable fine image)"
+            if date not in usable:
+                reason += f"; not a reference: its coarse image has {_percent(fraction[date])} invalid"
+            plans.append(DatePlan(date, (), observed=True, reason=reason))
             continue
         pairs = choose_pairs(date, usable, max_pairs=max_pairs)
         reason = ""
-        if date in fraction:  # a date whose own fine image is too cloudy is predicted, and says why
+        if date in fine_part:  # a date whose own fine image is too cloudy is predicted, and says why
             reason = (
-                f"predicted: the fine image of this date has {_percent(fraction[date])} invalid "
+                f"predicted: the fine image of this date has {_percent(fine_part[date])} invalid "
                 f"(> {_percent(max_invalid)})"
             )
         plans.append(DatePlan(date, pairs, reason=reason))
@@ -244,9 +266,9 @@ def _nothing_usable(inputs: SeriesInputs, fraction: Mapping[dt.date, float], max
     found = ", ".join(f"{d} {_percent(fraction[d])}" for d in clearest[:5])
     found += ", ..." if clearest[5:] else ""
     return (
-        f"{folders}: no date can be predicted: every fine image with a coarse image of its date has more "
-        f"than {_percent(max_invalid)} invalid pixels (least invalid: {found}; --max-invalid admits cloudier "
-        "ones)"
+        f"{folders}: no date can be predicted: every date with a fine and a coarse image has more than "
+        f"{_percent(max_invalid)} invalid pixels in one of them (least invalid: {found}; --max-invalid "
+        "admits cloudier ones)"
     )
 
 
