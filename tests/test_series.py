@@ -193,7 +193,8 @@ def test_a_reference_needs_both_images_usable_and_masks_add_to_nodata(tmp_path: 
     stored[:, :59] = -32768
     write_tif(path, stored, crs=None, nodata=-32768)
     plans = {p.date: p for p in series.plan_series(series.SeriesInputs.from_folder(data))}
-    assert plans[july].observed and "not a reference: its coarse image has 92.2% invalid" in plans[july].reason
+    assert plans[july].observed
+    assert "not a reference: its coarse image has 92.2% invalid" in plans[july].reason
     assert plans[june].pairs == (may, august)
     # May's fine image: the top half nodata and the bottom 24 rows masked, 87.5 % invalid in all (each
     # alone is at most 50 %)
