@@ -158,9 +158,11 @@ def test_band_checks_use_the_band_names_a_checkpoint_carries() -> None:
     with pytest.raises(InputError, match=expected):
         named.check_bands_of_scene(6, "s.tif", ["blue", "green", "red", "nir", "swir1", "swir2"])
     with pytest.raises(
-        InputError, match=r"the bands of s\.tif are nir, red, the checkpoint's in another order"
+        InputError, match=r"the bands of s\.tif are nir, red, not the checkpoint's in its order"
     ):
         named.check_bands_of_scene(2, "s.tif", ["nir", "red"])
+    with pytest.raises(InputError, match=r"the bands of s\.tif are nir, swir, not the checkpoint's"):
+        named.check_bands_of_scene(2, "s.tif", ["nir", "swir"])  # names that partly agree, crossed
     named.check_bands_of_scene(2, "s.tif", ["red", "nir"])  # the same names, the same order
     named.check_bands_of_scene(2, "s.tif", [None, None])  # unnamed bands: only their number is known
     named.check_bands_of_scene(2, "s.tif", ["B4", "B5"])  # other names: not comparable, not refused

@@ -688,8 +688,20 @@ def test_coarse_bands_in_mod09ga_order_give_the_same_prediction(tmp_path: Path) 
     swapped += ["--coarse-t1", str(tmp_path / "M6_1017.tif"), "--coarse-t2", str(tmp_path / "M6_1102.tif")]
     refused = CliRunner().invoke(cli, [*swapped, "--out", str(tmp_path / "e.tif")])
     assert refused.exit_code == 2 and not (tmp_path / "e.tif").exists(), refused.output
-    assert "bands red, nir, blue, green, swir1, swir2 are fine t1's (blue, green, red, nir" in refused.output
+    expected = "bands red, nir, blue, green, swir1, swir2 would be fused with fine t1's blue, green, red, nir"
+    assert expected in refused.output
     assert "--coarse-bands blue,green,red,nir,swir1,swir2" in refused.output
+    # fine t1's band numbers applied to coarse files in another order (--bands 3,4 is red, nir of the
+    # fine image, blue, green of the coarse ones): refused; by name it selects red and nir of each
+    by_number = CliRunner().invoke(cli, [*swapped, "--bands", "3,4", "--out", str(tmp_path / "e.tif")])
+    assert by_number.exit_code == 2 and not (tmp_path / "e.tif").exists(), by_number.output
+    expected = "bands blue, green would be fused with fine t1's red, nir; select them in its order by name"
+    assert expected in by_number.output and "--coarse-bands red,nir" in by_number.output, by_number.output
+    names = CliRunner().invoke(cli, [*swapped, "--bands", "red,nir", "--out", str(tmp_path / "e.tif")])
+    assert names.exit_code == 0, names.output
+    with rasterio.open(tmp_path / "e.tif") as e, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(e.read(), b.read()[2:4])
+    (tmp_path / "e.tif").unlink()
     fixed = CliRunner().invoke(
         cli, [*swapped, "--coarse-bands", ",".join(landsat), "--out", str(tmp_path / "e.tif")]
     )
@@ -796,6 +808,19 @@ def test_evaluate_scores_a_band_subset_by_name_or_by_bands(tmp_path: Path) -> No
     assert forced.exit_code == 2 and "holds nir, red in that order; give --bands nir,red" in forced.output
     rows = [line.split() for line in crossed.output.splitlines() if line.startswith(("red", "nir"))]
     assert len(rows) == 2 and all(float(row[1]) == 0.0 for row in rows), crossed.output
+    # names that only partly agree, crossed (nir, red, swir-2 against red, nir, swir2): refused
+    three = write_tif(
+        tmp_path / "three.tif", np.stack([subset[1], subset[0], subset[0]]), crs=crs, transform=transform
+    )
+    raster.set_band_names(three, ("nir", "red", "swir-2"))
+    partly = write_tif(
+        tmp_path / "partly.tif", np.stack([subset[0], subset[1], subset[1]]), crs=crs, transform=transform
+    )
+    raster.set_band_names(partly, ("red", "nir", "swir2"))
+    crossed3 = runner.invoke(cli, ["evaluate", "--pred", str(three), "--truth", str(partly)])
+    assert (
+        crossed3.exit_code == 2 and "would be scored against the truth's red, nir, swir2" in crossed3.output
+    )
     wrong = runner.invoke(cli, ["evaluate", "--pred", str(pred), "--truth", str(truth), "--bands", "1"])
     assert wrong.exit_code == 2 and "--bands selects 1 bands" in wrong.output, wrong.output
     # a prediction of more bands than the truth: its bands named like the truth's are scored; with

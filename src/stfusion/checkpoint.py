@@ -109,7 +109,7 @@ class Checkpoint:
         self, bands: int, source: str | os.PathLike[str], names: Sequence[str | None] = ()
     ) -> None:
         """InputError unless the checkpoint's model takes ``bands`` bands (those of ``source``), and, when
-        ``names`` (the scene's band descriptions) and the checkpoint's are the same names, in its order."""
+        ``names`` (the scene's band descriptions) share names with the checkpoint's, in its order."""
         trained = [name.strip().lower() for name in self.band_names if name and not _GENERIC.fullmatch(name)]
         named = len(trained) == self.bands
         hint = f"; it was trained on {', '.join(trained)}: select them with --bands {','.join(trained)}"
@@ -118,10 +118,10 @@ class Checkpoint:
                 f"{self.where()}: checkpoint is for {self.bands} bands, but {source} has {bands}"
                 + (hint if named else "")
             )
-        if named and raster.reordered_bands(names, trained):
-            given = [(name or "").strip().lower() for name in names]
+        if named and raster.crossed_bands(names, trained):
+            given = [(name or "").strip().lower() or "?" for name in names]
             raise InputError(
-                f"{self.where()}: the bands of {source} are {', '.join(given)}, the checkpoint's in another "
+                f"{self.where()}: the bands of {source} are {', '.join(given)}, not the checkpoint's in its "
                 f"order{hint}"
             )
 

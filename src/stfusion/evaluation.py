@@ -62,10 +62,16 @@ def scored_bands(
             mine = tuple(own.index(n) for n in picked)
             if len(chosen) != pred_info.count:
                 return mine, chosen
-        if raster.reordered_bands(picked, own):
+        if raster.crossed_bands(picked, own):
+            lowered = {n.lower() for n in truth_names}
+            advice = (
+                f"give --bands {','.join(own)}"
+                if all(own) and set(own) <= lowered
+                else "give --bands the truth's bands in the prediction's order"
+            )
             raise InputError(
                 f"--bands {','.join(spec)}: selects the truth's {', '.join(picked)}, but the prediction "
-                f"{pred_info.path} holds {', '.join(own)} in that order; give --bands {','.join(own)}, or "
+                f"{pred_info.path} holds {', '.join(n or '?' for n in own)} in that order; {advice}, or "
                 "leave it out (bands are matched by name)"
             )
         return every_pred, chosen
@@ -80,6 +86,12 @@ def scored_bands(
         except InputError:
             pass
     if pred_info.count == truth_info.count:
+        if raster.crossed_bands(names, truth_names):
+            raise InputError(
+                f"{pred_info.path}: bands {', '.join(n or '?' for n in names)} would be scored against the "
+                f"truth's {', '.join(n or '?' for n in truth_names)} ({truth_info.path}); choose the truth's "
+                "bands in the prediction's order with --bands"
+            )
         return every_pred, tuple(range(truth_info.count))
     described = ", ".join(n for n in names if n)
     known = f" ({described})" if described else ""

@@ -212,18 +212,25 @@ class CaseReader:
         return [names[p] for p in self.selection.get(role, range(len(names)))]
 
     def _check_band_order(self) -> None:
-        """InputError when an image holds fine t1's named bands in another order (e.g. MOD09GA's red,
-        nir, blue, green, ... against Landsat's blue, green, red, ...): fused as they are, red would
-        meet blue."""
+        """InputError when an image's selected bands would meet fine t1's bands of other names although
+        the names tell which match (:func:`stfusion.raster.crossed_bands`: e.g. MOD09GA's red, nir,
+        blue, green, ... against Landsat's blue, green, red, ...): fused as they are, red would meet
+        blue."""
         fine = self._selected_names("fine_t1")
-        for role in self.infos:
+        for role, info in self.infos.items():
             names = self._selected_names(role)
-            if not raster.reordered_bands(names, fine):
+            if not raster.crossed_bands(names, fine, info.band_names):
                 continue
             option = "--coarse-bands" if is_coarse_role(role) else "--bands"
+            every = {(name or "").strip().lower() for name in info.band_names}
+            fix = (
+                f"select them in its order by name, e.g. {option} {','.join(fine)}"
+                if set(fine) <= every
+                else f"select the bands that match with {option} / --bands"
+            )
             raise InputError(
-                f"{self.infos[role].path}: bands {', '.join(names)} are fine t1's ({', '.join(fine)}) in "
-                f"another order; select them in its order by name, e.g. {option} {','.join(fine)}"
+                f"{info.path}: bands {', '.join(n or '?' for n in names)} would be fused with fine t1's "
+                f"{', '.join(n or '?' for n in fine)}; {fix}"
             )
 
     @property

@@ -254,13 +254,25 @@ def _read_error(path: Path, exc: Exception) -> InputError:
     return InputError(f"{path}: corrupt or truncated raster ({reason}); re-download or re-export it")
 
 
-def reordered_bands(names: Sequence[str | None], reference: Sequence[str | None]) -> bool:
-    """Whether ``names`` are the band descriptions of ``reference`` (any case) in another order: the
-    same bands, to be selected in the reference's order before they are compared or fused. False when a
-    band has no description (nothing to tell by)."""
-    own = [(name or "").strip().lower() for name in names]
-    other = [(name or "").strip().lower() for name in reference]
-    return all(own) and all(other) and own != other and sorted(own) == sorted(other)
+def crossed_bands(
+    names: Sequence[str | None], reference: Sequence[str | None], available: Sequence[str | None] = ()
+) -> bool:
+    """Whether bands described as ``names`` would meet ``reference``'s bands of other names although the
+    names tell which bands match: a name of one list at another position in the other (MOD09GA's red,
+    nir, blue, green, ... against Landsat's blue, green, red, ...), or ``available`` (every band name of
+    the file ``names`` were selected from) holding all the reference's names while ``names`` differ
+    (the fine image's ``--bands 3,4`` applied to a coarse file in another order). Any case; bands
+    without a description tell nothing."""
+    own, other, every = (_lower_names(n) for n in (names, reference, available))
+    if own == other:
+        return False
+    if all(other) and other and set(other) <= set(every):
+        return True
+    return any(name and name in other and other[i] != name for i, name in enumerate(own))
+
+
+def _lower_names(names: Sequence[str | None]) -> list[str]:
+    return [(name or "").strip().lower() for name in names]
 
 
 def set_band_names(path: str | os.PathLike[str], names: Sequence[str]) -> None:
