@@ -214,6 +214,23 @@ def test_a_reference_needs_both_images_usable_and_masks_add_to_nodata(tmp_path: 
         series.plan_series(series.SeriesInputs(fine={july: inputs.fine[july]}, coarse=inputs.coarse))
 
 
+def test_an_observed_date_is_checked_before_any_output(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    build_series(data, extra=4)
+    may, july, august = FINE_DATES
+    for date in (may, august):  # July's fine image has no band names, and is only observed
+        raster.set_band_names(data / f"fine_{date:%Y%m%d}.tif", ("green", "red", "nir"))
+    path = data / f"coarse_{july:%Y%m%d}.tif"
+    stored = np.rint(np.nan_to_num(raster.read(path).data, nan=0) * 1e4).astype(np.int16)
+    stored[:, :59] = -32768
+    write_tif(path, stored, crs=None, nodata=-32768)
+    out = tmp_path / "out"
+    args = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta", "--bands", "red,nir"]
+    refused = CliRunner().invoke(cli, [*args, "--coarse-bands", "2,3"])
+    assert refused.exit_code == 2 and f"fine_{july:%Y%m%d}.tif: no band named 'red'" in refused.output
+    assert not out.exists()
+
+
 def test_a_rerun_with_dates_keeps_the_other_dates_in_the_table(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synthetic = sorted(build_series(data, extra=6))

@@ -328,13 +328,18 @@ def check_plans(
     output is kept by --skip-existing). One-line InputError naming the option, date or file.
 
     Returns:
-        the checked readers of the dates to predict, for :func:`iter_series`.
+        the checked readers of the dates to predict, for :func:`iter_series` (observed dates: their fine
+        image on the grid, with the bands selected).
     """
     names = {method} if method else {fusion.default_method(len(p.pairs)) for p in plans if p.pairs}
     for name in sorted(names):
         fusion.get(name).parse_options(options)
     readers = {}
+    grid = raster.inspect(next(iter(inputs.fine.values())))
+    selected = len(resolve_bands((reading or ReadOptions()).fine_bands, grid))
     for plan in plans:
+        if plan.observed:
+            _check_observed(inputs.fine[plan.date], grid, selected, reading)
         if not plan.pairs or (skip is not None and skip(plan)):
             continue
         name = method or fusion.default_method(len(plan.pairs))
@@ -347,6 +352,20 @@ def check_plans(
             )
         readers[plan.date] = CaseReader(_case(inputs, plan), options=reading)
     return readers
+
+
+def _check_observed(path: Path, grid: raster.RasterInfo, bands: int, reading: ReadOptions | None) -> None:
+    """InputError unless an observed date's fine image is on the series' grid and has its bands."""
+    info = raster.inspect(path)
+    if not raster.same_grid(info, grid):
+        raise InputError(
+            f"{path}: not on the grid of {grid.path} (the fine images of a series share one grid)"
+        )
+    found = len(resolve_bands((reading or ReadOptions()).fine_bands, info))
+    if found != bands:
+        raise InputError(
+            f"{path}: {info.count} bands, {grid.path} {grid.count}; the fine images need the same bands"
+        )
 
 
 def _observed(inputs: SeriesInputs, date: dt.date, reading: ReadOptions | None = None) -> np.ndarray:
