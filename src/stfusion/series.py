@@ -324,12 +324,12 @@ def check_plans(
 ) -> dict[dt.date, CaseReader]:
     """Everything a series can be refused for, before any output: the options of every method it
     will use, each date's pair count for its method, and every date's images (readable, one grid,
-    bands, values), as :class:`CaseReader` checks them. ``skip(plan)`` leaves a date out (e.g. its
-    output is kept by --skip-existing). One-line InputError naming the option, date or file.
+    bands, values), as :class:`CaseReader` checks them (an observed date: its fine image on the grid,
+    with the bands selected). ``skip(plan)`` leaves a date out (e.g. its output is kept by
+    --skip-existing). One-line InputError naming the option, date or file.
 
     Returns:
-        the checked readers of the dates to predict, for :func:`iter_series` (observed dates: their fine
-        image on the grid, with the bands selected).
+        the checked readers of the dates to predict, for :func:`iter_series`.
     """
     names = {method} if method else {fusion.default_method(len(p.pairs)) for p in plans if p.pairs}
     for name in sorted(names):
