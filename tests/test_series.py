@@ -98,6 +98,13 @@ def test_date_of_names() -> None:
     assert series.date_of(Path("LC08_20010524_x.tif")) == dt.date(2001, 5, 24)
     assert series.date_of(Path("S2_2001-05-24.tif")) == dt.date(2001, 5, 24)
     assert series.date_of(Path("MOD09GA.A2001144.h29v12.tif")) == dt.date(2001, 5, 24)
+    assert series.date_of(Path("MOD09GA.A2000366.h29v12.tif")) == dt.date(2000, 12, 31)  # a leap year
+
+
+def test_impossible_days_of_year_are_no_dates(tmp_path: Path) -> None:
+    for day in ("2001366", "2001000", "2001999"):  # the file has no date tags either
+        path = write_tif(tmp_path / f"MOD09GA.A{day}.tif", np.zeros((1, 4, 4), np.int16))
+        assert series.date_of(path) is None, day
 
 
 def test_separate_folders_attach_masks_whatever_the_case_of_their_suffixes(

@@ -67,8 +67,12 @@ def date_of(path: Path) -> dt.date | None:
         for match in pattern.finditer(path.stem):
             numbers = [int(g) for g in match.groups()]
             try:
-                if kind == "doy":
-                    return dt.date(numbers[0], 1, 1) + dt.timedelta(days=numbers[1] - 1)
+                if kind == "doy":  # day 1 to 365 (366 in a leap year), as MODIS names them
+                    first = dt.date(numbers[0], 1, 1)
+                    day = first + dt.timedelta(days=numbers[1] - 1)
+                    if numbers[1] < 1 or day.year != first.year:
+                        continue
+                    return day
                 return dt.date(*numbers)
             except ValueError:
                 continue
