@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -236,6 +237,22 @@ def test_an_observed_date_is_checked_before_any_output(tmp_path: Path) -> None:
     refused = CliRunner().invoke(cli, [*args, "--coarse-bands", "2,3"])
     assert refused.exit_code == 2 and f"fine_{july:%Y%m%d}.tif: no band named 'red'" in refused.output
     assert not out.exists()
+
+
+def test_a_folder_says_which_images_and_masks_it_leaves_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    build_series(data, extra=2)
+    write_tif(data / "fine_20010230.tif", np.zeros((1, 4, 4), np.int16), crs=None)
+    write_tif(data / "fine_2001-03-1_mask.tif", np.zeros((1, 4, 4), np.uint8), crs=None)
+    (data / "notes.txt").write_text("not an image: not worth a warning")
+    with caplog.at_level(logging.WARNING):
+        inputs = series.SeriesInputs.from_folder(data)
+    assert len(inputs.fine) == 3
+    assert "fine_20010230.tif: not used: 20010230 is not a valid date" in caplog.text
+    assert "fine_2001-03-1_mask.tif: not used: no image named fine_2001-03-1" in caplog.text
+    assert "notes.txt" not in caplog.text
 
 
 def test_a_rerun_with_dates_keeps_the_other_dates_in_the_table(tmp_path: Path) -> None:

@@ -89,12 +89,20 @@ class SeriesInputs:
 
     @classmethod
     def from_folder(cls, folder: Path) -> SeriesInputs:
-        """A flat folder of ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` (+ ``<stem>_mask.tif``)."""
+        """A flat folder of ``fine_YYYYMMDD.tif`` / ``coarse_YYYYMMDD.tif`` (+ ``<stem>_mask.tif``); a
+        warning for each image left out (its name) and each mask of no image."""
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(scenes.missing_folder(folder))
-        by_role, masks, _ = scenes.flat_images(folder)
+        by_role, masks, skipped = scenes.flat_images(folder)
+        for item in skipped:  # an image left out says why (other files are not images of the series)
+            if item.path.suffix.lower() in scenes.RASTER_SUFFIXES:
+                log.warning("%s: not used: %s", item.path, item.reason)
         images = [*by_role["fine"].values(), *by_role["coarse"].values()]
+        stems = {p.stem for p in images}
+        for stem, mask in sorted(masks.items()):
+            if stem not in stems:
+                log.warning("%s: not used: no image named %s in its folder", mask, stem)
         attached = {p: masks[p.stem] for p in images if p.stem in masks}
         return cls(fine=by_role["fine"], coarse=by_role["coarse"], masks=attached)
 
