@@ -382,6 +382,14 @@ def test_python_api_in_memory(tmp_path: Path) -> None:
     assert planned[FINE_DATES[1]].status == "predicted", planned[FINE_DATES[1]]
     assert "81.2% invalid" in planned[FINE_DATES[1]].reason
     assert all(FINE_DATES[1] not in r.pairs for r in planned.values())
+    # a mask given for an image by another path to the same file masks it; one for no image is refused
+    may = inputs.fine[FINE_DATES[0]]
+    cloud = write_tif(tmp_path / "cloud.tif", np.ones((64, 64), np.uint8), crs=None)
+    relative = os.path.relpath(may.parent.parent / ".." / may.parent.parent.name / "data" / may.name)
+    masked = series.fuse(inputs.fine, inputs.coarse, method="coarse-delta", masks={relative: cloud})
+    assert {r.date: r for r in masked}[FINE_DATES[0]].status == "predicted"
+    with pytest.raises(InputError, match=r"elsewhere\.tif: given a mask \(.*cloud\.tif\) but is none of"):
+        series.fuse(inputs.fine, inputs.coarse, masks={tmp_path / "elsewhere.tif": cloud})
 
 
 def test_fuse_with_a_checkpoint_defaults_to_mlffgan_and_a_mismatch_writes_nothing(tmp_path: Path) -> None:

@@ -617,8 +617,8 @@ def fuse(
         max_invalid: largest invalid fraction of a usable reference image.
         out: folder to write ``fused_YYYYMMDD.tif`` to; None = results carry the predictions in memory.
         lazy: return an iterator that predicts (and writes) one date at a time.
-        masks: image path -> mask path (nonzero = invalid); an image without one takes its sidecar
-            ``<stem>_mask.tif`` if it has one.
+        masks: image path (any path to the file) -> mask path (nonzero = invalid); an image without
+            one takes its sidecar ``<stem>_mask.tif`` if it has one.
         checkpoint: a trained model (``stfusion train``) for ``mlffgan``; device: where it runs.
         reading: how files become pixels (bands, scales, offsets, resampling; :class:`ReadOptions`).
     Returns:
@@ -629,7 +629,13 @@ def fuse(
         results = stfusion.fuse(fine={date(2001, 5, 24): "f0524.tif", ...}, coarse={...}, out="series/")
     """
     images = [*map(Path, fine.values()), *map(Path, coarse.values())]
-    given = {Path(k): Path(v) for k, v in (masks or {}).items()}
+    by_file = {p.resolve(): p for p in images}
+    given = {}
+    for key, mask in (masks or {}).items():  # keys match images by the file they name
+        image = by_file.get(Path(key).resolve())
+        if image is None:
+            raise InputError(f"{key}: given a mask ({mask}) but is none of the series' images")
+        given[image] = Path(mask)
     sidecars = {p: m for p in images if p not in given and (m := scenes.sidecar_mask(p)) is not None}
     inputs = SeriesInputs(
         fine={d: Path(p) for d, p in fine.items()},
