@@ -219,6 +219,12 @@ def test_mask_sidecars_are_attached(tmp_path: Path, rng: np.random.Generator) ->
     found = scenes.discover(flat)
     assert dict(found.cases[0].masks) == {"coarse_t2": coarse_mask}
     assert not found.skipped
+    # the explicit files find the same masks as folders do, whatever the case of the suffixes
+    assert scenes.sidecar_mask(flat / "coarse_20010201.tif") == coarse_mask
+    assert scenes.sidecar_mask(flat / "fine_20010201.tif") is None
+    odd = coarse_mask.rename(flat / "coarse_20010201_Mask.TIF")
+    assert scenes.sidecar_mask(flat / "coarse_20010201.tif") == odd
+    assert dict(scenes.explicit_case(**dict(found.cases[0].paths())).masks) == {"coarse_t2": odd}
 
 
 def test_explicit_masks_and_their_checks(tmp_path: Path, rng: np.random.Generator) -> None:

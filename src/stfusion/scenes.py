@@ -251,13 +251,17 @@ def missing_folder(path: Path) -> str:
 
 
 def sidecar_mask(image: str | os.PathLike[str]) -> Path | None:
-    """The mask beside an image, ``<stem>_mask.tif`` (suffixes in either case), or None."""
+    """The mask beside an image, ``<stem>_mask.tif`` (suffixes in any case, as :func:`is_mask_name`
+    and folders find masks), or None."""
     image = Path(image)
-    for mask_suffix in (MASK_SUFFIX, MASK_SUFFIX.upper()):
-        for suffix in dict.fromkeys((image.suffix, ".tif", ".TIF", ".tiff", ".TIFF")):
-            candidate = image.with_name(f"{image.stem}{mask_suffix}{suffix}")
-            if candidate != image and candidate.is_file():
-                return candidate
+    try:
+        entries = sorted(image.parent.iterdir())
+    except OSError:
+        return None
+    for path in entries:
+        if path != image and is_mask_name(path) and path.stem[: -len(MASK_SUFFIX)] == image.stem:
+            if path.is_file():
+                return path
     return None
 
 
