@@ -141,3 +141,41 @@ def test_winner_sentence_names_ties_and_cases_a_model_trained_on() -> None:
     assert " tie at " in workflows.winner_sentence(tied)
     unfair = workflows.winner_sentence(clear, notes={("c1", "a"): "TRAINED ON THIS CASE"})
     assert unfair.endswith("; a: the mean includes cases it was trained on, no fair test"), unfair
+
+
+def test_output_folder_is_removed_when_its_output_fails_while_it_is_empty(tmp_path: Path) -> None:
+    existing = tmp_path / "out"
+    existing.mkdir()
+    with pytest.raises(InputError), workflows.output_folder(existing / "case" / "inner"):
+        raise InputError("the method failed")
+    assert list(existing.iterdir()) == []  # both folders made for the output are gone, not --out
+    with pytest.raises(KeyboardInterrupt), workflows.output_folder(existing / "case") as folder:
+        (folder / "half.tif").write_bytes(b"")
+        raise KeyboardInterrupt
+    assert [p.name for p in (existing / "case").iterdir()] == ["half.tif"]  # not empty: kept
+
+
+def test_a_case_whose_first_output_fails_leaves_no_folder_in_an_existing_out(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+
+    data = tmp_path / "data"
+    for stamp in ("20010101", "20010201"):
+        for kind in ("fine", "coarse"):
+            write_tif(data / f"{kind}_{stamp}.tif", random_scene(rng), nodata=-9999)
+    fine = random_scene(rng)
+    fine[:, :, 12:] = -9999  # fine t1 valid on the left only, coarse t2 on the right only
+    write_tif(data / "fine_20010101.tif", fine, nodata=-9999)
+    coarse = random_scene(rng)
+    coarse[:, :, :12] = -9999
+    write_tif(data / "coarse_20010201.tif", coarse, nodata=-9999)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = CliRunner().invoke(
+        cli, ["compare", str(data), "--out", str(existing), "--methods", "coarse-delta"]
+    )
+    assert result.exit_code == 2 and "no pixel could be predicted" in result.output, result.output
+    assert list(existing.iterdir()) == []

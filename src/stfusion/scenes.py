@@ -259,9 +259,9 @@ def sidecar_mask(image: str | os.PathLike[str]) -> Path | None:
     except OSError:
         return None
     for path in entries:
-        if path != image and is_mask_name(path) and path.stem[: -len(MASK_SUFFIX)] == image.stem:
-            if path.is_file():
-                return path
+        ours = path != image and is_mask_name(path) and path.stem[: -len(MASK_SUFFIX)] == image.stem
+        if ours and path.is_file():
+            return path
     return None
 
 

@@ -13,12 +13,13 @@ GeoTIFFs):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -297,8 +298,8 @@ def run_methods(
         # the case's folder is made just before its first output: a method failing first leaves none
         quality_path = outputs.get((case.name, "quality"))
         if quality_path is not None and not (output.skip_existing and usable_output(quality_path)):
-            quality_path.parent.mkdir(parents=True, exist_ok=True)
-            write_quality(reader, quality_path, overwrite=True)
+            with output_folder(quality_path.parent):
+                write_quality(reader, quality_path, overwrite=True)
         predictions: dict[str, tuple[np.ndarray, float, Path]] = {}
         for name, preparer in preparers.items():
             target = outputs[(case.name, name)]
@@ -315,19 +316,19 @@ def run_methods(
                 except PairCountError as exc:  # e.g. a two-pair method on a one-pair case: not run
                     log.warning("%s: %s; it is left out of this case", case.name, exc)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                predict_case(
-                    reader,
-                    prediction,
-                    target,
-                    dtype=output.dtype,
-                    # existing outputs were refused up front; one appearing meanwhile (another run
-                    # writing here) makes this run fail instead of replacing it
-                    overwrite=output.overwrite or (output.skip_existing and target.exists()),
-                    cog=output.cog,
-                    tags=provenance_tags(name, case, options),
-                    clip=output.clip_range,
-                )
+                with output_folder(target.parent):
+                    predict_case(
+                        reader,
+                        prediction,
+                        target,
+                        dtype=output.dtype,
+                        # existing outputs were refused up front; one appearing meanwhile (another run
+                        # writing here) makes this run fail instead of replacing it
+                        overwrite=output.overwrite or (output.skip_existing and target.exists()),
+                        cog=output.cog,
+                        tags=provenance_tags(name, case, options),
+                        clip=output.clip_range,
+                    )
                 seconds = time.perf_counter() - start
             predictions[name] = (raster.read(target).data, seconds, target)
         truth = reader.read(TRUTH_ROLE) if case.fine_t2 is not None else None
@@ -340,6 +341,21 @@ def run_methods(
         if on_case is not None:  # e.g. a figure, while the case's images are in memory
             on_case(case_inputs(reader), results[case.name])
     return results
+
+
+@contextlib.contextmanager
+def output_folder(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` (and parents) for an output; a folder made here is removed again if the output
+    fails (an error, Ctrl-C) while it is still empty."""
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for created in made:  # innermost first; a folder with anything in it stays
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise
 
 
 def score_predictions(
