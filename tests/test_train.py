@@ -20,6 +20,7 @@ from stfusion.checkpoint import load as load_checkpoint
 from stfusion.dataset import PatchDataset, load_cases
 from stfusion.losses import GeneratorLossWeights
 from stfusion.models import PatchDiscriminator
+from stfusion.sample import SAMPLE_ROOT
 from stfusion.train import TrainConfig, gan_step, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -436,6 +437,11 @@ def test_flat_folder_training_and_compare_marks_the_cases_a_checkpoint_saw(tmp_p
     refused = runner.invoke(cli, [*args, "--baselines", "estarfm"])  # one pair per case: never run
     assert refused.exit_code == 2 and "method estarfm needs 2 reference pairs" in refused.output
     assert "`stfusion compare DATA --pairs 2 --checkpoint ...` makes two-pair ones" in refused.output
+    # on the paper layout, which compare --pairs 2 does not take, no such advice
+    paper = [*args[:1], str(SAMPLE_ROOT), *args[2:-1], str(tmp_path / "t4"), "--baselines", "estarfm"]
+    refused = runner.invoke(cli, paper)
+    assert refused.exit_code == 2 and "method estarfm needs 2 reference pairs" in refused.output
+    assert "--pairs 2" not in refused.output, refused.output
     # a latest date with a coarse image only: test refuses in one line; train tests on it without a figure
     extended = tmp_path / "extended"
     shutil.copytree(DATASETS["cia-crop"], extended)

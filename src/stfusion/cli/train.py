@@ -391,7 +391,8 @@ def test_command(
     """Predict every case of a split with a checkpoint (and baselines) and write the metric table."""
     model = load_checkpoint(checkpoint)
     dates = tuple(d.date() for d in test_dates)
-    cases = scenes.split_of(scenes.discover(data_dir), split, test_dates=dates)
+    found = scenes.discover(data_dir)
+    cases = scenes.split_of(found, split, test_dates=dates)
     if not cases:
         raise InputError(f"{data_dir}: no cases in split {split!r}")
     if all(case.fine_t2 is None for case in cases):
@@ -403,11 +404,13 @@ def test_command(
     model.check_bands_of_scene(band_count(first, reading), first, band_names(first, reading))
     runtime = {"device": device, "tiles": make_tiles(tile, overlap, batch_size)}
     preparers = {"mlffgan": fusion.get("mlffgan").preparer(checkpoint=model, runtime=runtime)}
+    hint = (  # compare --pairs 2 makes two-pair cases of flat folders only
+        " (a split's cases; `stfusion compare DATA --pairs 2 --checkpoint ...` makes two-pair ones)"
+        if found.layout == "flat"
+        else ""
+    )
     for name in (n for n in baselines.split(",") if n):
-        fusion.get(name).check_pairs(
-            (len(case.pairs) for case in cases),
-            hint=" (a split's cases; `stfusion compare DATA --pairs 2 --checkpoint ...` makes two-pair ones)",
-        )
+        fusion.get(name).check_pairs((len(case.pairs) for case in cases), hint=hint)
         preparers[name] = fusion.get(name).preparer()
     readers = workflows.case_readers(cases, reading)
     make_output_folder(out)
