@@ -182,6 +182,8 @@ def test_suspicious_values_warn(
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "b.tif").exit_code == 0
     assert "coarse_20010201.tif: values look like digital numbers" in caplog.text
+    # (every value above reflectance 0.7: they could be Landsat C2 digital numbers, and it says how)
+    assert "Collection 2 Level-2 digital numbers: --coarse-scale 2.75e-5 --coarse-offset -0.2" in caplog.text
 
     def warnings_of(out: str, *extra: str) -> str:
         """The warnings of one prediction with the files as they are now."""
@@ -201,6 +203,7 @@ def test_suspicious_values_warn(
     text = warnings_of("b3.tif")
     assert "coarse_20010201.tif: almost every value is above reflectance 0.7" in text
     assert "Landsat Collection 2 Level-2 digital numbers read as x 10000" in text
+    assert "give --coarse-scale 2.75e-5 --coarse-offset -0.2" in text and "values look like" not in text
     # bright float reflectance (snow, 0.9-1.1) and a swath edge of undeclared -9999 (60 %): only the
     # fill value is warned about, not the scale
     snow = np.random.default_rng(3).uniform(0.9, 1.1, (4, 20, 24)).astype(np.float32)
@@ -230,7 +233,10 @@ def test_suspicious_values_warn(
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
         assert predict(runner, files, tmp_path / "d.tif", "--scale", "0.0001").exit_code == 0
-    assert "every value is below reflectance 0.002" in caplog.text and "--fine-scale 1" in caplog.text
+    assert "every value is below reflectance 0.002" in caplog.text and "give --fine-scale 1" in caplog.text
+    assert (
+        "coarse_20010201.tif: every value is below" in caplog.text and "give --coarse-scale 1" in caplog.text
+    )
     for role, values in integers.items():
         write_tif(files[role], values)
     assert predict(runner, files, tmp_path / "e.tif").exit_code == 0

@@ -96,7 +96,7 @@ def test_info_command_prints_lines_or_json_and_refuses_in_one_line(
     dn = write_tif(tmp_path / "dn.tif", np.full((1, 8, 8), 30000, np.uint16))
     with caplog.at_level(logging.WARNING):
         assert runner.invoke(cli, ["info", str(dn)]).exit_code == 0
-    assert "look like digital numbers" in caplog.text
+    assert "look like digital numbers" in caplog.text and "scale (--scale, with --offset if" in caplog.text
     for bad, message in (
         (tmp_path / "none.tif", "none.tif: not found"),
         (tmp_path, "is a folder"),

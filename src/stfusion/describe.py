@@ -97,7 +97,7 @@ def describe_raster(
     """
     path = Path(path)
     info = raster.inspect(path)
-    sample = check_values(path, scale=scale, offset=offset)
+    sample = check_values(path, scale=scale, offset=offset, options="")
     date = series.date_of(path)
     profile = info.profile
     storage = info.dtype

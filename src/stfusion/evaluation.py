@@ -114,7 +114,7 @@ def _read(
         raise InputError(
             f"--{role}-offset {offset:g} needs --{role}-scale too (reflectance = value x scale + offset)"
         )
-    check_values(path, scale=scale, offset=offset)
+    check_values(path, scale=scale, offset=offset, options=role)
     return raster.read(path, scale=scale, offset=offset, bands=[b + 1 for b in bands] if bands else None)
 
 

@@ -47,6 +47,8 @@ LOW_MEDIAN_REFLECTANCE = -0.02
 #: Reflectance that almost every value of an integer file read as x 10000 exceeds when it holds Landsat
 #: Collection 2 digital numbers (reflectance 0 is stored as 7273 there): real scenes have dark pixels.
 C2_FLOOR_REFLECTANCE = 0.7
+#: The largest such value (uint16 65535 read as x 10000): above it the file holds something else.
+C2_CEILING_REFLECTANCE = 6.5536
 #: Reflectance below which a value is impossible (surface reflectance products stay above about -0.01):
 #: an undeclared integer nodata/fill value (e.g. -9999, MODIS -28672) read as data.
 IMPOSSIBLE_REFLECTANCE = -0.5
@@ -199,7 +201,12 @@ class CaseReader:
             )
         if self.options.check_values:
             samples = {
-                role: check_values(info.path, scale=self._scale(role), offset=self._offset(role))
+                role: check_values(
+                    info.path,
+                    scale=self._scale(role),
+                    offset=self._offset(role),
+                    options="coarse" if is_coarse_role(role) else "fine",
+                )
                 for role, info in self.infos.items()
             }
             for index in range(self.n_pairs):
@@ -392,9 +399,17 @@ def quality_flags(images: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def check_values(
-    path: str | os.PathLike[str], *, scale: float | None = None, offset: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    scale: float | None = None,
+    offset: float | None = None,
+    options: str | None = None,
 ) -> raster.ValueSample:
     """Sanity checks of a raster's values on a sample of its pixels (cheap on any size).
+
+    ``options`` names the command-line options that set this file's scale and offset in the advice
+    of the warnings: ``"fine"`` (--fine-scale, --fine-offset), ``"coarse"``, ``"pred"``, ``"truth"``, ``""``
+    (--scale, --offset); None names the fine and coarse ones.
 
     The file's reflectance is ``stored x scale + offset`` by its GDAL scale/offset tags, else by
     ``scale`` and ``offset``, else by the automatic choice of :func:`stfusion.raster.resolve_scaling`
@@ -427,51 +442,65 @@ def check_values(
         log.info("%s", sample.scaling)
     reflectance = sample.reflectance.astype(np.float64)
     median = float(np.median(reflectance))
+    prefixes = ["--fine-", "--coarse-"] if options is None else [f"--{options}-" if options else "--"]
+    scale_option, offset_option = (" / ".join(f"{p}{name}" for p in prefixes) for name in ("scale", "offset"))
+
+    def give(scale: str, offset: str = "") -> str:  # e.g. --fine-scale 1 / --coarse-scale 1
+        return " / ".join(f"{p}scale {scale}" + (f" {p}offset {offset}" if offset else "") for p in prefixes)
+
     how = f"read as {sample.scaling}" if sample.scaling is not None else "as read"
-    if median > DN_LIKE_REFLECTANCE:
-        log.warning(
-            "%s: values look like digital numbers, not reflectance (median reflectance %.2f, %s); use "
-            "surface reflectance products, or give the file's scale (--fine-scale / --coarse-scale, with "
-            "--fine-offset / --coarse-offset if it has one, or GDAL scale/offset tags)",
-            path,
-            median,
-            how,
-        )
-    elif np.abs(reflectance).max() < TINY_REFLECTANCE:
-        log.warning(
-            "%s: every value is below reflectance %g (%s): reflectance floats read as x 10000? give "
-            "--fine-scale 1 / --coarse-scale 1",
-            path,
-            TINY_REFLECTANCE,
-            how,
-        )
     impossible = reflectance < IMPOSSIBLE_REFLECTANCE
     plausible = reflectance[~impossible]  # an undeclared fill value is warned about below, apart
-    if plausible.size and np.median(plausible) < LOW_MEDIAN_REFLECTANCE:
-        log.warning(
-            "%s: most values are below reflectance %g (median %.3f, %s): is its scale or offset wrong? "
-            "Give the file's own (--fine-scale / --coarse-scale, --fine-offset / --coarse-offset) or GDAL "
-            "scale/offset tags",
-            path,
-            LOW_MEDIAN_REFLECTANCE,
-            float(np.median(plausible)),
-            how,
-        )
-    elif (
+    c2_like = bool(  # Landsat C2 L2 digital numbers (7273 = reflectance 0) read as x 10000
         plausible.size
-        and median <= DN_LIKE_REFLECTANCE  # else the digital-number warning above said it
         and sample.scaling is not None
         and sample.scaling.source == "auto"
         and np.issubdtype(np.dtype(sample.dtype), np.integer)
         and np.percentile(plausible, 2) >= C2_FLOOR_REFLECTANCE
-    ):
+        and plausible.max() <= C2_CEILING_REFLECTANCE
+    )
+    c2_advice = give("2.75e-5", "-0.2")
+    if c2_like and median <= DN_LIKE_REFLECTANCE:
         log.warning(
-            "%s: almost every value is above reflectance %g (%s), as Landsat Collection 2 Level-2 digital "
-            "numbers read as x 10000 are: if it is one, give --fine-scale 2.75e-5 --fine-offset -0.2 (or "
-            "its GDAL scale/offset tags)",
+            "%s: almost every value is above reflectance %g (median %.2f, %s), as Landsat Collection 2 "
+            "Level-2 digital numbers read as x 10000 are: if it is one, give %s (or its GDAL scale/offset "
+            "tags)",
             path,
             C2_FLOOR_REFLECTANCE,
+            median,
             how,
+            c2_advice,
+        )
+    elif median > DN_LIKE_REFLECTANCE:
+        log.warning(
+            "%s: values look like digital numbers, not reflectance (median reflectance %.2f, %s); use "
+            "surface reflectance products, or give the file's scale (%s, with %s if it has one, or GDAL "
+            "scale/offset tags)%s",
+            path,
+            median,
+            how,
+            scale_option,
+            offset_option,
+            f"; Landsat Collection 2 Level-2 digital numbers: {c2_advice}" if c2_like else "",
+        )
+    elif np.abs(reflectance).max() < TINY_REFLECTANCE:
+        log.warning(
+            "%s: every value is below reflectance %g (%s): reflectance floats read as x 10000? give %s",
+            path,
+            TINY_REFLECTANCE,
+            how,
+            give("1"),
+        )
+    if plausible.size and np.median(plausible) < LOW_MEDIAN_REFLECTANCE:
+        log.warning(
+            "%s: most values are below reflectance %g (median %.3f, %s): is its scale or offset wrong? "
+            "Give the file's own (%s, %s) or GDAL scale/offset tags",
+            path,
+            LOW_MEDIAN_REFLECTANCE,
+            float(np.median(plausible)),
+            how,
+            scale_option,
+            offset_option,
         )
     if impossible.any():
         stored, counts = np.unique(sample.values[impossible], return_counts=True)
