@@ -179,3 +179,39 @@ def test_a_case_whose_first_output_fails_leaves_no_folder_in_an_existing_out(
     )
     assert result.exit_code == 2 and "no pixel could be predicted" in result.output, result.output
     assert list(existing.iterdir()) == []
+
+
+def test_evaluate_masks_the_truth_as_compare_does(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A truth's sidecar mask on a coarser grid leaves out the same pixels in compare and evaluate."""
+    from click.testing import CliRunner
+    from rasterio.transform import from_origin
+
+    from stfusion.cli import cli
+    from tests.conftest import TEST_TRANSFORM
+
+    data = tmp_path / "data"
+    for stamp in ("20010101", "20010201"):
+        for kind in ("fine", "coarse"):
+            write_tif(data / f"{kind}_{stamp}.tif", random_scene(rng))
+    cloud = np.zeros((1, 10, 12), np.uint8)  # 2 x 2 fine pixels per mask pixel
+    cloud[0, 3:5, 4:7] = 1
+    cloud[0, 7, 2] = 1
+    origin = from_origin(TEST_TRANSFORM.c, TEST_TRANSFORM.f, 2 * TEST_TRANSFORM.a, 2 * TEST_TRANSFORM.a)
+    write_tif(data / "fine_20010201_mask.tif", cloud, transform=origin)
+    runner = CliRunner()
+    compared = runner.invoke(
+        cli, ["compare", str(data), "--out", str(tmp_path / "out"), "--methods", "coarse-delta"]
+    )
+    assert compared.exit_code == 0, compared.output
+    report = next((tmp_path / "out").rglob("coarse-delta.tif"))
+    evaluated = runner.invoke(
+        cli, ["evaluate", "--pred", str(report), "--truth", str(data / "fine_20010201.tif")]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    counts = [
+        line[line.index("valid pixels=") :].split(",")[0]
+        for line in evaluated.output.splitlines()
+        if "valid pixels=" in line
+    ]
+    assert counts and counts[0] in compared.output, (counts, compared.output)
+    assert counts[0] != f"valid pixels={20 * 24 - 7 * 4}"  # more than the masked pixels' own area is out

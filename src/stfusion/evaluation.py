@@ -131,12 +131,15 @@ def evaluate_files(
     pred_offset: float | None = None,
     truth_offset: float | None = None,
     bands: tuple[str, ...] | None = None,
+    resampling: str = "bilinear",
 ) -> MetricReport:
     """Metrics of a prediction GeoTIFF against the truth; InputError naming the file on any mismatch.
 
     ``mask``: nonzero = pixel left out; None = the truth's sidecar ``<stem>_mask.tif`` if it has one
-    (as ``compare`` masks its truth), else none. ``bands``: the truth's bands to score, see
-    :func:`scored_bands`.
+    (as ``compare`` masks its truth), else none; a mask not on the truth's grid is read with
+    ``resampling`` as ``compare`` reads it (:func:`stfusion.raster.read_mask_on_grid`: with bilinear, a
+    pixel is left out when a masked mask pixel contributes to it). ``bands``: the truth's bands to
+    score, see :func:`scored_bands`.
     """
     pred_info, truth_info = raster.inspect(pred), raster.inspect(truth)
     if pred_info.shape[1:] != truth_info.shape[1:]:
@@ -163,7 +166,7 @@ def evaluate_files(
     true = _read(truth, truth_scale, truth_offset, "truth", bands=selected)
     valid = None
     if mask is not None:
-        valid = ~raster.read_mask_on_grid(mask, truth_info, resampling="nearest")
+        valid = ~raster.read_mask_on_grid(mask, truth_info, resampling=resampling)
     band_names = [true.info.band_names[i] or f"band{i + 1}" for i in selected]
     try:
         return compute_metrics(

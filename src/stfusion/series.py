@@ -390,7 +390,7 @@ def _observed(inputs: SeriesInputs, date: dt.date, reading: ReadOptions | None =
     image = raster.read(path, scale=reading.fine_scale, offset=reading.fine_offset, bands=bands).data
     mask = inputs.masks.get(path)
     if mask is not None:
-        image[:, raster.read_mask_on_grid(mask, info)] = np.nan
+        image[:, raster.read_mask_on_grid(mask, info, resampling=reading.resampling)] = np.nan
     return image
 
 

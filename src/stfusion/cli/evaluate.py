@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stfusion import evaluation, report, scenes, workflows
+from stfusion import evaluation, raster, report, scenes, workflows
 from stfusion.cli.options import band_list, one_line_errors, say
 
 
@@ -24,8 +24,16 @@ from stfusion.cli.options import band_list, one_line_errors, say
     "--mask",
     type=click.Path(path_type=Path),
     default=None,
-    help="Raster: nonzero = invalid (on the truth's grid, or georeferenced: nearest resampling) "
+    help="Raster: nonzero = invalid (on the truth's grid, or georeferenced: read with --resampling) "
     "[default: the truth's <stem>_mask.tif if there is one].",
+)
+@click.option(
+    "--resampling",
+    type=click.Choice(raster.RESAMPLING_METHODS),
+    default="bilinear",
+    show_default=True,
+    help="Resampling of a mask not on the truth's grid, as compare reads it (bilinear: a pixel is left "
+    "out when a masked mask pixel contributes to it; nearest: when its nearest one is masked).",
 )
 @click.option(
     "--data-range",
@@ -83,6 +91,7 @@ def evaluate_command(
     coarse_ratio: float | None,
     ratio: float | None,
     mask: Path | None,
+    resampling: str,
     data_range: float,
     ssim_range: float,
     pred_scale: float | None,
@@ -118,6 +127,7 @@ def evaluate_command(
         pred_offset=pred_offset,
         truth_offset=truth_offset,
         bands=band_list(bands),
+        resampling=resampling,
     )
     say(report.format_table(result))
     for path in evaluation.write_reports({pred.stem: result}, outputs):
