@@ -392,6 +392,28 @@ def test_python_api_in_memory(tmp_path: Path) -> None:
         series.fuse(inputs.fine, inputs.coarse, masks={tmp_path / "elsewhere.tif": cloud})
 
 
+def test_python_api_reruns_into_its_folder_as_asked(tmp_path: Path) -> None:
+    from stfusion.errors import OutputExistsError
+    from stfusion.workflows import OutputOptions
+
+    data = tmp_path / "data"
+    synthetic = build_series(data, extra=2)
+    inputs = series.SeriesInputs.from_folder(data)
+    out = tmp_path / "out"
+    first = series.fuse(inputs.fine, inputs.coarse, method="coarse-delta", out=out)
+    assert sorted(r.date for r in first if r.status == "predicted") == sorted(synthetic)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("fused_*.tif")}
+    with pytest.raises(OutputExistsError):  # refused before any work, nothing replaced
+        series.fuse(inputs.fine, inputs.coarse, method="coarse-delta", out=out)
+    kept = series.fuse(inputs.fine, inputs.coarse, out=out, output=OutputOptions(skip_existing=True))
+    assert sorted(r.date for r in kept if r.status == "kept") == sorted(synthetic)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("fused_*.tif")} == mtimes
+    again = series.fuse(
+        inputs.fine, inputs.coarse, method="persistence", out=out, output=OutputOptions(overwrite=True)
+    )
+    assert {r.method for r in again if r.status == "predicted"} == {"persistence"}
+
+
 def test_fuse_with_a_checkpoint_defaults_to_mlffgan_and_a_mismatch_writes_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     build_series(data, extra=1)

@@ -13,8 +13,9 @@ For each target date (every coarse date without a usable fine image, or the date
   before any output.
 - **Method**: the one given, or the best for the number of pairs (:func:`stfusion.fusion.default_method`).
 - **Output**: ``OUT/fused_YYYYMMDD.tif`` (or a COG), georeferenced like the fine images, with provenance
-  tags; ``series.csv`` (date, status, pairs used, method, valid fraction, per-band mean) and
-  ``series.png`` (per-band mean, or NDVI, over time with the fine dates marked, and quick-looks).
+  tags; from ``stfusion fuse``, ``series.csv`` (date, status, pairs used, method, valid fraction,
+  per-band mean) and ``series.png`` (per-band mean, or NDVI, over time with the fine dates marked, and
+  quick-looks).
 
 Each method is prepared once for the whole series (a trained model is loaded once), and kept outputs
 are not redone with ``skip_existing``. Under ``torchrun`` the dates are split over the processes; each
@@ -604,6 +605,7 @@ def fuse(
     checkpoint: str | Path | None = None,
     device: str = "cpu",
     reading: ReadOptions | None = None,
+    output: workflows.OutputOptions | None = None,
 ) -> list[DateResult] | Iterator[DateResult]:
     """Python API of ``stfusion fuse``: the fine image of every coarse date without a usable fine image.
 
@@ -621,6 +623,10 @@ def fuse(
             one takes its sidecar ``<stem>_mask.tif`` if it has one.
         checkpoint: a trained model (``stfusion train``) for ``mlffgan``; device: where it runs.
         reading: how files become pixels (bands, scales, offsets, resampling; :class:`ReadOptions`).
+        output: how outputs in ``out`` are written, and whether existing ones are replaced
+            (``overwrite``) or kept (``skip_existing``): :class:`stfusion.workflows.OutputOptions`;
+            existing ones are refused by default. (``series.csv`` and ``series.png`` are written by
+            ``stfusion fuse``; here the results carry their rows.)
     Returns:
         One :class:`DateResult` per coarse date in range (observed, predicted or kept, with why).
 
@@ -652,12 +658,24 @@ def fuse(
         model = load(checkpoint)
     plans = plan_series(inputs, dates=dates, max_invalid=max_invalid)
     # every date's options, pair count and images checked before the first output, as the CLI does
-    readers = check_plans(inputs, plans, method=method, options=options, reading=reading)
+    output = output or workflows.OutputOptions()
+    target = Path(out) if out is not None else None
+
+    def kept(plan: DatePlan) -> bool:  # a date skip_existing keeps: its inputs are not read
+        return (
+            target is not None
+            and output.skip_existing
+            and workflows.usable_output(output_path(target, plan.date))
+        )
+
+    readers = check_plans(inputs, plans, method=method, options=options, reading=reading, skip=kept)
     if model is not None:
         first = next(iter(inputs.fine.values()))
         model.check_bands_of_scene(band_count(first, reading), first, band_names(first, reading))
-    target = Path(out) if out is not None else None
     if target is not None:
+        if target.is_dir():  # existing outputs refused (or kept) before any work
+            targets = [output_path(target, plan.date) for plan in plans if plan.pairs]
+            workflows.check_outputs(targets, overwrite=output.overwrite, skip_existing=output.skip_existing)
         target.mkdir(parents=True, exist_ok=True)
     results = iter_series(
         inputs,
@@ -668,6 +686,7 @@ def fuse(
         runtime={"device": device},
         out=target,
         reading=reading,
+        output=output,
         readers=readers,
     )
     return results if lazy else list(results)
