@@ -631,7 +631,7 @@ def test_row_writer_and_joined_parts_from_a_float_nan_reference(
     path, _, invalid = hostile_file(tmp_path, rng, "float32 NaN (GDAL's usual)")
     reference = raster.inspect(path)
     prediction = raster.read(path).data
-    with raster.row_writer(tmp_path / "whole.tif", reference, count=3, scale=1.0) as write:
+    with raster.row_writer(tmp_path / "whole.tif", reference, count=3) as write:
         write(0, prediction[:, :7])
         write(7, prediction[:, 7:])
     parts = []

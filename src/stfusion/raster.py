@@ -1094,11 +1094,6 @@ def _output_nodata(reference: RasterInfo, dtype: str, nodata: float | None = Non
     return float(limits.min if limits.min < 0 else limits.max)
 
 
-def _default_nodata(reference: RasterInfo, dtype: str) -> float:
-    """The nodata value of an output when the caller gives none (see :func:`_output_nodata`)."""
-    return _output_nodata(reference, dtype)
-
-
 def _stored(block: np.ndarray, *, dtype: str, nodata: float | None) -> np.ndarray:
     """Stored values of reflectance: integer outputs hold round(reflectance x 10000) clipped to the
     dtype, float outputs reflectance; NaN pixels become ``nodata``, and a valid value equal to
@@ -1117,13 +1112,6 @@ def _stored(block: np.ndarray, *, dtype: str, nodata: float | None) -> np.ndarra
             stored[collide] = int(nodata) + (1 if up else -1)
     stored[missing] = nodata
     return stored
-
-
-def _ignored_scale(scale: float | None) -> None:
-    if scale is not None and scale != REFLECTANCE_SCALE:
-        log.debug(
-            "output scale %g ignored: integer outputs store reflectance x 10000 (scale tags 1e-4)", scale
-        )
 
 
 def write_quality(
@@ -1228,7 +1216,6 @@ def write_like(
     reference: RasterInfo,
     *,
     dtype: str = "int16",
-    scale: float | None = None,
     overwrite: bool = False,
     band_names: Sequence[str | None] | None = None,
     tags: dict[str, str] | None = None,
@@ -1244,15 +1231,12 @@ def write_like(
     by one step). Without ``overwrite``, the write fails if the output appeared meanwhile.
 
     Args:
-        scale: ignored (kept for compatibility): integer outputs always hold reflectance x 10000,
-            whatever the inputs' scale.
         nodata: the output's nodata value; a value ``dtype`` cannot hold is an InputError.
     Raises:
         OutputExistsError: ``path`` exists (or appeared during the write) and not ``overwrite``.
         OutputError: the file cannot be written (disk full, file size limit, permission...); nothing is
             left behind.
     """
-    _ignored_scale(scale)
     path = check_writable(path, overwrite=overwrite)
     if reflectance.ndim != 3:
         raise ValueError(f"write_like expects (C, H, W), got shape {reflectance.shape}")
@@ -1465,7 +1449,6 @@ def row_writer(
     *,
     count: int,
     dtype: str = "int16",
-    scale: float | None = None,
     rows: tuple[int, int] | None = None,
     overwrite: bool = False,
     band_names: Sequence[str | None] | None = None,
@@ -1478,13 +1461,12 @@ def row_writer(
     ``block`` is (C, n, W) float32 reflectance (NaN = nodata) for scene rows [first_row, first_row + n).
     ``rows`` restricts the file to scene rows [rows[0], rows[1]) (its transform is shifted to match),
     for one process's part of a scene. Stored like :func:`write_like` (rounded, clipped, tiled,
-    DEFLATE, scale tags; ``scale`` is ignored); nodata is ``nodata`` when given, else a value the dtype
+    DEFLATE, scale tags); nodata is ``nodata`` when given, else a value the dtype
     holds (NaN for floats; -32768 for int16 unless the reference is int16 with its own). The file
     appears under ``path`` only when the ``with`` block ends without an exception (and, without
     ``overwrite``, only if no other run wrote ``path`` meanwhile); ``cog`` converts it to a Cloud
     Optimized GeoTIFF (GDAL's COG driver, with overviews) before that.
     """
-    _ignored_scale(scale)
     path = check_writable(path, overwrite=overwrite)
     first, stop = rows if rows is not None else (0, reference.height)
     out_nodata = _output_nodata(reference, dtype, nodata)
