@@ -255,6 +255,29 @@ def test_a_folder_says_which_images_and_masks_it_leaves_out(
     assert "notes.txt" not in caplog.text
 
 
+def test_a_fully_cloudy_coarse_date_is_skipped_and_the_series_goes_on(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synthetic = sorted(build_series(data, extra=4))
+    cloudy = synthetic[1]
+    write_tif(data / f"coarse_{cloudy:%Y%m%d}_mask.tif", np.ones((64, 64), np.uint8), crs=None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
+    assert result.exit_code == 0, result.output
+    assert f"{cloudy}: skipped: no pixel could be predicted" in result.output
+    assert result.output.rstrip().endswith(
+        "3 date(s) predicted, 1 skipped (no pixel could be predicted), 3 observed"
+    )
+    assert not series.output_path(out, cloudy).exists()
+    assert all(series.output_path(out, d).exists() for d in synthetic if d != cloudy)
+    with open(out / "series.csv") as handle:
+        rows = {row["date"]: row for row in csv.DictReader(handle)}
+    assert rows[str(cloudy)]["status"] == "skipped" and rows[str(cloudy)]["band1"] == ""
+    inputs = series.SeriesInputs.from_folder(data)
+    in_memory = {r.date: r for r in series.fuse(inputs.fine, inputs.coarse, method="coarse-delta")}
+    assert in_memory[cloudy].status == "skipped" and in_memory[cloudy].prediction is None
+    assert in_memory[synthetic[0]].status == "predicted"
+
+
 def test_a_rerun_with_dates_keeps_the_other_dates_in_the_table(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synthetic = sorted(build_series(data, extra=6))

@@ -13,3 +13,11 @@ class InputError(StfusionError, ValueError):
 
 class OutputExistsError(StfusionError, FileExistsError):
     """An output path exists and overwriting was not requested."""
+
+
+class NothingPredictedError(InputError):
+    """Every pixel of a case is invalid in some input (e.g. a fully cloudy coarse image): no prediction."""
+
+
+class NothingToScoreError(InputError):
+    """No pixel of a case is valid in the truth and predicted by every method: no score."""

@@ -41,7 +41,7 @@ import numpy as np
 from stfusion import distributed, fusion, raster, scenes, workflows
 from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
-from stfusion.errors import InputError
+from stfusion.errors import InputError, NothingPredictedError
 from stfusion.inputs import CaseReader, ReadOptions, band_count, band_names, resolve_bands
 from stfusion.streaming import predict_case
 
@@ -292,7 +292,8 @@ def _percent(fraction: float) -> str:
 
 @dataclass
 class DateResult:
-    """What happened to one date: ``status`` predicted / kept / observed (``reason``)."""
+    """What happened to one date: ``status`` predicted / kept / observed / skipped (no pixel could be
+    predicted, e.g. a fully cloudy coarse image), and why (``reason``)."""
 
     date: dt.date
     status: str
@@ -480,20 +481,31 @@ def iter_series(
         reader = (readers or {}).get(plan.date) or CaseReader(case, options=reading)
         prediction = preparers[name](reader)
         start = time.perf_counter()
-        if target is None:
-            image = predict_scene(prediction, reader)
-        else:
-            predict_case(
-                reader,
-                prediction,
-                target,
-                dtype=output.dtype,
-                cog=output.cog,
-                overwrite=output.overwrite or (output.skip_existing and target.exists()),
-                tags=workflows.provenance_tags(name, case, options),
-                clip=output.clip_range,
+        try:
+            if target is None:
+                image = predict_scene(prediction, reader)
+                if not np.isfinite(image).all(axis=0).any():
+                    raise NothingPredictedError("no pixel could be predicted")
+            else:
+                predict_case(
+                    reader,
+                    prediction,
+                    target,
+                    dtype=output.dtype,
+                    cog=output.cog,
+                    overwrite=output.overwrite or (output.skip_existing and target.exists()),
+                    tags=workflows.provenance_tags(name, case, options),
+                    clip=output.clip_range,
+                )
+                image = raster.read(target).data
+        except NothingPredictedError:  # e.g. a fully cloudy coarse image: the series goes on
+            why = (
+                "skipped: no pixel could be predicted: every pixel is invalid in some input (e.g. a fully "
+                f"cloudy or masked coarse image of {plan.date})"
             )
-            image = raster.read(target).data
+            log.warning("%s: %s", plan.date, why)
+            yield DateResult(plan.date, "skipped", plan.pairs, name, reason=why)
+            continue
         means, valid = _band_means(image)
         yield DateResult(
             plan.date,
@@ -585,8 +597,11 @@ def earlier_summaries(
             continue
         if date in planned or date not in inputs.coarse or len(result.band_means) != n_bands:
             continue
-        observed = result.status == "observed"
-        if date in inputs.fine if observed else output_path(out, date).exists():
+        if result.status == "observed":
+            current = date in inputs.fine
+        else:  # a skipped date has no output
+            current = result.status == "skipped" or output_path(out, date).exists()
+        if current:
             results.append(result)
     return results
 

@@ -25,7 +25,7 @@ import numpy as np
 from stfusion import raster
 from stfusion.atomic import OutputError
 from stfusion.blocks import Prediction
-from stfusion.errors import InputError
+from stfusion.errors import NothingPredictedError
 from stfusion.inputs import CaseReader, quality_bit
 from stfusion.tiling import Window
 
@@ -115,7 +115,7 @@ def predict_case(
             if on_rows is not None:
                 on_rows(block.shape[1])
         if predicted == 0 and split.world_size == 1:  # (a rank's part may legitimately be empty)
-            raise InputError(
+            raise NothingPredictedError(
                 f"{out}: no pixel could be predicted: every pixel is invalid (nodata, masked or outside "
                 "a coarse footprint) in some input; check the masks and nodata values"
             )

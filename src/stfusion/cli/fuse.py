@@ -165,6 +165,8 @@ def fuse_command(
                 bar.update(context.world_size)
                 if result.status in ("predicted", "kept"):
                     say(_line(result))
+                elif result.status == "skipped":
+                    say(f"{result.date}: {result.reason}")
         distributed.barrier(context)
         if context.is_main:
             table, figure = series.write_series_outputs(out, inputs, plans, reading)
@@ -187,11 +189,12 @@ def _inputs(folder: Path | None, fine_dir: Path | None, coarse_dir: Path | None)
 
 
 def _summary(results: list[series.DateResult]) -> str:
-    """One closing line: how many dates were predicted, kept (--skip-existing) and observed."""
-    counts = {status: sum(1 for r in results if r.status == status) for status in ("predicted", "kept")}
+    """One closing line: how many dates were predicted, kept (--skip-existing), skipped and observed."""
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("predicted", "kept", "skipped")}
     kept = f", {counts['kept']} kept" if counts["kept"] else ""
+    skipped = f", {counts['skipped']} skipped (no pixel could be predicted)" if counts["skipped"] else ""
     observed = sum(1 for r in results if r.status == "observed")
-    return f"{counts['predicted']} date(s) predicted{kept}, {observed} observed"
+    return f"{counts['predicted']} date(s) predicted{kept}{skipped}, {observed} observed"
 
 
 def _line(result: series.DateResult) -> str:
