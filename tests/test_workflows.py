@@ -215,3 +215,53 @@ def test_evaluate_masks_the_truth_as_compare_does(tmp_path: Path, rng: np.random
     ]
     assert counts and counts[0] in compared.output, (counts, compared.output)
     assert counts[0] != f"valid pixels={20 * 24 - 7 * 4}"  # more than the masked pixels' own area is out
+
+
+def test_compare_scores_the_cases_it_can_and_says_which_it_cannot(tmp_path: Path) -> None:
+    """A truth all cloud is not scored (the other cases are), one almost all cloud is left out of the
+    winner's mean; a scene too small for the metrics is refused before any prediction."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from stfusion.cli import cli
+    from stfusion.sample import DATASETS
+
+    data = tmp_path / "data"
+    shutil.copytree(DATASETS["cia-crop"], data)
+    dates = sorted(p.stem.split("_")[1] for p in data.glob("fine_*.tif"))
+    cloud = np.ones((250, 250), np.uint8)
+    with rasterio.open(data / f"fine_{dates[-1]}.tif") as src:
+        crs, transform = src.crs.to_string(), src.transform
+    write_tif(data / f"fine_{dates[-1]}_mask.tif", cloud, crs=crs, transform=transform)
+    runner = CliRunner()
+    args = ["compare", str(data), "--methods", "coarse-delta,persistence"]
+    one = runner.invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert one.exit_code == 0, one.output
+    assert "best mean RMSE over 1 case(s)" in one.output, one.output
+    cloud[245:, 245:] = 0  # 25 clear pixels of 62 500
+    write_tif(data / f"fine_{dates[-1]}_mask.tif", cloud, crs=crs, transform=transform)
+    few = runner.invoke(cli, [*args, "--out", str(tmp_path / "b")])
+    assert few.exit_code == 0, few.output
+    assert "best mean RMSE over 1 case(s)" in few.output
+    assert f"(1 case(s) scored on under 1% of their pixels left out: {dates[1]}-{dates[2]})" in few.output
+    # no case scorable: one line (the predictions are written)
+    paths = {
+        f"{role}_t{i}": data / f"{role}_{dates[i - 1]}.tif" for role in ("fine", "coarse") for i in (1, 2)
+    }
+    masked = scenes.explicit_case(**paths, masks={"fine_t2": data / f"fine_{dates[-1]}_mask.tif"}, name="m")
+    cloud[:] = 1
+    write_tif(data / f"fine_{dates[-1]}_mask.tif", cloud, crs=crs, transform=transform)
+    with pytest.raises(InputError, match="no case could be scored"):
+        workflows.run_methods(
+            [masked], {"coarse-delta": fusion.get("coarse-delta").preparer()}, out_dir=tmp_path / "c"
+        )
+    # 5 x 5 images: refused before any output, naming the truth
+    small = tmp_path / "small"
+    small.mkdir()
+    for path in data.glob("*_2001????.tif"):
+        with rasterio.open(path) as src:
+            write_tif(small / path.name, src.read(window=rasterio.windows.Window(60, 60, 5, 5)), crs=crs)
+    tiny = runner.invoke(cli, ["compare", str(small), "--out", str(tmp_path / "d")])
+    assert tiny.exit_code == 2 and "cannot be scored: images of 5x5 pixels" in tiny.output, tiny.output
+    assert not (tmp_path / "d").exists()

@@ -784,6 +784,12 @@ def _check_window(name: str, window: int) -> int:
     return window
 
 
+def check_image_size(height: int, width: int, *, uiqi_window: int = 8) -> None:
+    """ValueError unless images of ``height`` x ``width`` pixels can be scored by
+    :func:`compute_metrics` (at least one SSIM and one UIQI window), giving the minimum size."""
+    _check_size((height, width), {"SSIM": SSIM_WINDOW, "UIQI": uiqi_window})
+
+
 def _check_size(shape: tuple[int, ...], windows: Mapping[str, int]) -> None:
     """Images (..., H, W) must hold at least one of each named square window."""
     height, width = shape[-2:]

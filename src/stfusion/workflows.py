@@ -28,10 +28,10 @@ import numpy as np
 
 from stfusion import __version__, distributed, raster, report
 from stfusion.atomic import atomic_path
-from stfusion.errors import InputError
+from stfusion.errors import InputError, NothingToScoreError
 from stfusion.fusion import PairCountError, Preparer, get
 from stfusion.inputs import CaseReader, ReadOptions
-from stfusion.metrics import MetricReport, compute_metrics
+from stfusion.metrics import MetricReport, check_image_size, compute_metrics
 from stfusion.scenes import TRUTH_ROLE, FusionCase
 from stfusion.streaming import RankSplit, join_parts, predict_case, write_quality
 from stfusion.tiling import TileOptions
@@ -278,6 +278,12 @@ def run_methods(
     Returns case -> method -> result.
     """
     readers = readers if readers is not None else case_readers(cases, reading)
+    for case in cases:  # a case too small to score is refused before any output
+        if case.fine_t2 is not None:
+            try:
+                check_image_size(readers[case.name].height, readers[case.name].width)
+            except ValueError as exc:
+                raise InputError(f"{case.fine_t2}: cannot be scored: {exc}") from exc
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -335,11 +341,28 @@ def run_methods(
         case_ratio = (
             ratio if ratio is not None else (1 / reader.coarse_ratio if reader.coarse_ratio else None)
         )
-        results[case.name] = score_predictions(
-            predictions, truth, ratio=case_ratio, band_names=reader.band_names
-        )
+        try:
+            results[case.name] = score_predictions(
+                predictions, truth, ratio=case_ratio, band_names=reader.band_names
+            )
+        except NothingToScoreError as exc:  # e.g. a fully clouded truth: the other cases are scored
+            log.warning("%s: case %s not scored: %s", case.fine_t2, case.name, exc)
+            continue
+        if (fraction := _scored_fraction(results[case.name])) < MIN_SCORED_FRACTION:
+            log.warning(
+                "%s: case %s is scored on %.2f%% of its pixels only (the rest is invalid in this truth or "
+                "unpredicted): its metrics say little, and the winner's mean leaves it out",
+                case.fine_t2,
+                case.name,
+                100 * fraction,
+            )
         if on_case is not None:  # e.g. a figure, while the case's images are in memory
             on_case(case_inputs(reader), results[case.name])
+    if not results and any(case.fine_t2 is not None for case in cases):
+        raise NothingToScoreError(
+            "no case could be scored: in every case no pixel is valid in the truth and predicted by every "
+            "method (masks, nodata); the predictions are written"
+        )
     return results
 
 
@@ -379,7 +402,9 @@ def score_predictions(
     for mask in predicted.values():
         common &= mask
     if not common.any():
-        raise InputError("no pixel is predicted by every method and valid in the truth; nothing to score")
+        raise NothingToScoreError(
+            "no pixel is predicted by every method and valid in the truth; nothing to score"
+        )
     results = {}
     for name, (prediction, seconds, path) in predictions.items():
         missing = int((truth_valid & ~predicted[name]).sum())
@@ -468,7 +493,14 @@ def winner_sentence(
 ) -> str:
     """One sentence: which method has the best mean ``metric`` over the cases, and by how much (a tie
     when the two best are within 0.05 %). ``notes`` ((case, method) -> note, e.g. "TRAINED ON THIS
-    CASE") are methods whose mean includes a case that is no fair test of them: the sentence says so."""
+    CASE") are methods whose mean includes a case that is no fair test of them: the sentence says so.
+    Cases scored on fewer than :data:`MIN_SCORED_FRACTION` of their pixels (a truth almost all cloud)
+    are left out of the means while other cases remain, and the sentence says which."""
+    sparse = [name for name, methods in results.items() if _scored_fraction(methods) < MIN_SCORED_FRACTION]
+    if sparse and len(sparse) < len(results):
+        results = {name: methods for name, methods in results.items() if name not in sparse}
+    else:
+        sparse = []
     values: dict[str, list[float]] = {}
     for methods in results.values():
         for name, result in methods.items():
@@ -494,7 +526,25 @@ def winner_sentence(
     unfair = sorted({name for _, name in (notes or {}) if name in (best, second)})
     if unfair:
         sentence += f"; {' and '.join(unfair)}: the mean includes cases it was trained on, no fair test"
+    if sparse:
+        sentence += (
+            f" ({len(sparse)} case(s) scored on under {MIN_SCORED_FRACTION:.0%} of their pixels left out: "
+            f"{', '.join(sparse)})"
+        )
     return sentence
+
+
+#: Cases scored on a smaller fraction of their pixels are warned about and left out of the winner's mean.
+MIN_SCORED_FRACTION = 0.01
+
+
+def _scored_fraction(methods: Mapping[str, MethodResult]) -> float:
+    """The fraction of a case's pixels its methods were scored on (1 when unknown)."""
+    for result in methods.values():
+        if result.metrics is not None:
+            conventions = result.metrics.conventions
+            return float(conventions["n_valid"]) / max(float(conventions["n_pixels"]), 1.0)
+    return 1.0
 
 
 @dataclass

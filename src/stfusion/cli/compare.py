@@ -142,7 +142,7 @@ def compare_command(
         )
     protocol = {
         "data": str(data),
-        "cases": ", ".join(c.name for c in cases),
+        "cases": ", ".join(c.name for c in cases if c.name in results),
         "ergas ratio": ratio
         if ratio is not None
         else "1 / coarse ratio (--coarse-ratio, or native coarse images)",
@@ -150,6 +150,10 @@ def compare_command(
         "resampling": reading.resampling,
         "scoring": "pixels predicted by every method and valid in the truth",
     }
+    if unscored := [c.name for c in cases if c.name not in results]:
+        protocol["not scored"] = (
+            f"{', '.join(unscored)} (no pixel valid in the truth and predicted by every method)"
+        )
     if notes:
         protocol["note"] = "a checkpoint scored on a case it was trained on (marked) is no fair test"
     tables = workflows.write_tables(
