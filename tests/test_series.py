@@ -413,6 +413,13 @@ def test_python_api_in_memory(tmp_path: Path) -> None:
     assert {r.date: r for r in masked}[FINE_DATES[0]].status == "predicted"
     with pytest.raises(InputError, match=r"elsewhere\.tif: given a mask \(.*cloud\.tif\) but is none of"):
         series.fuse(inputs.fine, inputs.coarse, masks={tmp_path / "elsewhere.tif": cloud})
+    # dates as datetime or 'YYYY-MM-DD' keys are the same dates; anything else is refused in one line
+    as_text = series.fuse({str(d): p for d, p in inputs.fine.items()}, inputs.coarse, method="coarse-delta")
+    as_datetime = {dt.datetime(d.year, d.month, d.day, 10, 30): p for d, p in inputs.fine.items()}
+    for results in (as_text, series.fuse(as_datetime, inputs.coarse, method="coarse-delta")):
+        assert [r.status for r in results] == [r.status for r in planned.values()]
+    with pytest.raises(InputError, match=r"fine image key 20010524: give a datetime\.date"):
+        series.fuse({20010524: inputs.fine[FINE_DATES[0]]}, inputs.coarse)
 
 
 def test_python_api_reruns_into_its_folder_as_asked(tmp_path: Path) -> None:

@@ -625,8 +625,8 @@ def fuse(
     """Python API of ``stfusion fuse``: the fine image of every coarse date without a usable fine image.
 
     Args:
-        fine, coarse: date -> GeoTIFF path (fine images share one grid; coarse images on it or
-            georeferenced).
+        fine, coarse: date (``datetime.date``, or ``"YYYY-MM-DD"``) -> GeoTIFF path (fine images share
+            one grid; coarse images on it or georeferenced).
         method: registry name (``stfusion.fusion``); None = ``mlffgan`` with a checkpoint, else the
             best for the number of pairs.
         options: method options by name.
@@ -659,8 +659,8 @@ def fuse(
         given[image] = Path(mask)
     sidecars = {p: m for p in images if p not in given and (m := scenes.sidecar_mask(p)) is not None}
     inputs = SeriesInputs(
-        fine={d: Path(p) for d, p in fine.items()},
-        coarse={d: Path(p) for d, p in coarse.items()},
+        fine={_as_date(d, "fine"): Path(p) for d, p in fine.items()},
+        coarse={_as_date(d, "coarse"): Path(p) for d, p in coarse.items()},
         masks={**sidecars, **given},
     )
     method = method or ("mlffgan" if checkpoint is not None else None)
@@ -705,6 +705,20 @@ def fuse(
         readers=readers,
     )
     return results if lazy else list(results)
+
+
+def _as_date(key: Any, role: str) -> dt.date:
+    """A ``fuse()`` key as a date: a ``datetime.date``, a ``datetime`` (its date) or ``"YYYY-MM-DD"``."""
+    if isinstance(key, dt.datetime):
+        return key.date()
+    if isinstance(key, dt.date):
+        return key
+    if isinstance(key, str):
+        try:
+            return dt.date.fromisoformat(key)
+        except ValueError:
+            pass
+    raise InputError(f"{role} image key {key!r}: give a datetime.date (or 'YYYY-MM-DD')")
 
 
 def default_band_names(inputs: SeriesInputs, reading: ReadOptions | None = None) -> list[str]:
