@@ -47,6 +47,23 @@ def test_a_geotiff_is_described_as_it_is_read(tmp_path: Path) -> None:
     assert lines["grid"].startswith("EPSG:")
 
 
+def test_a_scale_given_for_a_tagged_file_is_said_to_be_unused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _landsat_c2(tmp_path / "c2.tif")
+    with caplog.at_level(logging.WARNING):
+        lines = dict(describe.describe(path, scale=1e-4))
+    assert "x 2.75e-05 - 0.2" in lines["reading"]  # the tags win
+    assert (
+        "c2.tif: its own GDAL scale/offset tags are used (x 2.75e-05, -0.2), not the --scale/--offset"
+        in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        describe.describe(path)
+    assert "tags are used" not in caplog.text
+
+
 def test_an_untagged_file_takes_the_scale_given(tmp_path: Path) -> None:
     data = np.full((2, 8, 8), 4000, np.uint16)
     path = write_tif(tmp_path / "x.tif", data, crs=None)

@@ -449,6 +449,25 @@ def check_values(
         return " / ".join(f"{p}scale {scale}" + (f" {p}offset {offset}" if offset else "") for p in prefixes)
 
     how = f"read as {sample.scaling}" if sample.scaling is not None else "as read"
+    tagged = sample.scaling is not None and sample.scaling.source == "tags"
+    if (
+        tagged
+        and sample.scaling is not None
+        and (
+            (scale is not None and scale != sample.scaling.scale)
+            or (offset is not None and offset != sample.scaling.offset)
+        )
+    ):
+        log.warning(
+            "%s: its own GDAL scale/offset tags are used (x %g, %+g), not the %s/%s given: a file's "
+            "tags win (if they are wrong, reset them: gdal_edit.py -scale 1 -offset 0 %s)",
+            path,
+            sample.scaling.scale,
+            sample.scaling.offset,
+            scale_option,
+            offset_option,
+            os.path.basename(path),
+        )
     impossible = reflectance < IMPOSSIBLE_REFLECTANCE
     plausible = reflectance[~impossible]  # an undeclared fill value is warned about below, apart
     c2_like = bool(  # Landsat C2 L2 digital numbers (7273 = reflectance 0) read as x 10000
