@@ -405,8 +405,9 @@ def output_state_options(command: F) -> F:
             click.option(
                 "--quality",
                 is_flag=True,
-                help="Also write a quality band: 0 = all inputs valid, else the sum of 1 (fine t1 invalid), "
-                "2 (coarse t1), 4 (coarse t2), 8 (coarse t3), 16 (fine t3).",
+                help="Also write a uint8 quality raster beside each prediction (<name>_quality.tif; "
+                "compare and test: quality.tif in each case folder): 0 = all inputs valid, else the sum of "
+                "1 (fine t1 invalid), 2 (coarse t1), 4 (coarse t2), 8 (coarse t3), 16 (fine t3).",
             ),
         ],
     )

@@ -67,7 +67,8 @@ def target_outputs(out: Path, coarse_t2: tuple[Path, ...]) -> list[Path]:
     "--out",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output GeoTIFF; a folder when several --coarse-t2 are given (pred_<coarse name>.tif).",
+    help="Output GeoTIFF, or a folder (pred_<coarse name>.tif in it): a folder when several --coarse-t2 "
+    "are given, and any existing folder.",
 )
 @click.option("--option", "options", multiple=True, help="Method option key=value (repeatable).")
 @click.option(
