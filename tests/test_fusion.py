@@ -155,3 +155,22 @@ def test_the_package_docstring_entry_points_work_after_import_stfusion() -> None
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().endswith("False"), done.stdout
     assert "starfm" in done.stdout and "CaseReader" in done.stdout
+
+
+@pytest.mark.parametrize("method", ["starfm", "estarfm", "fsdaf"])
+def test_plain_functions_refuse_reflectance_x_10000(method: str) -> None:
+    """Arrays of reflectance x 10000 given as reflectance are refused in one line, not clipped to 1."""
+    from stfusion.baselines.estarfm import estarfm
+    from stfusion.baselines.fsdaf import fsdaf
+    from stfusion.baselines.starfm import starfm
+
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0.02, 0.4, (2, 32, 32)).astype(np.float32) for _ in range(5)]
+    calls = {
+        "starfm": lambda a: starfm(a[0], a[1], a[2]),
+        "estarfm": lambda a: estarfm(a[0], a[1], a[3], a[4], a[2]),
+        "fsdaf": lambda a: fsdaf(a[0], a[1], a[2], scale_factor=4),
+    }
+    assert np.isfinite(calls[method](images)).any()  # reflectance: predicted
+    with pytest.raises(ValueError, match=r"does not hold reflectance 0\.\.1 \(median \|value\| 2\d\d\d"):
+        calls[method]([image * 1e4 for image in images])

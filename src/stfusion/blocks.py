@@ -228,6 +228,27 @@ def check_fusion_inputs(coarse_t1: np.ndarray, fine_t1: np.ndarray, coarse_t2: n
         )
 
 
+#: Median |value| above which an array given as reflectance holds something else (x 10000, digital
+#: numbers): methods whose thresholds and clipping assume reflectance 0..1 refuse it.
+MAX_MEDIAN_REFLECTANCE = 1.5
+
+
+def check_reflectance(method: str, **images: np.ndarray) -> None:
+    """ValueError when an image given to ``method`` (as reflectance 0..1) looks like reflectance x 10000
+    or digital numbers: the median of a strided sample of its finite |values| above
+    :data:`MAX_MEDIAN_REFLECTANCE`. Cheap on any size (at most ~100 000 values per image)."""
+    for name, image in images.items():
+        flat = np.asarray(image).reshape(-1)
+        sample = np.abs(flat[:: max(1, flat.size // 100_000)].astype(np.float64))
+        sample = sample[np.isfinite(sample)]
+        if sample.size and (median := float(np.median(sample))) > MAX_MEDIAN_REFLECTANCE:
+            raise ValueError(
+                f"{method}: {name} does not hold reflectance 0..1 (median |value| {median:.4g}): reflectance "
+                "x 10000 or digital numbers? divide by 10000 (stored integers: "
+                "stfusion.transforms.to_reflectance), or read files with stfusion.raster.read"
+            )
+
+
 def predict_scene(prediction: Prediction, source: SceneSource) -> np.ndarray:
     """All rows of a scene in memory: (C, H, W) float32, NaN where the method gives no value."""
     result = np.full((source.bands, source.height, source.width), np.nan, dtype=np.float32)

@@ -36,7 +36,7 @@ import numba
 import numpy as np
 from scipy import stats
 
-from stfusion.blocks import ArraySource, Block, RowBlocks, SceneSource, iter_source_blocks
+from stfusion.blocks import ArraySource, Block, RowBlocks, SceneSource, check_reflectance, iter_source_blocks
 
 VGate = Literal["change", "std", "none"]
 VScope = Literal["window", "coarse_cell"]
@@ -398,6 +398,7 @@ def estarfm(
         {"coarse_t1": coarse_t1, "fine_t1": fine_t1, "coarse_t3": coarse_t3, "fine_t3": fine_t3,
          "coarse_t2": coarse_t2}
     )  # fmt: skip
+    check_reflectance("ESTARFM", fine_t1=fine_t1, fine_t3=fine_t3, coarse_t2=coarse_t2)
     dtype = _result_dtype(images)
     n_bands, height, width = coarse_t2.shape
     if mask is not None:

@@ -100,6 +100,7 @@ from stfusion.blocks import (
     RowBlocks,
     SceneSource,
     check_fusion_inputs,
+    check_reflectance,
     iter_source_blocks,
     predict_scene,
 )
@@ -2846,6 +2847,7 @@ def fsdaf(
         (C, H, W) float32 prediction, NaN at invalid pixels (and diagnostics if asked).
     """
     check_fusion_inputs(coarse_t1, fine_t1, coarse_t2)
+    check_reflectance("FSDAF", coarse_t1=coarse_t1, fine_t1=fine_t1, coarse_t2=coarse_t2)
     c1, f1, c2 = _as_float(coarse_t1), _as_float(fine_t1), _as_float(coarse_t2)
     source = ArraySource([(c1, f1)], c2)
     model = _scene_model(

@@ -56,7 +56,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stfusion.blocks import Block, RowBlocks, SceneSource, check_fusion_inputs, iter_source_blocks
+from stfusion.blocks import (
+    Block,
+    RowBlocks,
+    SceneSource,
+    check_fusion_inputs,
+    check_reflectance,
+    iter_source_blocks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -584,7 +591,8 @@ def starfm(
             leave unpredicted although their inputs are valid (filled unless ``fill_holes=False``).
         config: a :class:`StarfmConfig` to start from; ``options`` override its fields.
         **options: StarfmConfig fields by name, plus ``preset`` and ``window_size`` (see
-            :data:`OPTION_HELP`).
+            :data:`OPTION_HELP`). The default preset is the spec's ``starfm_v121``; the method
+            registry and the commands use ``starfm4py`` (pass ``preset="starfm4py"`` for their pixels).
 
     Returns:
         (C, H, W) predicted fine image at t2, float32 (float64 if any input is float64); NaN where
@@ -638,6 +646,7 @@ def starfm_multi(
     """
     cfg = make_config(config, **options)
     coarse_list, fine_list, dtype = _check_inputs(coarse_refs, fine_refs, coarse_t2)
+    check_reflectance("STARFM", coarse_t2=coarse_t2, **{f"fine_t{k + 1}": f for k, f in enumerate(fine_list)})
     n_pairs = len(fine_list)
     n_bands, height, width = coarse_t2.shape
     classes = _check_class_maps(class_maps, n_pairs, (height, width))
@@ -747,6 +756,7 @@ def starfm_block(
         (C, n - halo_top - halo_bottom, W) predictions [and ``n_used`` if requested].
     """
     coarse_list, fine_list, dtype = _check_inputs(coarse_refs, fine_refs, coarse_t2)
+    check_reflectance("STARFM", coarse_t2=coarse_t2, **{f"fine_t{k + 1}": f for k, f in enumerate(fine_list)})
     n_pairs = len(fine_list)
     n_bands, n_rows, width = coarse_t2.shape
     halo = halo_rows(config)
