@@ -1394,3 +1394,38 @@ def test_all_invalid_gives_nan() -> None:
     image = np.full((2, 16, 16), np.nan, dtype=np.float32)
     assert np.isnan(fsdaf(image, image, image)).all()
     assert math.isnan(float(fsdaf(image, image, image, scale_factor=4)[0, 0, 0]))
+
+
+def test_cells_follow_the_coarse_pixels_of_a_scene_cut_anywhere() -> None:
+    """A scene cut 5 rows and 8 columns into the 16-pixel coarse cells of the LGC sample: its cells are
+    found on the coarse pixels (not squares from pixel (0, 0)), in memory and block by block alike."""
+    from stfusion import raster
+    from stfusion.sample import DATASETS
+
+    root = DATASETS["lgc-flood"]
+    names = ("coarse_20041126", "fine_20041126", "coarse_20041228")
+    crop = (slice(None), slice(5, 5 + 120), slice(8, 8 + 136))
+    c1, f1, c2 = (raster.read(root / f"{name}.tif").data[crop] for name in names)
+    assert fsdaf_module.estimate_cell_offset(c1, 16) == (11, 8)
+    assert fsdaf_module.estimate_cell_offset(f1, 16) == (0, 0)  # not block-replicated: no edges to find
+    whole = fsdaf(c1, f1, c2, scale_factor=16, block_size=4)
+    assert np.isfinite(whole).all()
+    # the same as the scene given with the rest of its first coarse pixels as NaN (cells from (0, 0))
+    pad = ((0, 0), (5, 0), (8, 0))
+    padded = [np.pad(a, pad, constant_values=np.nan) for a in (c1, f1, c2)]
+    assert fsdaf_module.estimate_cell_offset(padded[0], 16) == (0, 0)
+    np.testing.assert_array_equal(whole, fsdaf(*padded, scale_factor=16, block_size=4)[:, 5:, 8:])
+    # block by block over row ranges (as ranks split a scene), and with diagnostics
+    source = ArraySource([(c1, f1)], c2)
+    prepared = fsdaf_module.prepare(source, scale_factor=16, block_size=4)
+    starts = prepared.row_starts(source.height, source.width)
+    assert starts[0] == 0 and starts[1] % 16 == 11  # strips end on coarse pixels' edges
+    parts = [
+        values
+        for first, stop in itertools.pairwise([*starts, source.height])
+        for _, values in prepared.iter_rows(source, first, stop)
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+    diagnosed, diagnostics = fsdaf(c1, f1, c2, scale_factor=16, block_size=4, return_diagnostics=True)
+    np.testing.assert_array_equal(diagnosed, whole)
+    assert diagnostics.temporal.shape == whole.shape and diagnostics.class_map.shape == whole.shape[1:]

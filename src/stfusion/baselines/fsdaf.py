@@ -104,6 +104,7 @@ from stfusion.blocks import (
     iter_source_blocks,
     predict_scene,
 )
+from stfusion.tiling import Window
 
 log = logging.getLogger(__name__)
 
@@ -498,6 +499,45 @@ def _replicated_block_size(a: Array) -> int | None:
     if not spacings:
         raise ValueError(f"cannot estimate scale_factor from a constant coarse image; {_SET_SCALE}")
     return max(1, int(np.median(np.concatenate(spacings))))
+
+
+def estimate_cell_offset(coarse: np.ndarray, scale_factor: int) -> tuple[int, int]:
+    """(row, column) of the first full coarse cell of a block-replicated coarse image on the fine grid.
+
+    FSDAF's cells are s x s squares from pixel (0, 0); a scene cut from a larger one rarely starts on
+    a coarse pixel's edge. In a block-replicated image (nearest resampling, block means) the values
+    change where a coarse pixel starts: the offset on an axis is the position modulo s shared by at
+    least 80 % of those changes (0 when none is, or when the image is not block-replicated: cells of
+    a smoothly resampled image have no edges to find).
+
+    Args:
+        coarse: (C, H, W) or (H, W) coarse image on the fine grid; NaN = invalid.
+        scale_factor: s, fine pixels per coarse pixel side.
+    Returns:
+        (row offset, column offset), each in [0, s).
+    """
+    a = np.asarray(coarse, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if scale_factor < 2 or min(a.shape[1:]) < 2:
+        return 0, 0
+    try:
+        if _replicated_block_size(a) is None:
+            return 0, 0
+    except ValueError:
+        return 0, 0
+    offsets = []
+    for axis in (1, 2):
+        d = np.diff(a, axis=axis)
+        other = tuple(i for i in (0, 1, 2) if i != axis)
+        changes = np.flatnonzero((np.isfinite(d) & (d != 0)).any(axis=other)) + 1
+        phase = 0
+        if changes.size:
+            counts = np.bincount(changes % scale_factor, minlength=scale_factor)
+            if counts.max() >= 0.8 * changes.size:
+                phase = int(counts.argmax())
+        offsets.append(phase)
+    return offsets[0], offsets[1]
 
 
 def _gradient_profile(a: Array, axis: int) -> Array:
@@ -2701,6 +2741,87 @@ def scene_statistics(
     return model.statistics
 
 
+class _PaddedSource:
+    """A scene seen with ``rows`` NaN rows above it and ``cols`` NaN columns left of it (a SceneSource),
+    so that FSDAF's cells, squares from pixel (0, 0), fall on the coarse pixels."""
+
+    def __init__(self, source: SceneSource, rows: int, cols: int) -> None:
+        self.source, self.rows, self.cols = source, rows, cols
+
+    @property
+    def bands(self) -> int:
+        return self.source.bands
+
+    @property
+    def height(self) -> int:
+        return self.source.height + self.rows
+
+    @property
+    def width(self) -> int:
+        return self.source.width + self.cols
+
+    @property
+    def n_pairs(self) -> int:
+        return self.source.n_pairs
+
+    @property
+    def coarse_ratio(self) -> float | None:
+        return getattr(self.source, "coarse_ratio", None)
+
+    def block(self, top: int, stop: int) -> Block:
+        return self.read_window(Window(top, 0, stop - top, self.width))
+
+    def read_window(self, window: Window) -> Block:
+        inner = self.source.read_window(
+            Window(window.row - self.rows, window.col - self.cols, window.height, window.width)
+        )
+        return replace(inner, top=window.row)
+
+
+@dataclass(frozen=True)
+class _ShiftedPrediction:
+    """FSDAF prepared on a :class:`_PaddedSource`, predicting the rows of the scene itself."""
+
+    inner: RowBlocks
+    rows: int
+    cols: int
+
+    def row_starts(self, height: int, width: int) -> list[int]:
+        starts = self.inner.row_starts(height + self.rows, width + self.cols)
+        return sorted({max(0, start - self.rows) for start in starts})
+
+    def iter_rows(self, source: SceneSource, first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        padded = _PaddedSource(source, self.rows, self.cols)
+        starts = self.inner.row_starts(padded.height, padded.width)
+        begin = max(s for s in starts if s <= first + self.rows)  # whole strips, as predicted alone
+        for row, values in self.inner.iter_rows(padded, begin, stop + self.rows):
+            lo = max(row, first + self.rows)
+            hi = row + values.shape[1]
+            if lo < hi:
+                yield lo - self.rows, values[:, lo - row :, self.cols :]
+
+
+def _pad_map(values: Array | None, rows: int, cols: int, fill: Any) -> Array | None:
+    if values is None:
+        return None
+    return np.pad(np.asarray(values), ((rows, 0), (cols, 0)), constant_values=fill)
+
+
+def _cell_alignment(source: SceneSource, scale_factor: int) -> tuple[int, int]:
+    """NaN rows and columns to add above and left of the scene so that its cells start on coarse
+    pixels (:func:`estimate_cell_offset` on the middle rows' coarse image at t1)."""
+    rows = min(source.height, _ESTIMATE_ROWS)
+    top = (source.height - rows) // 2
+    block = source.block(top, top + rows)
+    row_offset, col_offset = estimate_cell_offset(_as_float(block.pairs[0].coarse), scale_factor)
+    row_offset = (row_offset - top) % scale_factor  # in scene rows
+    if (row_offset, col_offset) != (0, 0):
+        log.info(
+            "FSDAF: coarse pixels start at row %d, column %d: cells aligned on them", row_offset, col_offset
+        )
+    return (scale_factor - row_offset) % scale_factor, (scale_factor - col_offset) % scale_factor
+
+
 def prepare(
     source: SceneSource,
     *,
@@ -2720,7 +2841,10 @@ def prepare(
     ``block_size`` coarse cells, read with ``block_margin_cells`` cells of margin above and below
     (``RowBlocks.halo``), starting at :func:`block_row_starts`; a strip predicts its blocks left
     to right. Predict whole strips (ranges between row starts): a strip cut short fits its TPS on
-    fewer rows.
+    fewer rows. FSDAF's coarse cells are s x s squares from pixel (0, 0); when the coarse image is
+    block-replicated and its pixels start elsewhere (a scene cut anywhere from a larger one:
+    :func:`estimate_cell_offset`), the scene is predicted as if padded with NaN above and left of it
+    so that the cells fall on the coarse pixels.
 
     Args:
         source: the scene; ``source.n_pairs`` must be 1 (fine and coarse at t1).
@@ -2740,12 +2864,42 @@ def prepare(
     if scale_factor is None and config is None and known_ratio:
         # the true ratio of a native-resolution coarse image (or the user's --coarse-ratio) beats an estimate
         scale_factor = max(1, round(float(known_ratio)))
+    scale_factor, rows, cols = _alignment(source, scale_factor, preset, config, options)
+    padded: SceneSource = _PaddedSource(source, rows, cols) if rows or cols else source
     model = _scene_model(
-        source, scale_factor=scale_factor, preset=preset, class_map=class_map, valid_mask=valid_mask,
-        config=config, options=options,
+        padded, scale_factor=scale_factor, preset=preset, class_map=_pad_map(class_map, rows, cols, 0),
+        valid_mask=_pad_map(valid_mask, rows, cols, False), config=config, options=options,
     )  # fmt: skip
     halo = block_margin_cells(model.config) * model.config.scale_factor if model.config is not None else 0
-    return RowBlocks(model.predict_strip, halo=halo, starts=model.row_starts)
+    strips = RowBlocks(model.predict_strip, halo=halo, starts=model.row_starts)
+    return _ShiftedPrediction(strips, rows, cols) if rows or cols else strips
+
+
+def _alignment(
+    source: SceneSource,
+    scale_factor: int | None,
+    preset: str,
+    config: FSDAFConfig | None,
+    options: dict[str, Any],
+) -> tuple[int | None, int, int]:
+    """(scale factor, rows, columns to pad above and left so that cells fall on coarse pixels).
+
+    An unknown scale factor is estimated here (:func:`estimate_scale_factor`); when it cannot be
+    (e.g. no valid pixel), it stays None and nothing is padded: :func:`_scene_model` says why.
+    """
+    resolved, estimate = _resolve_config(scale_factor, preset, config, options)  # bad options fail first
+    s = resolved.scale_factor
+    if estimate:
+        try:
+            s = _estimate_from_source(source)
+        except ValueError:
+            return None, 0, 0
+        log.info("FSDAF: scale factor %d estimated from the coarse image (%s)", s, _SET_SCALE)
+        scale_factor = s
+    if s < 2:
+        return scale_factor, 0, 0
+    rows, cols = _cell_alignment(source, s)
+    return scale_factor, rows, cols
 
 
 # --------------------------------------------------------------------------------------------
@@ -2850,13 +3004,25 @@ def fsdaf(
     check_reflectance("FSDAF", coarse_t1=coarse_t1, fine_t1=fine_t1, coarse_t2=coarse_t2)
     c1, f1, c2 = _as_float(coarse_t1), _as_float(fine_t1), _as_float(coarse_t2)
     source = ArraySource([(c1, f1)], c2)
+    if not return_diagnostics:
+        prepared = prepare(
+            source, scale_factor=scale_factor, preset=preset, class_map=class_map, valid_mask=valid_mask,
+            config=config, **options,
+        )  # fmt: skip
+        return predict_scene(prepared, source)
+    # diagnostics: computed on the scene padded so that its cells fall on coarse pixels, then cropped
+    scale_factor, pad_rows, pad_cols = _alignment(source, scale_factor, preset, config, options)
+    if pad_rows or pad_cols:
+        pad = ((0, 0), (pad_rows, 0), (pad_cols, 0))
+        c1, f1, c2 = (np.pad(a, pad, constant_values=np.nan) for a in (c1, f1, c2))
+        source = ArraySource([(c1, f1)], c2)
+        class_map = _pad_map(class_map, pad_rows, pad_cols, 0)
+        valid_mask = _pad_map(valid_mask, pad_rows, pad_cols, False)
     model = _scene_model(
         source, scale_factor=scale_factor, preset=preset, class_map=class_map, valid_mask=valid_mask,
         config=config, options=options,
     )  # fmt: skip
     halo = block_margin_cells(model.config) * model.config.scale_factor if model.config is not None else 0
-    if not return_diagnostics:
-        return predict_scene(RowBlocks(model.predict_strip, halo=halo, starts=model.row_starts), source)
     if model.config is None or model.statistics is None:
         raise ValueError("no valid pixels: nothing to diagnose")
     nb, h, w = f1.shape
@@ -2881,11 +3047,12 @@ def fsdaf(
         _, fb, _, valid, rows = _block_inputs(block, valid_mask)
         labels[rows] = model.labeler(fb, valid, rows)
     stats = model.statistics
-    return out, FSDAFDiagnostics(
-        class_map=labels,
+    crop = (Ellipsis, slice(pad_rows, None), slice(pad_cols, None))
+    return out[crop], FSDAFDiagnostics(
+        class_map=labels[crop],
         class_change=stats.class_change,
         similarity_threshold=stats.similarity_threshold,
         statistics=stats,
         config=model.config,
-        **diag,
+        **{name: values[crop] for name, values in diag.items()},
     )
