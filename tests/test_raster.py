@@ -111,6 +111,13 @@ def test_truncated_raster_is_an_input_error(tmp_path: Path, rng: np.random.Gener
     path.write_bytes(data[:100])
     with pytest.raises(InputError, match=r"a\.tif: corrupt or truncated TIFF \(.*\); re-download"):
         raster.inspect(path)
+    # an uncompressed GeoTIFF cut after its first tags: it would open without its georeferencing
+    plain = write_tif(tmp_path / "plain.tif", rng.integers(0, 9000, size=(6, 250, 250)).astype(np.int16))
+    plain.write_bytes(plain.read_bytes()[:1000])
+    with pytest.raises(
+        InputError, match=r"plain\.tif: corrupt or truncated TIFF \(.*IO error during reading"
+    ):
+        raster.inspect(plain)
 
 
 def test_check_writable(tmp_path: Path) -> None:

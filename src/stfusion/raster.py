@@ -188,10 +188,13 @@ def _open(path: Path) -> rasterio.DatasetReader:
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a GeoTIFF file")
+    damaged = _DamagedTags()
+    gdal_log = logging.getLogger("rasterio._env")
+    gdal_log.addFilter(damaged)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            src = rasterio.open(path)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
         if _starts_like_tiff(path):  # a TIFF whose header or directory is cut off or damaged
@@ -199,6 +202,29 @@ def _open(path: Path) -> rasterio.DatasetReader:
                 f"{path}: corrupt or truncated TIFF ({reason}); re-download or re-export it"
             ) from exc
         raise InputError(f"{path}: not a readable raster ({reason})") from exc
+    finally:
+        gdal_log.removeFilter(damaged)
+    if damaged.messages:  # tags GDAL could not read (e.g. the georeferencing of a file cut short)
+        src.close()
+        reason = damaged.messages[0].split(": ", 1)[-1]
+        raise InputError(f"{path}: corrupt or truncated TIFF ({reason}); re-download or re-export it")
+    return src
+
+
+class _DamagedTags(logging.Filter):
+    """Collects (and hides) GDAL's warnings about TIFF tags it could not read while a file opens; a
+    file that lost its georeferencing this way would otherwise open as an ungeoreferenced raster."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "IO error during reading" in message:
+            self.messages.append(message)
+            return False
+        return True
 
 
 #: the first four bytes of a TIFF (little- or big-endian) and of a BigTIFF
