@@ -731,9 +731,9 @@ def _check_placeable(
     if info.crs is None or reference.crs is None:
         missing = info.path.name if info.crs is None else reference.path.name
         raise InputError(
-            f"{info.path}: {what} is not on the grid of {reference.path.name} ({info.height}x{info.width} "
-            f"vs {grid}) and {missing} has no CRS, so it cannot be reprojected; give both a CRS or "
-            f"resample it onto the grid of {reference.path.name}"
+            f"{info.path}: {what} is not on the grid of {reference.path.name} ({info.height}x{info.width}, "
+            f"CRS {info.crs} vs {grid}) and {missing} has no CRS, so it cannot be reprojected; give both a "
+            f"CRS or resample it onto the grid of {reference.path.name}"
         )
     fraction = raster.footprint_fraction(info, reference)
     if fraction < min_overlap:
