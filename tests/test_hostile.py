@@ -1113,6 +1113,9 @@ def test_skip_existing_redoes_unusable_outputs(tmp_path: Path, existing: str) ->
     assert ("skipped" in output) == kept, output
     assert out.read_bytes() == complete  # redone: the same prediction; kept: untouched
     assert (out.stat().st_ino == before) == kept
+    if kept:  # kept for another method: said so
+        other = assert_ok(cli_run(*predict_args(files, out, "--skip-existing", method="persistence")))
+        assert "(exists; made by coarse-delta, not persistence (--overwrite redoes it))" in other, other
     assert_no_temporaries(tmp_path)
     inputs.assert_unchanged()
 

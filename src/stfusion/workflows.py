@@ -183,7 +183,9 @@ def predict_cases(
     written = []
     for case, target in jobs:
         if output.skip_existing and usable_output(target):
-            say(f"skipped {target} (exists)")
+            made_by = raster.inspect(target).tags.get("STFUSION_METHOD") or "unknown method"
+            other = "" if made_by == method else f"; made by {made_by}, not {method} (--overwrite redoes it)"
+            say(f"skipped {target} (exists{other})")
             continue
         reader = CaseReader(case, options=reading)
         if reader.reprojected and context.is_main:
