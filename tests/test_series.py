@@ -272,6 +272,26 @@ def test_a_fully_cloudy_coarse_date_is_skipped_and_the_series_goes_on(tmp_path: 
     with open(out / "series.csv") as handle:
         rows = {row["date"]: row for row in csv.DictReader(handle)}
     assert rows[str(cloudy)]["status"] == "skipped" and rows[str(cloudy)]["band1"] == ""
+    # a rerun for another date keeps the skipped one in the table
+    again = CliRunner().invoke(
+        cli,
+        [
+            "fuse",
+            str(data),
+            "--out",
+            str(out),
+            "--method",
+            "coarse-delta",
+            "--dates",
+            str(synthetic[0]),
+            "--overwrite",
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    with open(out / "series.csv") as handle:
+        assert {row["date"]: row["status"] for row in csv.DictReader(handle)} == {
+            d: r["status"] for d, r in rows.items()
+        }
     inputs = series.SeriesInputs.from_folder(data)
     in_memory = {r.date: r for r in series.fuse(inputs.fine, inputs.coarse, method="coarse-delta")}
     assert in_memory[cloudy].status == "skipped" and in_memory[cloudy].prediction is None

@@ -503,7 +503,7 @@ def iter_series(
                 "skipped: no pixel could be predicted: every pixel is invalid in some input (e.g. a fully "
                 f"cloudy or masked coarse image of {plan.date})"
             )
-            log.warning("%s: %s", plan.date, why)
+            log.info("%s: %s", plan.date, why)  # the result says it (the command prints it)
             yield DateResult(plan.date, "skipped", plan.pairs, name, reason=why)
             continue
         means, valid = _band_means(image)
@@ -583,8 +583,8 @@ def earlier_summaries(
     """The dates an earlier run into ``out`` handled and this one did not plan (e.g. other ``--dates``).
 
     Only those that still describe the folder: a date of this series whose output is still there (an
-    observed date: whose fine image is), summarised with ``n_bands`` band means; a summary that cannot
-    be read is left out.
+    observed date: whose fine image is; a skipped date has none), summarised with ``n_bands`` band
+    means (or none); a summary that cannot be read is left out.
     """
     folder = out / ".series"
     planned = {plan.date for plan in plans}
@@ -595,7 +595,7 @@ def earlier_summaries(
             result = _read_summary(path, date)
         except (ValueError, KeyError, TypeError, OSError):
             continue
-        if date in planned or date not in inputs.coarse or len(result.band_means) != n_bands:
+        if date in planned or date not in inputs.coarse or len(result.band_means) not in (0, n_bands):
             continue
         if result.status == "observed":
             current = date in inputs.fine
