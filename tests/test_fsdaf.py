@@ -1426,6 +1426,13 @@ def test_cells_follow_the_coarse_pixels_of_a_scene_cut_anywhere() -> None:
         for _, values in prepared.iter_rows(source, first, stop)
     ]
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+    # a scene taller than the rows the offset is found on: found in its middle rows, placed in the scene
+    tall = (slice(None), slice(5, 5 + 700), slice(8, 8 + 40))
+    tall_c1 = raster.read(root / f"{names[0]}.tif").data[tall]
+    assert fsdaf_module._cell_alignment(ArraySource([(tall_c1, tall_c1)], tall_c1), 16) == (5, 8)
+    aligned = (slice(None), slice(16, 16 + 700), slice(0, 40))
+    plain_c1 = raster.read(root / f"{names[0]}.tif").data[aligned]
+    assert fsdaf_module._cell_alignment(ArraySource([(plain_c1, plain_c1)], plain_c1), 16) == (0, 0)
     diagnosed, diagnostics = fsdaf(c1, f1, c2, scale_factor=16, block_size=4, return_diagnostics=True)
     np.testing.assert_array_equal(diagnosed, whole)
     assert diagnostics.temporal.shape == whole.shape and diagnostics.class_map.shape == whole.shape[1:]

@@ -2814,7 +2814,7 @@ def _cell_alignment(source: SceneSource, scale_factor: int) -> tuple[int, int]:
     top = (source.height - rows) // 2
     block = source.block(top, top + rows)
     row_offset, col_offset = estimate_cell_offset(_as_float(block.pairs[0].coarse), scale_factor)
-    row_offset = (row_offset - top) % scale_factor  # in scene rows
+    row_offset = (top + row_offset) % scale_factor  # in scene rows
     if (row_offset, col_offset) != (0, 0):
         log.info(
             "FSDAF: coarse pixels start at row %d, column %d: cells aligned on them", row_offset, col_offset
