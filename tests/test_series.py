@@ -295,7 +295,66 @@ def test_a_fully_cloudy_coarse_date_is_skipped_and_the_series_goes_on(tmp_path: 
     inputs = series.SeriesInputs.from_folder(data)
     in_memory = {r.date: r for r in series.fuse(inputs.fine, inputs.coarse, method="coarse-delta")}
     assert in_memory[cloudy].status == "skipped" and in_memory[cloudy].prediction is None
+    # redone with --overwrite after its coarse image clouded over: the earlier output goes
+    (data / f"coarse_{cloudy:%Y%m%d}_mask.tif").unlink()
+    redo = ["fuse", str(data), "--out", str(out), "--method", "coarse-delta", "--dates", str(cloudy)]
+    assert CliRunner().invoke(cli, redo).exit_code == 0 and series.output_path(out, cloudy).exists()
+    write_tif(data / f"coarse_{cloudy:%Y%m%d}_mask.tif", np.ones((64, 64), np.uint8), crs=None)
+    gone = CliRunner().invoke(cli, [*redo, "--overwrite"])
+    assert gone.exit_code == 0 and f"fused_{cloudy:%Y%m%d}.tif of an earlier run removed" in gone.output
+    assert not series.output_path(out, cloudy).exists()
     assert in_memory[synthetic[0]].status == "predicted"
+
+
+def test_a_rerun_from_another_folder_finds_the_earlier_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "a" / "data"
+    synthetic = sorted(build_series(data, extra=4))
+    monkeypatch.chdir(tmp_path / "a")
+    first = [
+        "fuse",
+        "data",
+        "--out",
+        "out",
+        "--method",
+        "coarse-delta",
+        "--dates",
+        f"{synthetic[0]}..{synthetic[1]}",
+    ]
+    assert (result := CliRunner().invoke(cli, first)).exit_code == 0, result.output
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    second = [
+        "fuse",
+        "../a/data",
+        "--out",
+        "../a/out",
+        "--method",
+        "coarse-delta",
+        "--dates",
+        str(synthetic[2]),
+    ]
+    assert (result := CliRunner().invoke(cli, second)).exit_code == 0, result.output
+    with open(tmp_path / "a" / "out" / "series.csv") as handle:
+        rows = {row["date"]: row["status"] for row in csv.DictReader(handle)}
+    assert all(rows[str(d)] == "predicted" for d in synthetic[:3]), rows
+
+
+def test_invalid_fractions_of_georeferenced_images_are_estimated_on_a_coarser_grid(tmp_path: Path) -> None:
+    from tests.conftest import TEST_TRANSFORM
+
+    image = write_tif(tmp_path / "fine.tif", np.full((2, 600, 700), 1000, np.int16), transform=TEST_TRANSFORM)
+    cloud = np.zeros((600, 700), np.uint8)
+    cloud[:150] = 1  # 25 %
+    mask = write_tif(tmp_path / "fine_mask.tif", cloud, transform=TEST_TRANSFORM)
+    stored = np.full((2, 600, 700), 1000, np.int16)
+    stored[:, :, :350] = -9999  # 50 %, overlapping the cloud by half of it
+    holes = write_tif(tmp_path / "holes.tif", stored, transform=TEST_TRANSFORM, nodata=-9999)
+    grid = raster.inspect(image)
+    assert series.invalid_fraction(image, mask, grid) == pytest.approx(0.25, abs=0.01)
+    assert series.invalid_fraction(holes, mask, grid) == pytest.approx(0.625, abs=0.01)
+    assert series.invalid_fraction(holes, None, grid) == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_rerun_with_dates_keeps_the_other_dates_in_the_table(tmp_path: Path) -> None:

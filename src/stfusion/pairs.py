@@ -139,7 +139,12 @@ class CombinedPrediction:
         self.parts, self.views, self.half_window = parts, views, half_window
 
     def row_starts(self, height: int, width: int) -> list[int]:
-        return self.parts[0].row_starts(height, width)
+        # where every part's blocks start (parts may cut a scene differently, e.g. FSDAF's cells laid
+        # on each pair's coarse pixels): a range from one of these is predicted as the whole scene is
+        common = set(self.parts[0].row_starts(height, width))
+        for part in self.parts[1:]:
+            common &= set(part.row_starts(height, width))
+        return sorted(common | {0})
 
     def iter_rows(self, source: SceneSource, first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         streams = [

@@ -32,7 +32,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,24 +165,39 @@ def _masks(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
     return attached
 
 
-def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo, *, rows: int = 1024) -> float:
+def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo, *, side: int = 512) -> float:
     """Fraction of ``grid``'s pixels that are invalid in an image as read on it: nodata, NaN, fill
     values, its GDAL masks, outside its footprint, or set in ``mask`` (the union, per pixel).
 
-    An image on the grid without a mask file is judged from a cheap sample of its values; otherwise it
-    is read on the grid ``rows`` rows at a time (with its mask, nearest resampling).
+    An image on the grid without a mask file is judged from a cheap sample of its values; otherwise
+    the image and its mask are read (nearest resampling) on the grid decimated to at most ``side``
+    pixels per side (whole, when the files have no CRS): an estimate for choosing reference dates,
+    cheap on any scene.
     """
-    if mask is None and raster.same_grid(raster.inspect(path), grid):
+    info = raster.inspect(path)
+    if mask is None and raster.same_grid(info, grid):
         sample = raster.sample_values(path)
         return 1.0 - sample.values.size / max(sample.n_pixels, 1)
-    invalid = 0
-    for top in range(0, grid.height, rows):
-        window = raster.make_window(top, 0, min(rows, grid.height - top), grid.width)
-        strip = np.isnan(raster.read_on_grid(path, grid, window=window)).any(axis=0)
-        if mask is not None:
-            strip |= raster.read_mask_on_grid(mask, grid, window=window)
-        invalid += int(strip.sum())
-    return invalid / max(grid.height * grid.width, 1)
+    # without CRS nothing can be warped: read on the grid itself
+    small = grid if grid.crs is None or info.crs is None else _decimated(grid, side)
+    invalid = np.isnan(raster.read_on_grid(path, small, resampling="nearest")).any(axis=0)
+    if mask is not None:
+        invalid |= raster.read_mask_on_grid(mask, small, resampling="nearest")
+    return float(invalid.mean())
+
+
+def _decimated(grid: raster.RasterInfo, side: int) -> raster.RasterInfo:
+    """``grid`` with pixels ``k`` times larger (the same extent, at most ``side`` pixels per side)."""
+    k = max(1, math.ceil(max(grid.height, grid.width) / side))
+    if k == 1:
+        return grid
+    a, b, c, d, e, f = grid.transform[:6]
+    return replace(
+        grid,
+        height=math.ceil(grid.height / k),
+        width=math.ceil(grid.width / k),
+        transform=(a * k, b * k, c, d * k, e * k, f),
+    )
 
 
 @dataclass(frozen=True)
@@ -503,6 +518,9 @@ def iter_series(
                 "skipped: no pixel could be predicted: every pixel is invalid in some input (e.g. a fully "
                 f"cloudy or masked coarse image of {plan.date})"
             )
+            if target is not None and target.exists():  # an earlier run's output, to be redone: gone
+                target.unlink()
+                why += f"; {target.name} of an earlier run removed"
             log.info("%s: %s", plan.date, why)  # the result says it (the command prints it)
             yield DateResult(plan.date, "skipped", plan.pairs, name, reason=why)
             continue
@@ -601,8 +619,9 @@ def earlier_summaries(
             current = date in inputs.fine
         else:  # a skipped date has no output
             current = result.status == "skipped" or output_path(out, date).exists()
-        if current:
-            results.append(result)
+        if current:  # its output where this run finds it (the earlier run may have run elsewhere)
+            where = output_path(out, date) if result.status in ("predicted", "kept") else result.path
+            results.append(replace(result, path=where))
     return results
 
 

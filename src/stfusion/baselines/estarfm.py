@@ -398,7 +398,14 @@ def estarfm(
         {"coarse_t1": coarse_t1, "fine_t1": fine_t1, "coarse_t3": coarse_t3, "fine_t3": fine_t3,
          "coarse_t2": coarse_t2}
     )  # fmt: skip
-    check_reflectance("ESTARFM", fine_t1=fine_t1, fine_t3=fine_t3, coarse_t2=coarse_t2)
+    check_reflectance(
+        "ESTARFM",
+        coarse_t1=coarse_t1,
+        fine_t1=fine_t1,
+        coarse_t3=coarse_t3,
+        fine_t3=fine_t3,
+        coarse_t2=coarse_t2,
+    )
     dtype = _result_dtype(images)
     n_bands, height, width = coarse_t2.shape
     if mask is not None:

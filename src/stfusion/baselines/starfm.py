@@ -646,7 +646,9 @@ def starfm_multi(
     """
     cfg = make_config(config, **options)
     coarse_list, fine_list, dtype = _check_inputs(coarse_refs, fine_refs, coarse_t2)
-    check_reflectance("STARFM", coarse_t2=coarse_t2, **{f"fine_t{k + 1}": f for k, f in enumerate(fine_list)})
+    references = {f"{role}_t{k + 1}": image for k, pair in enumerate(zip(coarse_list, fine_list, strict=True))
+                  for role, image in zip(("coarse", "fine"), pair, strict=True)}  # fmt: skip
+    check_reflectance("STARFM", coarse_t2=coarse_t2, **references)
     n_pairs = len(fine_list)
     n_bands, height, width = coarse_t2.shape
     classes = _check_class_maps(class_maps, n_pairs, (height, width))
@@ -756,7 +758,6 @@ def starfm_block(
         (C, n - halo_top - halo_bottom, W) predictions [and ``n_used`` if requested].
     """
     coarse_list, fine_list, dtype = _check_inputs(coarse_refs, fine_refs, coarse_t2)
-    check_reflectance("STARFM", coarse_t2=coarse_t2, **{f"fine_t{k + 1}": f for k, f in enumerate(fine_list)})
     n_pairs = len(fine_list)
     n_bands, n_rows, width = coarse_t2.shape
     halo = halo_rows(config)
