@@ -44,7 +44,9 @@ def test_a_geotiff_is_described_as_it_is_read(tmp_path: Path) -> None:
     assert lines["values"] == "25.0% invalid in every pixel; 1200 nodata"
     median = float(lines["reflectance"].split()[1].rstrip(","))
     assert 0.09 < median < 0.11  # the reflectance written, not the stored numbers
-    assert lines["grid"].startswith("EPSG:")
+    assert lines["grid"].startswith("EPSG:") and lines["masks"] == "none"
+    write_tif(tmp_path / "fine_2021-07-04_MASK.TIF", np.zeros((1, 40, 40), np.uint8))
+    assert "sidecar fine_2021-07-04_MASK.TIF" in dict(describe.describe(path))["masks"]
 
 
 def test_a_scale_given_for_a_tagged_file_is_said_to_be_unused(
@@ -61,6 +63,7 @@ def test_a_scale_given_for_a_tagged_file_is_said_to_be_unused(
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         describe.describe(path)
+        describe.describe(path, scale=1e-4)  # said once per file and values
     assert "tags are used" not in caplog.text
 
 

@@ -1433,6 +1433,11 @@ def test_cells_follow_the_coarse_pixels_of_a_scene_cut_anywhere() -> None:
     aligned = (slice(None), slice(16, 16 + 700), slice(0, 40))
     plain_c1 = raster.read(root / f"{names[0]}.tif").data[aligned]
     assert fsdaf_module._cell_alignment(ArraySource([(plain_c1, plain_c1)], plain_c1), 16) == (0, 0)
+    for diagnose in (False, True):  # maps are checked against the scene's own shape, not the padded one
+        with pytest.raises(ValueError, match=r"class_map must have shape \(120, 136\)"):
+            fsdaf(
+                c1, f1, c2, scale_factor=16, class_map=np.ones((119, 136), int), return_diagnostics=diagnose
+            )
     diagnosed, diagnostics = fsdaf(c1, f1, c2, scale_factor=16, block_size=4, return_diagnostics=True)
     np.testing.assert_array_equal(diagnosed, whole)
     assert diagnostics.temporal.shape == whole.shape and diagnostics.class_map.shape == whole.shape[1:]

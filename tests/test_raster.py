@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,14 @@ def test_truncated_raster_is_an_input_error(tmp_path: Path, rng: np.random.Gener
         InputError, match=r"plain\.tif: corrupt or truncated TIFF \(.*IO error during reading"
     ):
         raster.inspect(plain)
+    quiet = logging.getLogger("rasterio")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # a caller's quiet logging does not hide the damage
+    try:
+        with pytest.raises(InputError, match=r"plain\.tif: corrupt or truncated TIFF"):
+            raster.inspect(plain)
+    finally:
+        quiet.setLevel(level)
 
 
 def test_check_writable(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stfusion import raster, series
+from stfusion import raster, scenes, series
 from stfusion.errors import InputError
 from stfusion.inputs import check_values
 
@@ -81,8 +81,8 @@ def _masks(info: raster.RasterInfo) -> str:
     text = kinds.get(info.mask_kind, info.mask_kind)
     if info.alpha_band is not None:
         text += f"; alpha band {info.alpha_band} (0 = no data)"
-    sidecar = Path(info.path).with_name(f"{Path(info.path).stem}_mask.tif")
-    if sidecar.exists():
+    sidecar = scenes.sidecar_mask(info.path)
+    if sidecar is not None:
         text += f"; sidecar {sidecar.name} (nonzero = invalid)"
     return text
 

@@ -398,6 +398,10 @@ def quality_flags(images: dict[str, np.ndarray]) -> np.ndarray:
     return flags
 
 
+#: (file, scale, offset) given for files whose own tags win, already warned about in this process
+_TAGS_WARNED: set[tuple[str, float | None, float | None]] = set()
+
+
 def check_values(
     path: str | os.PathLike[str],
     *,
@@ -457,7 +461,9 @@ def check_values(
             (scale is not None and scale != sample.scaling.scale)
             or (offset is not None and offset != sample.scaling.offset)
         )
+        and (key := (str(path), scale, offset)) not in _TAGS_WARNED
     ):
+        _TAGS_WARNED.add(key)  # once per file and values (a series reads a file for many dates)
         log.warning(
             "%s: its own GDAL scale/offset tags are used (x %g, %+g), not the %s/%s given: a file's "
             "tags win (if they are wrong, reset them: gdal_edit.py -scale 1 -offset 0 %s)",

@@ -190,6 +190,9 @@ def _open(path: Path) -> rasterio.DatasetReader:
         raise InputError(f"{path}: is a folder, expected a GeoTIFF file")
     damaged = _DamagedTags()
     gdal_log = logging.getLogger("rasterio._env")
+    level = gdal_log.level
+    if not gdal_log.isEnabledFor(logging.WARNING):  # a quiet caller's logging must not hide them
+        gdal_log.setLevel(logging.WARNING)
     gdal_log.addFilter(damaged)
     try:
         with warnings.catch_warnings():
@@ -204,6 +207,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
         raise InputError(f"{path}: not a readable raster ({reason})") from exc
     finally:
         gdal_log.removeFilter(damaged)
+        gdal_log.setLevel(level)
     if damaged.messages:  # tags GDAL could not read (e.g. the georeferencing of a file cut short)
         src.close()
         reason = damaged.messages[0].split(": ", 1)[-1]

@@ -21,6 +21,7 @@ fine images off fine t1's grid, coarse images that cannot be placed on it) raise
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -252,17 +253,28 @@ def missing_folder(path: Path) -> str:
 
 def sidecar_mask(image: str | os.PathLike[str]) -> Path | None:
     """The mask beside an image, ``<stem>_mask.tif`` (suffixes in any case, as :func:`is_mask_name`
-    and folders find masks), or None."""
+    and folders find masks), or None. A folder is listed once while it is unchanged."""
     image = Path(image)
     try:
-        entries = sorted(image.parent.iterdir())
+        changed = os.stat(image.parent).st_mtime_ns
     except OSError:
         return None
+    found = _masks_in(str(image.parent), changed).get(image.stem)
+    return found if found is not None and found != image else None
+
+
+@functools.lru_cache(maxsize=32)
+def _masks_in(folder: str, changed: int) -> dict[str, Path]:
+    """Masks of a folder by the stem of their image (``changed``: the folder's mtime, the cache key)."""
+    masks: dict[str, Path] = {}
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError:
+        return masks
     for path in entries:
-        ours = path != image and is_mask_name(path) and path.stem[: -len(MASK_SUFFIX)] == image.stem
-        if ours and path.is_file():
-            return path
-    return None
+        if is_mask_name(path) and path.is_file():
+            masks.setdefault(path.stem[: -len(MASK_SUFFIX)], path)
+    return masks
 
 
 def _split_masks(paths: list[Path]) -> tuple[list[Path], dict[str, Path]]:

@@ -663,7 +663,7 @@ def run_experiment(
             if holdout
             else ", ".join(c.name for c in val_cases)
         ),
-        f"{test_split} (scored)": ", ".join(c.name for c in test_cases),
+        f"{test_split} (scored)": ", ".join(c.name for c in test_cases if c.name in results),
         "epochs": config.epochs,
         "coarse_factor": config.coarse_factor,
         "tile": f"{tile_options.tile}, overlap {tile_options.overlap}",

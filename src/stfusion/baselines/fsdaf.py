@@ -2864,6 +2864,7 @@ def prepare(
     if scale_factor is None and config is None and known_ratio:
         # the true ratio of a native-resolution coarse image (or the user's --coarse-ratio) beats an estimate
         scale_factor = max(1, round(float(known_ratio)))
+    _check_maps(source, class_map, valid_mask)  # on the scene's own shape, before any padding
     scale_factor, rows, cols = _alignment(source, scale_factor, preset, config, options)
     padded: SceneSource = _PaddedSource(source, rows, cols) if rows or cols else source
     model = _scene_model(
@@ -2988,8 +2989,10 @@ def fsdaf(
     Args:
         coarse_t1, fine_t1, coarse_t2: (C, H, W) float reflectance (0..1) on the fine grid;
             coarse images resampled by block replication or smoothly. NaN = invalid.
-        scale_factor: s, coarse/fine pixel size ratio (cells of s x s fine pixels from (0, 0);
-            H, W need not be multiples of s); None = estimated (:func:`estimate_scale_factor`).
+        scale_factor: s, coarse/fine pixel size ratio (cells of s x s fine pixels, laid on the
+            coarse pixels of a block-replicated coarse image (:func:`estimate_cell_offset`), else
+            from (0, 0); H, W need not be multiples of s); None = estimated
+            (:func:`estimate_scale_factor`).
         preset: "fsdaf_idl" (default) or "zhu2016".
         class_map: optional (H, W) integer classification of F1 (<= 0 = unclassified); if None,
             F1 is classified by k-means (``n_classes``, ``seed``).
@@ -3011,6 +3014,7 @@ def fsdaf(
         )  # fmt: skip
         return predict_scene(prepared, source)
     # diagnostics: computed on the scene padded so that its cells fall on coarse pixels, then cropped
+    _check_maps(source, class_map, valid_mask)
     scale_factor, pad_rows, pad_cols = _alignment(source, scale_factor, preset, config, options)
     if pad_rows or pad_cols:
         pad = ((0, 0), (pad_rows, 0), (pad_cols, 0))
