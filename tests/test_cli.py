@@ -295,11 +295,12 @@ def test_an_output_folder_left_empty_by_a_failed_run_is_removed(
     runner: CliRunner, tmp_path: Path, rng: np.random.Generator
 ) -> None:
     """A run that stops after creating its output folders but before writing any output leaves none
-    behind (here FSDAF cannot estimate a scale factor on 3 x 3 images); a folder that existed stays."""
+    behind (here FSDAF cannot estimate a scale factor from constant coarse images); a folder that
+    existed stays."""
     data = tmp_path / "tiny"
     for stamp in ("20010101", "20010201"):
-        for kind in ("fine", "coarse"):
-            write_tif(data / f"{kind}_{stamp}.tif", random_scene(rng, 2, 3, 3))
+        write_tif(data / f"fine_{stamp}.tif", random_scene(rng, 2, 12, 12))
+        write_tif(data / f"coarse_{stamp}.tif", np.full((2, 12, 12), 1500, np.int16))
     out = tmp_path / "new" / "out"
     result = runner.invoke(cli, ["compare", str(data), "--out", str(out), "--methods", "fsdaf"])
     assert result.exit_code == 2 and "cannot estimate scale_factor" in result.output, result.output
