@@ -421,8 +421,11 @@ def check_values(
     confirmed on every pixel). Logs one warning naming the file when NaN/inf or fill values
     (|value| >= :data:`stfusion.raster.FILL_MAGNITUDE`) that are not the declared nodata are present
     (they are treated as invalid), when most values exceed reflectance 1.5 (digital numbers, or a wrong
-    scale) and when every value is below reflectance 0.002 in magnitude (reflectance floats read as
-    x 10000).
+    scale; with the Landsat Collection 2 advice when the values look like its digital numbers), when
+    every value is below reflectance 0.002 in magnitude (reflectance floats read as x 10000), when the
+    typical value is below reflectance -0.02 (a wrong scale or offset), when values below -0.5 look like
+    an undeclared fill value, and once per file when a given scale/offset is not used because the
+    file's own GDAL tags win.
     """
     sample = raster.sample_values(path, scale=scale, offset=offset)
     if sample.values.size == 0 and (sample.complete or not raster.has_valid_pixel(path)):
