@@ -646,8 +646,9 @@ def starfm_multi(
     """
     cfg = make_config(config, **options)
     coarse_list, fine_list, dtype = _check_inputs(coarse_refs, fine_refs, coarse_t2)
-    references = {f"{role}_t{k + 1}": image for k, pair in enumerate(zip(coarse_list, fine_list, strict=True))
-                  for role, image in zip(("coarse", "fine"), pair, strict=True)}  # fmt: skip
+    references = {}
+    for k, (coarse, fine) in enumerate(zip(coarse_list, fine_list, strict=True)):
+        references[f"coarse_refs[{k}]"], references[f"fine_refs[{k}]"] = coarse, fine
     check_reflectance("STARFM", coarse_t2=coarse_t2, **references)
     n_pairs = len(fine_list)
     n_bands, height, width = coarse_t2.shape
