@@ -188,7 +188,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a GeoTIFF file")
-    damaged = _DamagedTags()
+    damaged = _DamagedTags(path.name)
     gdal_log = logging.getLogger("rasterio._env")
     level = gdal_log.level
     if not gdal_log.isEnabledFor(logging.WARNING):  # a quiet caller's logging must not hide them
@@ -216,16 +216,19 @@ def _open(path: Path) -> rasterio.DatasetReader:
 
 
 class _DamagedTags(logging.Filter):
-    """Collects (and hides) GDAL's warnings about TIFF tags it could not read while a file opens; a
-    file that lost its georeferencing this way would otherwise open as an ungeoreferenced raster."""
+    """Collects (and hides) GDAL's warnings about TIFF tags of the file ``name`` it could not read while
+    the file opens; a file that lost its georeferencing this way would otherwise open as an
+    ungeoreferenced raster. (GDAL's messages name the file: another file opened meanwhile in another
+    thread is not blamed.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
+        self.name = name
         self.messages: list[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "IO error during reading" in message:
+        if "IO error during reading" in message and self.name in message:
             self.messages.append(message)
             return False
         return True
