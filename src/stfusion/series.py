@@ -43,7 +43,6 @@ from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
 from stfusion.errors import InputError, NothingPredictedError
 from stfusion.inputs import CaseReader, ReadOptions, band_count, band_names, resolve_bands
-from stfusion.streaming import predict_case
 
 if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
     from stfusion.checkpoint import Checkpoint
@@ -502,16 +501,8 @@ def iter_series(
                 if not np.isfinite(image).all(axis=0).any():
                     raise NothingPredictedError("no pixel could be predicted")
             else:
-                predict_case(
-                    reader,
-                    prediction,
-                    target,
-                    dtype=output.dtype,
-                    cog=output.cog,
-                    overwrite=output.overwrite or (output.skip_existing and target.exists()),
-                    tags=workflows.provenance_tags(name, case, options),
-                    clip=output.clip_range,
-                )
+                tags = workflows.provenance_tags(name, case, options)
+                workflows.write_prediction(reader, prediction, target, output, tags)
                 image = raster.read(target).data
         except NothingPredictedError:  # e.g. a fully cloudy coarse image: the series goes on
             why = (

@@ -28,6 +28,7 @@ import numpy as np
 
 from stfusion import __version__, distributed, raster, report
 from stfusion.atomic import atomic_path
+from stfusion.blocks import Prediction
 from stfusion.errors import InputError, NothingToScoreError
 from stfusion.fusion import PairCountError, Preparer, get
 from stfusion.inputs import CaseReader, ReadOptions
@@ -86,6 +87,31 @@ class OutputOptions:
     @property
     def clip_range(self) -> tuple[float, float] | None:
         return VALID_REFLECTANCE if self.clip else None
+
+
+def write_prediction(
+    reader: CaseReader,
+    prediction: Prediction,
+    target: Path,
+    output: OutputOptions,
+    tags: dict[str, str],
+    **more: Any,
+) -> Path | None:
+    """:func:`stfusion.streaming.predict_case` with ``output``'s dtype, COG and clip. Existing outputs
+    were refused or kept before any work: a leftover that ``skip_existing`` redoes (empty, truncated) is
+    replaced, but a file another run published meanwhile is not (the exclusive publication then fails
+    in one line). ``more``: predict_case's other arguments (rank split, progress)."""
+    return predict_case(
+        reader,
+        prediction,
+        target,
+        dtype=output.dtype,
+        overwrite=output.overwrite or (output.skip_existing and target.exists()),
+        cog=output.cog,
+        tags=tags,
+        clip=output.clip_range,
+        **more,
+    )
 
 
 #: The valid reflectance range of ``--clip``.
@@ -197,19 +223,14 @@ def predict_cases(
             raster.check_writable(quality, overwrite=output.overwrite or output.skip_existing)
         prediction = preparer(reader)
         start = time.perf_counter()
-        predict_case(
+        write_prediction(
             reader,
             prediction,
             target,
-            dtype=output.dtype,
-            # an unusable leftover (empty, truncated) is replaced; a file another run published after
-            # the checks is not: the exclusive publication then fails with one line
-            overwrite=output.overwrite or (output.skip_existing and target.exists()),
-            cog=output.cog,
+            output,
+            provenance_tags(method, case, options),
             split=RankSplit(context.rank, context.world_size),
-            tags=provenance_tags(method, case, options),
             on_rows=on_rows,
-            clip=output.clip_range,
         )
         distributed.barrier(context)
         if context.distributed and context.is_main:
@@ -325,18 +346,7 @@ def run_methods(
                     log.warning("%s: %s; it is left out of this case", case.name, exc)
                     continue
                 with output_folder(target.parent):
-                    predict_case(
-                        reader,
-                        prediction,
-                        target,
-                        dtype=output.dtype,
-                        # existing outputs were refused up front; one appearing meanwhile (another run
-                        # writing here) makes this run fail instead of replacing it
-                        overwrite=output.overwrite or (output.skip_existing and target.exists()),
-                        cog=output.cog,
-                        tags=provenance_tags(name, case, options),
-                        clip=output.clip_range,
-                    )
+                    write_prediction(reader, prediction, target, output, provenance_tags(name, case, options))
                 seconds = time.perf_counter() - start
             predictions[name] = (raster.read(target).data, seconds, target)
         truth = reader.read(TRUTH_ROLE) if case.fine_t2 is not None else None
