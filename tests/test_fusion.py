@@ -174,3 +174,30 @@ def test_plain_functions_refuse_reflectance_x_10000(method: str) -> None:
     assert np.isfinite(calls[method](images)).any()  # reflectance: predicted
     with pytest.raises(ValueError, match=r"does not hold reflectance 0\.\.1 \(median \|value\| 2\d\d\d"):
         calls[method]([image * 1e4 for image in images])
+
+
+def test_estarfm_gaps_where_one_pair_is_clouded_are_predicted_from_the_other() -> None:
+    """ESTARFM needs both pairs at a pixel; the registry fills a cloud in one pair by FSDAF from the
+    other pair (fill_gaps, default true), and leaves ESTARFM's own pixels as they are."""
+    sample = Path(fusion.__file__).parent / "sample" / "datasets" / "estarfm-site"
+
+    def load(date: str, kind: str) -> np.ndarray:
+        return np.asarray(raster.read(sample / f"{kind}_{date}.tif").data[:, :160, :160], np.float32)
+
+    (c1, f1), (c3, f3) = ((load(d, "coarse"), load(d, "fine")) for d in ("20010524", "20010812"))
+    c2 = load("20010711", "coarse")
+    f1[:, 40:70, 90:130] = np.nan  # a cloud in the first pair's fine image
+    source = ArraySource([(c1, f1), (c3, f3)], c2, coarse_ratio=16)
+    options = {"half_window": 10}
+    filled = predict_scene(fusion.get("estarfm").preparer(options)(source), source)
+    unfilled = predict_scene(
+        fusion.get("estarfm").preparer({**options, "fill_gaps": "false"})(source), source
+    )
+    cloud = np.zeros((160, 160), bool)
+    cloud[40:70, 90:130] = True
+    assert np.isnan(unfilled[:, cloud]).all() and np.isfinite(unfilled[:, ~cloud]).all()
+    np.testing.assert_array_equal(filled[:, ~cloud], unfilled[:, ~cloud])
+    second = ArraySource([(c3, f3)], c2, coarse_ratio=16)
+    alone = predict_scene(fusion.get("fsdaf").preparer()(second), second)
+    np.testing.assert_allclose(filled[:, cloud], alone[:, cloud], rtol=1e-6)
+    assert "fill_gaps (bool, default true)" in fusion.get("estarfm").help_text()

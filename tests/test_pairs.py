@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 
 from stfusion import fusion, pairs
 from stfusion.blocks import ArraySource, Block, Prediction, RowBlocks, SceneSource, predict_scene
+from stfusion.errors import InputError
 
 
 def two_pair_scene(rng: np.random.Generator, shape: tuple[int, int, int] = (2, 40, 30)) -> ArraySource:
@@ -71,3 +75,90 @@ def test_streamed_blocks_equal_the_whole_scene(rng: np.random.Generator) -> None
         pairs.temporal_weights(source.block(0, source.height)),
     )
     np.testing.assert_allclose(whole, direct, rtol=1e-6)
+
+
+class Counted:
+    """A RowBlocks wrapper that records the row ranges it was asked to predict."""
+
+    def __init__(self, prediction: RowBlocks) -> None:
+        self.prediction, self.calls = prediction, []
+
+    def row_starts(self, height: int, width: int) -> list[int]:
+        return self.prediction.row_starts(height, width)
+
+    def iter_rows(self, source: SceneSource, first: int, stop: int):  # type: ignore[no-untyped-def]
+        for row, values in self.prediction.iter_rows(source, first, stop):
+            self.calls.append((row, row + values.shape[1]))
+            yield row, values
+
+
+def both_pairs(block: Block, top: int, bottom: int) -> np.ndarray:
+    """A toy two-pair method: the mean of both pairs' F + C2 - C, NaN where either pair is invalid."""
+    stop = block.rows - bottom
+    values = [p.fine + block.coarse_t2 - p.coarse for p in block.pairs]
+    return np.asarray((values[0] + values[1])[:, top:stop] / 2, np.float32)
+
+
+def test_gaps_of_a_two_pair_method_are_filled_from_the_usable_pair(rng: np.random.Generator) -> None:
+    source = two_pair_scene(rng, (2, 60, 20))
+    source.pairs[0].fine[:, 25:28, 4:9] = np.nan  # a cloud in pair 1 only
+    source.pairs[1].fine[0, 26, 5] = np.nan  # both pairs invalid here: no value
+    source.coarse_t2[:, 50, 2] = np.nan  # the target's coarse image invalid: no value
+    primary = RowBlocks(both_pairs, block_rows=10)
+
+    def sevens(block: Block, top: int, bottom: int) -> np.ndarray:  # a value everywhere, even at no pair
+        return np.full((2, block.rows - top - bottom, 20), 7, np.float32)
+
+    fallback = Counted(RowBlocks(sevens, block_rows=10))
+    prepared = []
+
+    def prepare() -> Prediction:
+        prepared.append(1)
+        return fallback
+
+    filled = pairs.GapFilledPrediction(primary, prepare, "toy")
+    result = predict_scene(filled, source)
+    unfilled = predict_scene(primary, source)
+    gaps = np.zeros((60, 20), bool)
+    gaps[25:28, 4:9] = True
+    gaps[26, 5] = gaps[50, 2] = False
+    assert (result[:, gaps] == 7).all()  # the fallback's value
+    np.testing.assert_array_equal(result[:, ~gaps], unfilled[:, ~gaps])  # NaN included
+    assert np.isnan(result[:, 26, 5]).all() and np.isnan(result[:, 50, 2]).all()
+    assert filled.filled == gaps.sum()
+    # prepared once, run for the one block with gaps only (rows 20-30; none at row 50 is fillable)
+    assert prepared == [1] and fallback.calls == [(20, 30)]
+
+
+def test_the_fallback_starts_at_its_own_block_starts(rng: np.random.Generator) -> None:
+    """Rows asked of the fallback come from its block that holds them: the same values in any range."""
+    source = two_pair_scene(rng, (1, 50, 9))
+    source.pairs[1].fine[:, 12:14, 2] = np.nan
+    source.pairs[1].fine[:, 41, 3] = np.nan
+
+    def by_block(block: Block, top: int, bottom: int) -> np.ndarray:  # a value per block: its first row
+        return np.full((1, block.rows - top - bottom, 9), block.top + top, np.float32)
+
+    fallback = Counted(RowBlocks(by_block, block_rows=8))
+    filled = pairs.GapFilledPrediction(RowBlocks(both_pairs, block_rows=5), lambda: fallback, "toy")
+    result = predict_scene(filled, source)
+    assert (result[0, 12:14, 2] == 8).all() and result[0, 41, 3] == 40
+    assert fallback.calls == [(8, 16), (40, 48)]  # not the blocks in between
+    later = np.concatenate([v for _, v in filled.iter_rows(source, 40, 50)], axis=1)
+    np.testing.assert_array_equal(later, result[:, 40:])
+
+
+def test_a_fallback_that_cannot_run_leaves_the_gaps(
+    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = two_pair_scene(rng, (1, 12, 6))
+    source.pairs[0].fine[:, 3, 3] = np.nan
+
+    def refuse() -> Prediction:
+        raise InputError("scene too small for the fallback")
+
+    filled = pairs.GapFilledPrediction(RowBlocks(both_pairs, block_rows=4), refuse, "toy")
+    with caplog.at_level(logging.WARNING):
+        result = predict_scene(filled, source)
+    assert np.isnan(result[0, 3, 3]) and np.isfinite(np.delete(result.ravel(), 3 * 6 + 3)).all()
+    assert "toy: pixels with one usable reference pair are left NaN: scene too small" in caplog.text

@@ -304,7 +304,7 @@ def test_predict_mask_file_quality_band_and_cog(case: scenes.FusionCase, tmp_pat
             ["scale_factor=4", "block_size=4"],
             lambda c1, f1, c2: fsdaf_function(c1, f1, c2, scale_factor=4, block_size=4),
         ),
-        ("estarfm", ["half_window=4", "block_rows=10"], None),
+        ("estarfm", ["half_window=4", "block_rows=10", "fill_gaps=false"], None),
     ],
 )
 def test_streamed_classical_methods_equal_their_whole_scene_functions(
@@ -339,3 +339,31 @@ def test_streamed_classical_methods_equal_their_whole_scene_functions(
     streamed = read_float(tmp_path / "p.tif")
     np.testing.assert_allclose(streamed, whole, rtol=0, atol=2e-6, equal_nan=True)
     assert np.isnan(streamed[:, 30:37, 40:52]).all()  # the nodata block of fine t1
+
+
+def test_estarfm_predicts_the_pixels_of_one_clear_pair(case: scenes.FusionCase, tmp_path: Path) -> None:
+    """Where fine t1 is nodata and the second pair is valid, `predict --method estarfm` predicts by FSDAF
+    from the second pair (streamed; the quality band says fine t1 was invalid there); elsewhere the
+    pixels are ESTARFM's own."""
+    reader = CaseReader(case)
+    f1, c1 = reader.read("fine_t1"), reader.read("coarse_t1")
+    f3 = write_tif(tmp_path / "f3.tif", np.rint(np.nan_to_num(f1 * 1.05, nan=0.2) * 1e4).astype(np.int16))
+    c3 = write_tif(tmp_path / "c3.tif", np.rint(c1 * 1.05 * 1e4).astype(np.int16))
+    paths = {"--fine-t1": case.fine_t1, "--coarse-t1": case.coarse_t1, "--coarse-t2": case.coarse_t2}
+    args = ["predict", "--method", "estarfm", "--dtype", "float32", "--coarse-ratio", "4"]
+    args += [*(str(v) for item in paths.items() for v in item), "--fine-t3", str(f3), "--coarse-t3", str(c3)]
+    args += ["--option", "half_window=4", "--option", "block_rows=10"]
+    runs = {}
+    for fill in ("true", "false"):
+        out = tmp_path / f"fill-{fill}.tif"
+        result = CliRunner().invoke(
+            cli, [*args, "--option", f"fill_gaps={fill}", "--out", str(out), "--quality"]
+        )
+        assert result.exit_code == 0, result.output
+        runs[fill] = read_float(out)
+    gap = np.zeros(runs["true"].shape[1:], bool)
+    gap[30:37, 40:52] = True
+    assert np.isnan(runs["false"][:, gap]).all() and np.isfinite(runs["true"]).all()
+    np.testing.assert_array_equal(runs["true"][:, ~gap], runs["false"][:, ~gap])
+    quality = raster.read(tmp_path / "fill-true_quality.tif", scale=1.0).data[0]
+    assert (quality[gap] == 1).all() and (quality[~gap] == 0).all()  # 1 = fine_t1 invalid

@@ -41,6 +41,9 @@ class PairCountError(InputError):
 #: A method bound to its options (and model), ready to prepare any scene.
 Preparer = Callable[[SceneSource], Prediction]
 
+#: The option of a :attr:`Method.fills_gaps` method that turns the filling off.
+FILL_GAPS = "fill_gaps"
+
 #: The method `stfusion predict` uses without --method or --checkpoint, and why.
 DEFAULT_METHOD = "fsdaf"
 DEFAULT_REASON = (
@@ -128,6 +131,10 @@ class Method:
         references: the method's publication.
         defaults: option values the tool uses when the user gives none (chosen by the benchmark), where
             they differ from the method module's own defaults (which follow its specification).
+        fills_gaps: the method needs every reference pair valid at a pixel; the tool fills the pixels it
+            leaves NaN where one pair is usable from :data:`DEFAULT_METHOD` run pair by pair
+            (:class:`stfusion.pairs.GapFilledPrediction`), unless the user sets the option
+            :data:`FILL_GAPS` (which the entry lists among its options) to false.
     """
 
     name: str
@@ -140,6 +147,7 @@ class Method:
     block: str = "row blocks, no halo (pixel by pixel)"
     references: str = ""
     defaults: tuple[tuple[str, Any], ...] = ()
+    fills_gaps: bool = False
 
     def option(self, name: str) -> Option:
         for option in self.options:
@@ -206,6 +214,7 @@ class Method:
             combinations, too few pairs, images too small) become one-line InputErrors naming the method.
         """
         values = {**dict(self.defaults), **self.parse_options(options)}
+        fill_gaps = bool(values.pop(FILL_GAPS, True)) and self.fills_gaps
         prepare = _resolve(self.prepare)
         extra: dict[str, Any] = {}
         self.check_checkpoint(checkpoint is not None)
@@ -233,7 +242,13 @@ class Method:
                 from stfusion.pairs import combine_pairs
 
                 return combine_pairs(source, lambda single: self._run(prepare, single, values, extra))
-            return self._run(prepare, source, values, extra)
+            prediction = self._run(prepare, source, values, extra)
+            if fill_gaps and source.n_pairs > 1:
+                from stfusion.pairs import GapFilledPrediction
+
+                fallback = get(DEFAULT_METHOD).preparer()
+                return GapFilledPrediction(prediction, lambda: fallback(source), self.name)
+            return prediction
 
         return prepare_scene
 
@@ -382,7 +397,15 @@ METHODS: dict[str, Method] = {
                     "Coarse cell side in pixels (preset paper's coarse_cell scope).",
                     minimum=1,
                 ),
+                Option(
+                    FILL_GAPS,
+                    bool,
+                    True,
+                    "Predict the pixels where one reference pair is invalid (a cloud) from the other pair "
+                    f"by {DEFAULT_METHOD}; false: NaN there, as ESTARFM itself leaves them",
+                ),
             ),
+            fills_gaps=True,
             block="row blocks with a halo of half_window rows; global tolerances from one pass",
             references="Zhu, Chen, Gao, Chen, Masek, Remote Sens. Environ. 114 (2010) 2610-2623",
         ),

@@ -17,17 +17,26 @@ are renormalised over the valid pairs); it is NaN only where every pair is.
 
 Combining streams like any method: rows come from the K per-pair predictions as they are produced, and
 the weights of a block of rows need ``h`` rows of context above and below it.
+
+A method that takes several pairs at once may need every pair valid at a pixel (ESTARFM does): a cloud
+in one reference image leaves a hole although the other pair could predict there.
+:class:`GapFilledPrediction` fills such pixels from a method run pair by pair as above, prepared and
+computed only for the row blocks that have such pixels.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import numpy as np
 from scipy import ndimage
 
 from stfusion.blocks import Block, Prediction, SceneSource
+from stfusion.errors import InputError
 from stfusion.tiling import Window
+
+logger = logging.getLogger(__name__)
 
 #: Half side h of the window of the local coarse means (fine pixels).
 HALF_WINDOW: int = 25
@@ -193,3 +202,85 @@ def combine_pairs(source: SceneSource, prepare_one: Callable[[SceneSource], Pred
     """A method taking one pair, run on each pair of ``source`` and combined (see module docstring)."""
     views = [PairView(source, k) for k in range(source.n_pairs)]
     return CombinedPrediction([prepare_one(view) for view in views], views)
+
+
+def usable(block: Block) -> np.ndarray:
+    """(rows, W) bool: the coarse image at t2 and at least one whole reference pair valid (every band)."""
+    pair_valid = [np.isfinite(p.coarse).all(axis=0) & np.isfinite(p.fine).all(axis=0) for p in block.pairs]
+    return np.isfinite(block.coarse_t2).all(axis=0) & np.logical_or.reduce(pair_valid)
+
+
+class _RowStream:
+    """Rows of a :class:`Prediction` taken in increasing ranges, computing as few of its blocks as it can."""
+
+    def __init__(self, prediction: Prediction, source: SceneSource) -> None:
+        self.prediction, self.source = prediction, source
+        self.starts = prediction.row_starts(source.height, source.width)
+        self.rows: Iterator[tuple[int, np.ndarray]] | None = None
+        self.next_row = 0  # first row the iterator has not yielded
+        self.pending: list[tuple[int, np.ndarray]] = []
+
+    def take(self, top: int, stop: int) -> np.ndarray:
+        """Rows [top, stop): (C, stop - top, W); ``top`` at least the last call's ``top``."""
+        start = max([s for s in self.starts if s <= top], default=0)
+        if self.rows is None or start > self.next_row or top < (self.pending[0][0] if self.pending else top):
+            # a block start lies between the rows computed so far and those asked for: start there
+            self.rows = self.prediction.iter_rows(self.source, start, self.source.height)
+            self.next_row, self.pending = start, []
+        while self.next_row < stop:
+            row, values = next(self.rows)
+            self.pending.append((row, values))
+            self.next_row = row + values.shape[1]
+        self.pending = [(row, v) for row, v in self.pending if row + v.shape[1] > top]
+        parts = [v[:, max(0, top - row) : stop - row] for row, v in self.pending if row < stop]
+        return np.concatenate(parts, axis=1)
+
+
+class GapFilledPrediction:
+    """A prediction whose NaN pixels are filled from another where the scene can be predicted.
+
+    Where ``primary`` gives NaN at a pixel of which the coarse image at t2 and at least one reference pair
+    are valid (:func:`usable`), the value comes from the ``fallback`` prediction (a method run pair by
+    pair, :func:`combine_pairs`). The fallback is prepared on first need (``prepare_fallback()``) and
+    computed only for the row blocks with such pixels; a scene without any costs one NaN test per block.
+    If it cannot be prepared on the scene (an :class:`InputError`, e.g. a scene too small for it), the
+    gaps stay NaN and a warning says why. Rows and row starts are the primary's.
+    """
+
+    def __init__(self, primary: Prediction, prepare_fallback: Callable[[], Prediction], name: str) -> None:
+        self.primary, self.prepare_fallback, self.name = primary, prepare_fallback, name
+        self._fallback: Prediction | None = None
+        self._failed = False
+        self.filled = 0  # pixels filled so far (all bands)
+
+    def row_starts(self, height: int, width: int) -> list[int]:
+        return self.primary.row_starts(height, width)
+
+    def _stream(self, source: SceneSource) -> _RowStream | None:
+        if self._fallback is None and not self._failed:
+            try:
+                self._fallback = self.prepare_fallback()
+            except InputError as exc:
+                self._failed = True
+                logger.warning("%s: pixels with one usable reference pair are left NaN: %s", self.name, exc)
+        return None if self._fallback is None else _RowStream(self._fallback, source)
+
+    def iter_rows(self, source: SceneSource, first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        stream: _RowStream | None = None
+        filled = self.filled
+        for row, values in self.primary.iter_rows(source, first, stop):
+            gaps = np.isnan(values)
+            if gaps.any() and not self._failed:
+                gaps &= usable(source.block(row, row + values.shape[1]))[None]
+                if gaps.any():
+                    stream = stream or self._stream(source)
+                    if stream is not None:
+                        fill = stream.take(row, row + values.shape[1])
+                        values = np.where(gaps, fill, values).astype(values.dtype, copy=False)
+                        self.filled += int((gaps.any(axis=0) & np.isfinite(fill).all(axis=0)).sum())
+            yield row, values
+        if self.filled > filled:
+            logger.info(
+                "%s: %d pixels of rows %d-%d predicted from the usable reference pair(s) alone",
+                self.name, self.filled - filled, first, stop - 1,
+            )  # fmt: skip
