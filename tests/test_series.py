@@ -578,6 +578,20 @@ def test_a_series_is_refused_before_any_output_and_observed_dates_respect_masks(
     fine = raster.read(data / f"fine_{FINE_DATES[1]:%Y%m%d}.tif").data
     assert row["status"] == "observed" and float(row["valid_fraction"]) == 0.75
     assert float(row["band1"]) == pytest.approx(float(fine[0, 16:].mean()), abs=1e-4)
+    # common_<band>: every date averaged over the same pixels, those valid on all dates (rows 16-63)
+    with open(out / "series.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and all(r["status"] in ("observed", "predicted") for r in rows)
+    per_date = []
+    for r in rows:
+        path = data / f"fine_{r['date'].replace('-', '')}.tif"
+        image = raster.read(
+            path if r["status"] == "observed" else out / f"fused_{r['date'].replace('-', '')}.tif"
+        )
+        assert np.isfinite(image.data[:, 16:]).all()
+        assert float(r["common_band2"]) == pytest.approx(float(image.data[1, 16:].mean()), abs=1e-4)
+        per_date.append(float(r["band2"]) == pytest.approx(float(image.data[1, 16:].mean()), abs=1e-4))
+    assert not all(per_date)  # a date's own mean covers its own (larger) set of valid pixels
     summaries = sorted((out / ".series").glob("*.json"))
     assert len(summaries) == 6  # 3 observed, 3 predicted
     constants: list[str] = []  # valid JSON: an observed date's unknown seconds are null, not NaN
@@ -621,7 +635,7 @@ def test_fuse_checks_what_it_will_do_and_reads_observed_dates_like_the_predictio
         rows = list(csv.DictReader(handle))
     fine = raster.read(data / f"fine_{FINE_DATES[0]:%Y%m%d}.tif").data
     observed = next(r for r in rows if r["date"] == str(FINE_DATES[0]))
-    assert list(rows[0])[5:7] == ["band3", "band1"] and len(rows[0]) == 9
+    assert list(rows[0])[5:9] == ["band3", "band1", "common_band3", "common_band1"] and len(rows[0]) == 11
     assert float(observed["band3"]) == pytest.approx(float(fine[2].mean()), abs=1e-4)
     # --skip-existing resumes without reading the inputs of the dates it keeps
     target = data / f"coarse_{synthetic[0]:%Y%m%d}.tif"
@@ -629,3 +643,22 @@ def test_fuse_checks_what_it_will_do_and_reads_observed_dates_like_the_predictio
     kept = CliRunner().invoke(cli, [*args, "--skip-existing"])
     assert kept.exit_code == 0, kept.output
     assert kept.output.count("(kept") == 2
+
+
+def test_a_cloud_in_one_reference_is_predicted_from_the_other_and_noted(tmp_path: Path) -> None:
+    """ESTARFM needs both pairs at a pixel: where one reference fine image is masked, the series' date
+    is predicted there by FSDAF from the other pair, and series.csv's note says how many pixels."""
+    data = tmp_path / "data"
+    (target,) = build_series(data, extra=1)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:16] = 1
+    write_tif(data / f"fine_{FINE_DATES[0]:%Y%m%d}_mask.tif", mask, crs=None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "estarfm"])
+    assert result.exit_code == 0, result.output
+    with open(out / "series.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["date"] == str(target))
+    assert row["status"] == "predicted" and row["method"] == "estarfm"
+    assert "1024 pixels (25%) predicted by fsdaf from one pair" in row["note"]
+    assert float(row["valid_fraction"]) == 1.0
+    assert np.isfinite(raster.read(out / f"fused_{target:%Y%m%d}.tif").data).all()

@@ -14,8 +14,9 @@ For each target date (every coarse date without a usable fine image, or the date
 - **Method**: the one given, or the best for the number of pairs (:func:`stfusion.fusion.default_method`).
 - **Output**: ``OUT/fused_YYYYMMDD.tif`` (or a COG), georeferenced like the fine images, with provenance
   tags; from ``stfusion fuse``, ``series.csv`` (date, status, pairs used, method, valid fraction,
-  per-band mean) and ``series.png`` (per-band mean, or NDVI, over time with the fine dates marked, and
-  quick-looks).
+  per-band mean over the date's valid pixels and over the pixels valid on every date) and
+  ``series.png`` (per-band mean, or NDVI, over time on the pixels valid on every date, with the fine
+  dates marked, and quick-looks).
 
 Each method is prepared once for the whole series (a trained model is loaded once), and kept outputs
 are not redone with ``skip_existing``. Under ``torchrun`` the dates are split over the processes; each
@@ -43,6 +44,7 @@ from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
 from stfusion.errors import InputError, NothingPredictedError
 from stfusion.inputs import CaseReader, ReadOptions, band_count, band_names, resolve_bands
+from stfusion.pairs import GapFilledPrediction
 
 if TYPE_CHECKING:  # imports torch: loaded by the MLFF-GAN paths only
     from stfusion.checkpoint import Checkpoint
@@ -516,6 +518,13 @@ def iter_series(
             yield DateResult(plan.date, "skipped", plan.pairs, name, reason=why)
             continue
         means, valid = _band_means(image)
+        filled = prediction.filled if isinstance(prediction, GapFilledPrediction) else 0
+        note = (
+            f"{filled} pixels ({_percent(filled / (reader.height * reader.width))}) predicted by "
+            f"{fusion.DEFAULT_METHOD} from one pair (the other invalid there)"
+            if filled
+            else ""
+        )
         yield DateResult(
             plan.date,
             "predicted",
@@ -525,21 +534,75 @@ def iter_series(
             valid,
             means,
             seconds=time.perf_counter() - start,
-            reason=plan.reason,
+            reason="; ".join(r for r in (plan.reason, note) if r),
             prediction=image if target is None else None,
         )
 
 
-def write_series_table(path: Path, results: Sequence[DateResult], band_names: Sequence[str]) -> Path:
-    """``series.csv``: one row per date (sorted): status, pairs, method, valid fraction, band means."""
+@dataclass(frozen=True)
+class CommonMeans:
+    """Band means of every date over one set of pixels: those valid in every date's image.
+
+    Each date's own means (:attr:`DateResult.band_means`) are over its own valid pixels, which clouds
+    change from date to date; these compare dates on the same ground. ``fraction``: that set's share of
+    the scene (0 when the dates share no valid pixel, or their images differ in shape).
+    """
+
+    means: dict[dt.date, tuple[float, ...]]
+    fraction: float
+
+
+def common_band_means(
+    results: Sequence[DateResult], inputs: SeriesInputs, reading: ReadOptions | None = None
+) -> CommonMeans:
+    """:class:`CommonMeans` of the observed, predicted and kept dates, reading each image twice (the
+    pixels valid in all, then the means), one image in memory at a time."""
+
+    def image(result: DateResult) -> np.ndarray:
+        if result.status == "observed":
+            return _observed(inputs, result.date, reading)
+        assert result.path is not None
+        return raster.read(result.path).data
+
+    dated = [
+        r
+        for r in results
+        if r.status == "observed" or (r.status in ("predicted", "kept") and r.path is not None)
+    ]
+    common: np.ndarray | None = None
+    for result in dated:
+        valid = np.isfinite(image(result)).all(axis=0)
+        if common is not None and common.shape != valid.shape:
+            return CommonMeans({}, 0.0)
+        common = valid if common is None else common & valid
+    if common is None or not common.any():
+        return CommonMeans({}, 0.0)
+    means = {r.date: tuple(float(band[common].mean()) for band in image(r)) for r in dated}
+    return CommonMeans(means, float(common.mean()))
+
+
+def write_series_table(
+    path: Path,
+    results: Sequence[DateResult],
+    band_names: Sequence[str],
+    common: CommonMeans | None = None,
+) -> Path:
+    """``series.csv``: one row per date (sorted): status, pairs, method, valid fraction, band means over
+    the date's valid pixels, then (``common``) over the pixels valid in every date (``common_<band>``)."""
     rows = sorted(results, key=lambda r: r.date)
+    common = common or CommonMeans({}, 0.0)
+    shared = [f"common_{name}" for name in band_names]
+    blank = [math.nan] * len(band_names)
+
+    def numbers(values: Sequence[float]) -> list[str]:
+        return ["" if math.isnan(v) else f"{v:.5f}" for v in values]
+
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["date", "status", "pairs", "method", "valid_fraction", *band_names, "seconds", "note"]
+            ["date", "status", "pairs", "method", "valid_fraction", *band_names, *shared, "seconds", "note"]
         )
         for r in rows:
-            means = list(r.band_means) or [math.nan] * len(band_names)
             writer.writerow(
                 [
                     r.date,
@@ -547,7 +610,8 @@ def write_series_table(path: Path, results: Sequence[DateResult], band_names: Se
                     " ".join(str(d) for d in r.pairs),
                     r.method,
                     "" if math.isnan(r.valid_fraction) else f"{r.valid_fraction:.4f}",
-                    *("" if math.isnan(v) else f"{v:.5f}" for v in means),
+                    *numbers(list(r.band_means) or blank),
+                    *numbers(common.means.get(r.date, blank)),
                     "" if math.isnan(r.seconds) else f"{r.seconds:.2f}",
                     r.reason,
                 ]
@@ -754,25 +818,50 @@ def write_series_outputs(
     dates an earlier run into ``out`` predicted and this one did not plan (:func:`earlier_summaries`)."""
     names = default_band_names(inputs, reading)
     results = [*load_summaries(out, plans), *earlier_summaries(out, inputs, plans, len(names))]
-    table = write_series_table(out / "series.csv", results, names)
-    figure = write_series_figure(out / "series.png", results, names, inputs)
+    common = common_band_means(results, inputs, reading)
+    table = write_series_table(out / "series.csv", results, names, common)
+    figure = write_series_figure(out / "series.png", results, names, inputs, common)
     return table, figure
 
 
+#: Share of the scene valid in every date below which the figure plots each date's own means.
+MIN_COMMON_FRACTION = 0.01
+
+
 def write_series_figure(
-    path: Path, results: Sequence[DateResult], band_names: Sequence[str], inputs: SeriesInputs
+    path: Path,
+    results: Sequence[DateResult],
+    band_names: Sequence[str],
+    inputs: SeriesInputs,
+    common: CommonMeans | None = None,
 ) -> Path:
-    """Per-band mean (and NDVI when red and nir exist) over time, fine dates marked, a few quick-looks."""
+    """Per-band mean (and NDVI when red and nir exist) over time, fine dates marked, a few quick-looks.
+
+    The means are over the pixels valid in every date (``common``) when they cover at least
+    :data:`MIN_COMMON_FRACTION` of the scene, else over each date's own valid pixels; the axis says which.
+    """
     from stfusion import report
 
     rows = sorted(results, key=lambda r: r.date)
+    shared = common is not None and common.fraction >= MIN_COMMON_FRACTION
+
+    def means(r: DateResult) -> tuple[float, ...]:
+        if shared:
+            assert common is not None
+            return common.means.get(r.date, ())
+        return r.band_means
+
     values: dict[str, list[float]] = {
-        name: [r.band_means[i] if r.band_means else math.nan for r in rows]
-        for i, name in enumerate(band_names)
+        name: [means(r)[i] if means(r) else math.nan for r in rows] for i, name in enumerate(band_names)
     }
     index = {name.lower() for name in band_names}
     if {"red", "nir"} <= index:
-        values = {"NDVI": [ndvi(band_names, r.band_means) for r in rows]}
+        values = {"NDVI": [ndvi(band_names, means(r)) for r in rows]}
+    where = (
+        f"pixels valid on every date, {_percent(common.fraction)}"
+        if shared and common is not None
+        else "each date's valid pixels"
+    )
     predicted = [r for r in rows if r.status in ("predicted", "kept") and r.path is not None]
     step = max(1, len(predicted) // 6)
     thumbnails = {r.date: raster.read(r.path).data for r in predicted[::step][:6] if r.path is not None}
@@ -783,5 +872,5 @@ def write_series_figure(
         fine_dates=sorted(inputs.fine),
         thumbnails=thumbnails,
         rgb_bands=workflows.default_rgb(band_names),
-        ylabel="NDVI" if "NDVI" in values else "mean reflectance",
+        ylabel=f"{'NDVI' if 'NDVI' in values else 'mean reflectance'} ({where})",
     )
