@@ -38,6 +38,7 @@ a scene value.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from skimage.metrics import structural_similarity
+
+from stfusion.blocks import MAX_MEDIAN_REFLECTANCE
 
 #: Metrics computed per band (their band mean is reported too).
 BAND_METRICS: tuple[str, ...] = ("rmse", "mae", "bias", "psnr", "ssim", "cc", "uiqi")
@@ -567,6 +570,24 @@ def ergas(
 # --------------------------------------------------------------------------------------------------
 
 
+def _warn_unscaled(truth: np.ndarray, used: np.ndarray, data_range: float) -> None:
+    """A UserWarning when ``truth`` holds reflectance x 10000 (or digital numbers) but ``data_range``
+    is reflectance's 1.0: RMSE and MAE come out in the file's units, PSNR and SSIM are meaningless."""
+    if data_range != 1.0 or not used.any():
+        return
+    values = np.abs(truth[:, used])
+    sample = values.reshape(-1)[:: max(1, values.size // 100_000)]
+    median = float(np.median(sample))
+    if median > MAX_MEDIAN_REFLECTANCE:
+        warnings.warn(
+            f"truth does not hold reflectance 0..1 (median |value| {median:.4g}) while data_range is 1.0: "
+            "RMSE and MAE are in its units and PSNR/SSIM assume 0..1; divide both images by 10000 "
+            "(stored integers) or give data_range and ssim_data_range in their units",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def compute_metrics(
     prediction: np.ndarray,
     truth: np.ndarray,
@@ -611,6 +632,10 @@ def compute_metrics(
             no variation ("truth has no variation ... check the scale").
         TypeError: non-float images or a non-bool mask.
 
+    Warns:
+        UserWarning: the truth holds reflectance x 10000 or digital numbers (median |value| above
+            1.5) while ``data_range`` is 1.0.
+
     An 8x8 truth with rows 1/16, 3/16, ..., 15/16 predicted 0.25 too bright:
 
     >>> truth = np.repeat(np.arange(1, 16, 2) / 16, 8).reshape(1, 8, 8)
@@ -629,6 +654,7 @@ def compute_metrics(
     names = _band_names(band_names, n_bands)
     scene = _scene(prediction, truth, valid)
     used = scene.used
+    _warn_unscaled(truth, used, data_range)
 
     n_pixels = height * width
     n_valid = int(used.sum())
