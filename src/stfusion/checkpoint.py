@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from stfusion import __version__, raster
+from stfusion import __version__, formats, raster
 from stfusion.atomic import OutputError, atomic_path, output_error
 from stfusion.errors import InputError
 from stfusion.models import MODELS
@@ -305,9 +305,9 @@ def _check_magic(path: Path) -> None:
             head = handle.read(4)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the checkpoint ({exc.strerror})") from exc
-    if head.startswith((b"PK\x03\x04", b"\x80")):
+    if formats.is_torch_file(head):
         return
-    kind = "a GeoTIFF" if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+") else "not a PyTorch file"
+    kind = "a GeoTIFF" if formats.is_tiff(head) else "not a PyTorch file"
     raise InputError(f"{path}: not a checkpoint ({kind}); give a .ckpt written by `stfusion train`")
 
 

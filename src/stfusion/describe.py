@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stfusion import raster, scenes, series
+from stfusion import formats, raster, scenes, series
 from stfusion.errors import InputError
 from stfusion.inputs import check_values
 
-#: the first bytes of a ``torch.save`` file (a zip archive)
-_ZIP_MAGIC = b"PK\x03\x04"
 _CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 Lines = list[tuple[str, str]]
@@ -29,11 +27,7 @@ def is_checkpoint(path: Path) -> bool:
     """Whether ``path`` is to be read as a checkpoint: a zip archive, or named like one."""
     if path.suffix.lower() in _CHECKPOINT_SUFFIXES:
         return True
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4) == _ZIP_MAGIC
-    except OSError:
-        return False
+    return (formats.head(path) or b"").startswith(formats.ZIP_MAGIC)
 
 
 def describe(

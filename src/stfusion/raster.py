@@ -41,6 +41,7 @@ from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError, Ra
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from stfusion import formats
 from stfusion.atomic import OutputError, atomic_path, file_size_limit, output_error
 from stfusion.errors import InputError, OutputExistsError
 from stfusion.transforms import REFLECTANCE_SCALE, from_reflectance
@@ -200,7 +201,7 @@ def _open(path: Path) -> rasterio.DatasetReader:
             src = rasterio.open(path)
     except RasterioIOError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
-        if _starts_like_tiff(path):  # a TIFF whose header or directory is cut off or damaged
+        if formats.is_tiff(formats.head(path)):  # a TIFF whose header or directory is cut off or damaged
             raise InputError(
                 f"{path}: corrupt or truncated TIFF ({reason}); re-download or re-export it"
             ) from exc
@@ -232,18 +233,6 @@ class _DamagedTags(logging.Filter):
             self.messages.append(message)
             return False
         return True
-
-
-#: the first four bytes of a TIFF (little- or big-endian) and of a BigTIFF
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _starts_like_tiff(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4) in _TIFF_MAGICS
-    except OSError:
-        return False
 
 
 def _info(path: Path, src: rasterio.DatasetReader) -> RasterInfo:
