@@ -125,3 +125,38 @@ def test_info_command_prints_lines_or_json_and_refuses_in_one_line(
         result = runner.invoke(cli, ["info", str(bad)])
         assert result.exit_code == 2 and message in result.output, result.output
         assert result.output.count("\n") == 1, result.output
+
+
+def test_doctests() -> None:
+    import doctest
+
+    result = doctest.testmod(describe)
+    assert result.attempted >= 2 and result.failed == 0
+
+
+def test_cases_says_how_much_of_each_image_is_invalid(tmp_path: Path) -> None:
+    """`stfusion cases` reads each image once and flags a reference over 50% invalid; an unreadable
+    image is named in its case's line, and the listing goes on."""
+    folder = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    images = {name: rng.integers(100, 3000, (2, 20, 20)).astype(np.int16) for name in ("a", "b", "c")}
+    images["a"][:, :12] = -9999  # 60% nodata in the fine image of 05-24
+    for role in ("fine", "coarse"):
+        for date, name in (("20010524", "a"), ("20010711", "b"), ("20010812", "c")):
+            data = images[name] if role == "fine" else images[name] // 2 + 100
+            write_tif(folder / f"{role}_{date}.tif", data, crs=None, nodata=-9999)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[:5] = 1
+    write_tif(folder / "coarse_20010711_mask.tif", mask, crs=None)
+    (folder / "fine_20010812.tif").write_bytes(b"II*\x00" + b"\x00" * 20)  # a damaged TIFF
+    result = CliRunner().invoke(cli, ["cases", str(folder)])
+    assert result.exit_code == 0, result.output
+    lines = [
+        line.strip() for line in result.output.splitlines() if "invalid pixel" in line or "unreadable" in line
+    ]
+    assert lines[0] == "invalid pixels: fine_t1 60% (too cloudy to be a reference), coarse_t2 25%", (
+        result.output
+    )
+    assert any("fine_t2 unreadable (" in line and "fine_20010812.tif" in line for line in lines), (
+        result.output
+    )

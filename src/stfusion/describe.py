@@ -166,3 +166,46 @@ def describe_checkpoint(path: str | os.PathLike[str]) -> Lines:
     if model.versions:
         lines.append(("written by", ", ".join(f"{k} {v}" for k, v in sorted(model.versions.items()))))
     return lines
+
+
+class InvalidFractions:
+    """How much of each image of a folder's cases is invalid (nodata, NaN, masks, outside the footprint),
+    on the fine t1 grid of the case, each file judged once (:func:`stfusion.series.invalid_fraction`)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[Path, Path | None, Path], float | str] = {}
+
+    def of_case(self, case: scenes.FusionCase) -> dict[str, float | str]:
+        """Role -> invalid fraction (0..1), or the one-line reason the file cannot be read."""
+        fractions: dict[str, float | str] = {}
+        grid_path = case.fine_t1
+        for role, path in case.paths().items():
+            key = (path, case.masks.get(role), grid_path)
+            if key not in self._known:
+                try:
+                    grid = raster.inspect(grid_path)
+                    self._known[key] = series.invalid_fraction(path, case.masks.get(role), grid)
+                except InputError as exc:
+                    self._known[key] = str(exc)
+            fractions[role] = self._known[key]
+        return fractions
+
+
+def invalid_summary(fractions: dict[str, float | str], max_invalid: float = series.MAX_INVALID) -> str:
+    """One line: the roles with invalid pixels and how many, a reference over ``max_invalid`` flagged.
+
+    >>> invalid_summary({"coarse_t1": 0.0, "fine_t1": 0.62, "coarse_t2": 0.05, "fine_t2": 0.0})
+    'invalid pixels: fine_t1 62% (too cloudy to be a reference), coarse_t2 5%'
+    >>> invalid_summary({"coarse_t1": 0.0, "fine_t1": 0.0})
+    'no invalid pixel'
+    """
+    parts = []
+    for role, value in fractions.items():
+        if isinstance(value, str):
+            parts.append(f"{role} unreadable ({value})")
+        elif value > 0:
+            text = f"{role} {100 * value:.3g}%"
+            if value > max_invalid and role not in ("coarse_t2", scenes.TRUTH_ROLE):
+                text += " (too cloudy to be a reference)"
+            parts.append(text)
+    return "invalid pixels: " + ", ".join(parts) if parts else "no invalid pixel"

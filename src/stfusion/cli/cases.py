@@ -22,13 +22,15 @@ from stfusion.cli.options import one_line_errors, say
 )
 @one_line_errors()
 def cases_command(folder: Path, paper_out: Path | None) -> None:
-    """List the fusion cases found in FOLDER and the files skipped (and why)."""
+    """List the fusion cases found in FOLDER, how much of each image is invalid (nodata, masks; a
+    reference over 50% is flagged), and the files skipped (and why)."""
     discovery = scenes.discover(folder)
     if paper_out is not None:
         for pair_folder in scenes.to_paper_layout(discovery, paper_out):
             say(f"wrote {pair_folder}")
         return
     say(f"{folder}: {len(discovery.cases)} case(s), layout {discovery.layout}")
+    invalid = describe.InvalidFractions()
     for case in discovery.cases:
         split = f"[{case.split}] " if case.split else ""
         truth = case.fine_t2.name if case.fine_t2 else "(no truth)"
@@ -39,6 +41,7 @@ def cases_command(folder: Path, paper_out: Path | None) -> None:
         say(f"      coarse_t2 {case.coarse_t2.name}  fine_t2 {truth}")
         for role, mask in case.masks.items():
             say(f"      mask of {role}: {mask.name}")
+        say(f"      {describe.invalid_summary(invalid.of_case(case))}")
     for skipped in discovery.skipped:
         say(f"  skipped {skipped.path}: {skipped.reason}")
 
