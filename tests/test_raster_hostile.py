@@ -4,6 +4,7 @@ ENVI file) written with rasterio in tmp_path."""
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -249,6 +250,38 @@ def test_undeclared_fill_values_are_invalid_like_nan(
     assert sample.n_nonfinite == int(where.sum()) and sample.n_nodata == 0
     assert sample.values.size == int((~where).sum()) and np.abs(sample.values).max() < 1.0
     assert raster.has_valid_pixel(filled)
+
+
+@pytest.mark.parametrize("fill", [math.nan, -3.4028235e38], ids=["NaN", "float32 lowest"])
+def test_undeclared_nan_or_fill_is_resampled_as_declared_nodata(
+    tmp_path: Path, rng: np.random.Generator, fill: float
+) -> None:
+    """A float file without a nodata value holding NaN or one fill value is warped as if it declared it:
+    the valid neighbours fill the grid pixels next to it, instead of each invalid source pixel spoiling
+    every grid pixel it touches."""
+    filled, nan, _ = filled_pair(tmp_path, rng, fill)
+    stored = raster.read(nan, scale=1.0).data
+    declared = write_file(tmp_path / "declared.tif", stored, nodata=math.nan)
+    assert raster.implied_nodata(raster.inspect(declared)) is None
+    implied = raster.implied_nodata(raster.inspect(filled))
+    assert implied is not None and (math.isnan(implied) if math.isnan(fill) else implied == np.float32(fill))
+    grid = fine_grid(tmp_path)
+    for resampling in ("nearest", "bilinear", "cubic", "average"):
+        expected = raster.read_on_grid(declared, grid, resampling=resampling)
+        np.testing.assert_array_equal(raster.read_on_grid(filled, grid, resampling=resampling), expected)
+        # the 2 x finer grid: a block of 3 x 4 invalid source pixels leaves 6 x 8 grid pixels invalid
+        assert np.isnan(expected[0]).sum() == 48, resampling
+    # two kinds of invalid values in one file: NaN is declared, the fill value spoils what it touches
+    mixed = stored.copy()
+    mixed[:, 9, 2] = np.float32(-3.4028235e38)
+    both = write_file(tmp_path / "both.tif", mixed)
+    assert math.isnan(raster.implied_nodata(raster.inspect(both)) or 0.0)
+    warped = raster.read_on_grid(both, grid, resampling="bilinear")
+    assert np.isnan(warped[0]).sum() > 48 + 4 and np.nanmax(np.abs(warped)) < 1.0
+    assert (
+        raster.implied_nodata(raster.inspect(write_file(tmp_path / "i.tif", np.ones((1, 4, 4), np.int16))))
+        is None
+    )
 
 
 def test_fill_values_beside_a_declared_nodata_and_files_of_fill_only(tmp_path: Path) -> None:

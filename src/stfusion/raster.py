@@ -746,22 +746,66 @@ _NO_CENTRE_RULE = ("nearest", "average")
 
 
 def _warp_values(
-    src: Any, grid: RasterInfo, resampling: str, inner: Window, *, nodata: float | None
+    src: Any,
+    grid: RasterInfo,
+    resampling: str,
+    inner: Window,
+    *,
+    nodata: float | None,
+    implied: float | None = None,
 ) -> np.ndarray:
     """(C, h, w) float32 stored values of ``src`` warped onto the grid window ``inner``, NaN where invalid.
 
     With a nodata value, a grid pixel whose centre falls on a nodata source pixel (of its band) is
     invalid, as with GDAL's default for nodata in all bands, also when interpolating kernels could
     fill it from the neighbours: a second, nearest-neighbour warp tells where the centres fall
-    (``average`` averages the valid pixels of the footprint, as GDAL does for it).
+    (``average`` averages the valid pixels of the footprint, as GDAL does for it). ``implied``: the
+    nodata of a file that declares none (:func:`implied_nodata`), declared to GDAL for the warp.
     """
-    with _warped(src, grid, resampling, src_nodata=None) as vrt:
+    with _warped(src, grid, resampling, src_nodata=implied) as vrt:
         stored = vrt.read(window=inner)
-    if nodata is not None and resampling not in _NO_CENTRE_RULE:
-        with _warped(src, grid, "nearest", src_nodata=None) as vrt:
+    if (nodata is not None or implied is not None) and resampling not in _NO_CENTRE_RULE:
+        with _warped(src, grid, "nearest", src_nodata=implied) as vrt:
             centre = vrt.read(window=inner)
         stored[np.isnan(centre)] = np.nan
     return stored
+
+
+def implied_nodata(info: RasterInfo) -> float | None:
+    """The nodata value of a float file that declares none, for resampling: NaN, or its one fill value.
+
+    A float file without a nodata value may still hold NaN or a fill value (|value| >=
+    :data:`FILL_MAGNITUDE`, e.g. -3.4028235e38): neither can be a measurement. Declared to GDAL when the
+    file is warped onto another grid, they are resampled as declared nodata is (the valid neighbours
+    are used; a grid pixel whose centre falls on one is invalid) instead of spoiling every grid pixel
+    they touch. The fill value is declared when a sample of the file (:func:`sample_values`' windows)
+    holds exactly one fill value and no NaN; NaN otherwise (any other fill value then still makes the
+    grid pixels it touches invalid). None for integer files and files with a nodata value.
+    """
+    if info.nodata is not None or np.dtype(info.dtype).kind != "f":
+        return None
+    try:
+        stat = info.path.stat()
+        key = (str(info.path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        key = (str(info.path), 0, 0, 0)
+    return _cached_implied_nodata(*key)
+
+
+@lru_cache(maxsize=256)
+def _cached_implied_nodata(path: str, mtime_ns: int, size: int, inode: int) -> float:
+    with _open(Path(path)) as src:
+        indexes = list(range(1, src.count + 1))
+        windows = _sample_windows(src.height, src.width, 512 * 512, 8)
+        try:
+            parts = [src.read(indexes, window=w) for w in windows] if windows else [src.read(indexes)]
+        except RasterioIOError as exc:
+            raise _read_error(Path(path), exc) from exc
+    unusable = np.concatenate([p[_unusable(p)] for p in parts])
+    fills = np.unique(unusable[np.isfinite(unusable)])
+    if fills.size == 1 and not np.isnan(unusable).any():
+        return float(fills[0])
+    return math.nan
 
 
 _GDAL_TYPES = {
@@ -821,7 +865,9 @@ def _warp_masked(
     warp does not know the mask), so at most 1e-5 of a cloud's fill value reaches a valid pixel.
     """
     data_type = _GDAL_TYPES.get(info.dtype, "Float64")
-    data_xml = _band_vrt(src, [(str(i), data_type) for i in info.band_numbers], nodata=info.nodata)
+    implied = implied_nodata(info)
+    declared = info.nodata if implied is None else implied
+    data_xml = _band_vrt(src, [(str(i), data_type) for i in info.band_numbers], nodata=declared)
     shared: list[tuple[str, str]] = []
     if info.alpha_band is not None:
         shared.append((f"alpha,{info.alpha_band}", "Byte"))
@@ -829,7 +875,7 @@ def _warp_masked(
         shared.append((f"mask,{info.band_numbers[0]}", "Byte"))
     per_band = [(f"mask,{i}", "Byte") for i in info.band_numbers] if info.mask_kind == "per_band" else []
     with rasterio.open(data_xml) as data_vrt:
-        stored = _warp_values(data_vrt, grid, resampling, inner, nodata=info.nodata)
+        stored = _warp_values(data_vrt, grid, resampling, inner, nodata=declared)
     mask_xml = _band_vrt(src, shared + per_band, nodata=None)
     with rasterio.open(mask_xml) as mask_vrt, _warped(mask_vrt, grid, resampling, src_nodata=None) as vrt:
         kept = vrt.read(window=inner)
@@ -859,9 +905,10 @@ def read_on_grid(
     the scaling is linear so it commutes with resampling), with exact per-pixel coordinate transforms
     so that a window equals the same crop of a whole read. The source's nodata is honoured (resampling
     uses the valid neighbours), and so are its GDAL mask and alpha band (a grid pixel that a masked
-    source pixel contributes to is invalid). NaN/inf and fill values (|value| >= :data:`FILL_MAGNITUDE`)
-    that are not the declared nodata make every grid pixel they contribute to invalid (GDAL carries a
-    NaN into the resampled value, and a fill value keeps the result beyond the threshold).
+    source pixel contributes to is invalid). A float file without a nodata value has NaN, or its one
+    fill value (|value| >= :data:`FILL_MAGNITUDE`), taken as its nodata (:func:`implied_nodata`); other
+    NaN/inf and fill values make every grid pixel they contribute to invalid (GDAL carries a NaN into
+    the resampled value, and a fill value keeps the result beyond the threshold).
 
     Args:
         path: source raster (any size, resolution, CRS).
@@ -889,7 +936,9 @@ def read_on_grid(
                 stored = _warp_masked(src, info, grid, resampling, inner)
             else:
                 # the nodata value is compared by GDAL in the source's dtype (float32 -3.4e38 included)
-                stored = _warp_values(src, grid, resampling, inner, nodata=info.nodata)
+                stored = _warp_values(
+                    src, grid, resampling, inner, nodata=info.nodata, implied=implied_nodata(info)
+                )
         except RasterioIOError as exc:
             raise _read_error(path, exc) from exc
     stored[_unusable(stored)] = np.nan
