@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import torch
 
+from stfusion.checkpoint import Checkpoint
 from stfusion.checkpoint import load as load_checkpoint
 from stfusion.distributed import Context
 from stfusion.train import rank_batches
@@ -44,17 +45,59 @@ def run(args: list[str], *, nproc: int, cwd: Path) -> subprocess.CompletedProces
     return result
 
 
+#: Adam's budget per element over the 4 steps of TINY: 2 x lr x steps (two runs moving apart).
+STEP_BUDGET = 2 * 2e-4 * 4
+
+
+def _differences(
+    single: Checkpoint, other: Checkpoint, *, same_batches: bool = True
+) -> tuple[dict[str, float], dict[str, float], int]:
+    """Per float tensor: the largest |difference| and the share of elements differing by more than 1e-4
+    (the discriminator's BatchNorm running statistics left out: it only ever runs in training mode, on
+    batch statistics), and how many noise-only tensors (see the test) differ by more than 1e-4. With
+    ``same_batches``, integer tensors (BatchNorm's batch counts) must be equal."""
+    largest, share, noise_only = {}, {}, 0
+    for part in ("generator", "discriminator"):
+        state = getattr(single, part)
+        assert state.keys() == getattr(other, part).keys()
+        for key, value in state.items():
+            theirs = getattr(other, part)[key]
+            if not value.dtype.is_floating_point:
+                assert torch.equal(theirs, value) or not same_batches, key
+                continue
+            if part == "discriminator" and ".running_" in key:
+                continue
+            module, _, name = key.rpartition(".")
+            parent = module.rpartition(".")[0]
+            before_norm = (
+                name == "bias" and f"{parent}.norm.weight" in state and module.endswith("conv")
+            ) or (name == "running_mean" and f"{parent}.conv.bias" in state)
+            difference = (theirs - value).abs()
+            largest[f"{part}.{key}"] = float(difference.max())
+            if before_norm:
+                noise_only += float(difference.max()) > 1e-4
+            else:
+                share[f"{part}.{key}"] = float((difference > 1e-4).float().mean())
+    return largest, share, noise_only
+
+
 @pytest.mark.slow
 def test_two_process_training_matches_one_process_with_the_same_global_batch(
     tiny_paper_data: Path, tmp_path: Path
 ) -> None:
-    """Stated tolerance: after 4 G+D steps, weights within 1e-4, losses and validation MSE within 1e-5.
+    """Stated tolerance, after 4 G+D steps: every weight within Adam's budget 2 x lr x steps = 1.6e-3,
+    and in each tensor at most 2 % of the elements more than 1e-4 apart; the generator's losses and the
+    validation MSE within 1e-5 (relative), the discriminator's loss within 2e-3.
 
-    Differences come only from float rounding (the ranks' BatchNorm statistics are combined as
-    sums, gradients averaged in another order). One exception, by construction: a convolution bias
-    followed by BatchNorm has a zero gradient in exact arithmetic (the normalisation removes it), so
-    its gradient is rounding noise, which Adam scales up to steps of ~lr; those biases (and the running
-    means that track them) may differ by up to 2 x lr x steps = 1.6e-3, and change no output.
+    Differences come only from float rounding (the ranks' BatchNorm statistics are combined as sums,
+    gradients averaged in another order), but Adam turns rounding noise into steps of ~lr wherever a
+    gradient is near zero: it divides each gradient by its own magnitude. That holds for whole tensors
+    by construction (a convolution bias followed by BatchNorm has a zero gradient in exact arithmetic:
+    those biases, and the running means that track them, may differ by up to the budget and change no
+    output) and for a few elements of others, whose gradient is a sum of terms that cancel (up to 0.65 %
+    of a discriminator tensor's elements on one 2-core host, none on others; their noise moves the
+    discriminator's loss by up to 6.5e-4). A run with another global batch, the kind of difference a
+    broken gradient sync makes, is far outside these tolerances: checked at the end.
     """
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
@@ -78,31 +121,35 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
         runs[nproc] = load_checkpoint(save_dir / "last.ckpt")
     single, double = runs[1], runs[2]
     assert single.epoch == double.epoch == 2
-    noise_only = 0
-    for part in ("generator", "discriminator"):
-        state = getattr(single, part)
-        assert state.keys() == getattr(double, part).keys()
-        for key, value in state.items():
-            other = getattr(double, part)[key]
-            if not value.dtype.is_floating_point:
-                assert torch.equal(other, value), key
-                continue
-            module, _, name = key.rpartition(".")
-            parent = module.rpartition(".")[0]
-            before_norm = (
-                name == "bias" and f"{parent}.norm.weight" in state and module.endswith("conv")
-            ) or (name == "running_mean" and f"{parent}.conv.bias" in state)
-            difference = float((other - value).abs().max())
-            if before_norm:
-                noise_only += difference > 1e-4
-                assert difference <= 2 * 2e-4 * 4, f"{part}.{key}: {difference}"
-            else:
-                assert difference <= 1e-4, f"{part}.{key}: {difference}"
+    largest, share, noise_only = _differences(single, double)
+    assert max(largest.values()) <= STEP_BUDGET, max(largest.items(), key=lambda item: item[1])
+    assert max(share.values()) <= 0.02, max(share.items(), key=lambda item: item[1])
     assert noise_only < 20
     for a, b in zip(single.history, double.history, strict=True):
-        for key in ("g_loss", "d_loss", "g_l1", "g_ms_ssim", "val_mse"):
+        for key in ("g_loss", "g_l1", "g_ms_ssim", "val_mse"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
+        assert a["d_loss"] == pytest.approx(b["d_loss"], rel=2e-3)
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["world_size"] == 2
+    # the checks fail on a run that trains differently: one process with a global batch of 2
+    halved = tmp_path / "halved.json"
+    halved.write_text(json.dumps({**TINY, "batch_size": 2}))
+    args = [
+        "train",
+        "--data-dir",
+        str(tiny_paper_data),
+        "--save-dir",
+        str(tmp_path / "b2"),
+        "--config",
+        str(halved),
+    ]
+    run(args, nproc=1, cwd=tmp_path)
+    changed = load_checkpoint(tmp_path / "b2" / "last.ckpt")
+    _, share, _ = _differences(single, changed, same_batches=False)
+    assert sum(value > 0.02 for value in share.values()) > 0.8 * len(share)
+    assert any(
+        abs(a["d_loss"] - b["d_loss"]) > 2e-3 * abs(a["d_loss"])
+        for a, b in zip(single.history, changed.history, strict=True)
+    )
 
 
 @pytest.mark.slow
