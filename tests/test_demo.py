@@ -18,7 +18,7 @@ def test_demo_writes_the_leave_out_table_of_the_sample_and_names_the_winner(tmp_
     assert result.exit_code == 0, result.output
     scores = json.loads((out / "benchmark.json").read_text())
     table = (out / "benchmark.md").read_text()
-    for method in ("persistence", "coarse-delta", "starfm", "fsdaf", "mlffgan"):
+    for method in ("persistence", "coarse-delta", "starfm", "fsdaf", "estarfm", "mlffgan"):
         assert f"| {method} |" in table
     assert "best mean RMSE over 7 case(s):" in result.output  # 6 ordered date pairs + 1 two-pair case
     assert scores  # written as JSON

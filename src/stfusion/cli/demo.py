@@ -17,8 +17,8 @@ from stfusion.sample import DATASET_COARSE_RATIOS, DATASETS, SAMPLE_BANDS
 #: The sample tested by the demo; MLFF-GAN trains on the other bundled datasets only.
 DEMO_DATASET: str = "cia-crop"
 
-#: The methods of the demo's table.
-DEMO_METHODS: tuple[str, ...] = ("persistence", "coarse-delta", "starfm", "fsdaf", "mlffgan")
+#: The methods of the demo's table (ESTARFM takes two pairs: the two-pair case only).
+DEMO_METHODS: tuple[str, ...] = ("persistence", "coarse-delta", "starfm", "fsdaf", "estarfm", "mlffgan")
 
 #: The case whose predictions the quick-look figure shows.
 QUICKLOOK_CASE: str = "20011017-20011102"
@@ -45,10 +45,11 @@ def demo_command(out: Path, epochs: int, overwrite: bool) -> None:
     """The leave-out benchmark on the built-in CIA sample (250 x 250 x 6, three dates).
 
     Every ordered pair of its dates (and the two-pair case) is predicted by persistence, coarse-delta,
-    STARFM, FSDAF and MLFF-GAN, and scored against the real Landsat image of the target date. MLFF-GAN
-    is trained first (about 10 minutes on 2 CPU cores) on the other bundled datasets only, so it never
-    sees this area or these dates: the scores are what a user can expect on a new scene. Ends with one
-    sentence saying which method won; writes OUT/benchmark.{md,csv,json,png} and OUT/quicklook.png.
+    STARFM, FSDAF and MLFF-GAN (the two-pair case by ESTARFM too), and scored against the real Landsat
+    image of the target date. MLFF-GAN is trained first (about 10 minutes on 2 CPU cores) on the other
+    bundled datasets only, so it never sees this area or these dates: the scores are what a user can
+    expect on a new scene. Ends with one sentence saying which method won; writes
+    OUT/benchmark.{md,csv,json,png} and OUT/quicklook.png.
     """
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
