@@ -722,7 +722,7 @@ def _warped(
 
     if resampling not in RESAMPLING_METHODS:
         raise InputError(f"resampling {resampling!r}: choose one of {', '.join(RESAMPLING_METHODS)}")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = _warp_scales(src, grid)
     if src_nodata is not None:
         options["src_nodata"] = src_nodata
     if per_band_nodata:
@@ -739,6 +739,32 @@ def _warped(
         tolerance=_EXACT_TOLERANCE,
         **options,
     )
+
+
+def _warp_scales(src: Any, grid: RasterInfo) -> dict[str, float]:
+    """GDAL's XSCALE / YSCALE warp options: grid pixels per source pixel along each axis, for the whole
+    warp. Left to itself, GDAL estimates them per chunk from the sizes of the destination and source
+    windows, and takes a source window wider than the kernel needs (a small or edge window) for
+    downsampling: it widens the kernel, and the same grid pixel gets another value in another window
+    (bilinear up to 0.1 reflectance apart on a 6 x 7 grid). Empty when the scales cannot be told."""
+    if src.crs is None or grid.crs is None:
+        return {}
+    from rasterio.warp import transform_bounds
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
+    except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
+        return {}
+    across, down = abs(grid.transform[0]), abs(grid.transform[4])
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)) or across <= 0 or down <= 0:
+        return {}
+    x_scale = abs(right - left) / max(src.width, 1) / across
+    y_scale = abs(top - bottom) / max(src.height, 1) / down
+    if not (x_scale > 0 and y_scale > 0):
+        return {}
+    return {"XSCALE": x_scale, "YSCALE": y_scale}
 
 
 # resampling methods whose grid pixels are not invalidated by a nodata source pixel under their centre
