@@ -162,3 +162,40 @@ def test_a_fallback_that_cannot_run_leaves_the_gaps(
         result = predict_scene(filled, source)
     assert np.isnan(result[0, 3, 3]) and np.isfinite(np.delete(result.ravel(), 3 * 6 + 3)).all()
     assert "toy: pixels with one usable reference pair are left NaN: scene too small" in caplog.text
+
+
+class CountingSource(ArraySource):
+    """An ArraySource that counts the rows its blocks read."""
+
+    rows_read = 0
+
+    def block(self, top: int, stop: int) -> Block:
+        self.rows_read += stop - top
+        return super().block(top, stop)
+
+
+def test_unfillable_gaps_cost_no_second_read(
+    rng: np.random.Generator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nodata border (coarse t2 invalid) is NaN in every block: the inputs' validity comes from the
+    block the primary read, and the fallback is never prepared; a fill is counted per run and said."""
+    images = [rng.uniform(0.05, 0.4, (2, 50, 20)).astype(np.float32) for _ in range(5)]
+    images[4][:, :, :3] = np.nan  # coarse t2's nodata border
+    source = CountingSource([(images[0], images[1]), (images[2], images[3])], images[4])
+    primary = RowBlocks(both_pairs, block_rows=10)
+    prepared: list[int] = []
+
+    def prepare() -> Prediction:
+        prepared.append(1)
+        return RowBlocks(lambda b, t, s: np.full((2, b.rows - t - s, 20), 7, np.float32), block_rows=10)
+
+    filled = pairs.GapFilledPrediction(primary, prepare, "toy", "sevens")
+    result = predict_scene(filled, source)
+    assert source.rows_read == 50 and not prepared and filled.filled == 0
+    assert np.isnan(result[:, :, :3]).all() and np.isfinite(result[:, :, 3:]).all()
+    source.pairs[0].fine[:, 12, 10] = np.nan  # now one fillable pixel
+    for _ in range(2):  # counted per run, not summed over runs
+        with caplog.at_level(logging.WARNING):
+            result = predict_scene(filled, source)
+        assert filled.filled == 1 and (result[:, 12, 10] == 7).all()
+    assert "toy: 1 pixels (0.1%) of rows 0-49 predicted by sevens from one reference pair" in caplog.text

@@ -247,7 +247,7 @@ class Method:
                 from stfusion.pairs import GapFilledPrediction
 
                 fallback = get(DEFAULT_METHOD).preparer()
-                return GapFilledPrediction(prediction, lambda: fallback(source), self.name)
+                return GapFilledPrediction(prediction, lambda: fallback(source), self.name, DEFAULT_METHOD)
             return prediction
 
         return prepare_scene
@@ -402,7 +402,8 @@ METHODS: dict[str, Method] = {
                     bool,
                     True,
                     "Predict the pixels where one reference pair is invalid (a cloud) from the other pair "
-                    f"by {DEFAULT_METHOD}; false: NaN there, as ESTARFM itself leaves them",
+                    f"by {DEFAULT_METHOD} with its default options; false: NaN there, as ESTARFM itself "
+                    "leaves them",
                 ),
             ),
             fills_gaps=True,

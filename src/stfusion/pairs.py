@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy import ndimage
 
-from stfusion.blocks import Block, Prediction, SceneSource
+from stfusion.blocks import Block, Prediction, ReferencePair, SceneSource
 from stfusion.errors import InputError
 from stfusion.tiling import Window
 
@@ -210,6 +210,53 @@ def usable(block: Block) -> np.ndarray:
     return np.isfinite(block.coarse_t2).all(axis=0) & np.logical_or.reduce(pair_valid)
 
 
+class _RememberingSource:
+    """A :class:`SceneSource` that keeps the last block it read, so that rows inside it are not read again."""
+
+    def __init__(self, source: SceneSource) -> None:
+        self.source = source
+        self.last: Block | None = None
+
+    @property
+    def bands(self) -> int:
+        return self.source.bands
+
+    @property
+    def height(self) -> int:
+        return self.source.height
+
+    @property
+    def width(self) -> int:
+        return self.source.width
+
+    @property
+    def n_pairs(self) -> int:
+        return self.source.n_pairs
+
+    @property
+    def coarse_ratio(self) -> float | None:
+        return self.source.coarse_ratio
+
+    def block(self, top: int, stop: int) -> Block:
+        self.last = self.source.block(top, stop)
+        return self.last
+
+    def read_window(self, window: Window) -> Block:
+        return self.source.read_window(window)
+
+    def rows(self, top: int, stop: int) -> Block:
+        """Scene rows [top, stop), sliced from the last block read when it holds them."""
+        last = self.last
+        if last is not None and last.top <= top and stop <= last.top + last.rows:
+            rows = slice(top - last.top, stop - last.top)
+            return Block(
+                top=top,
+                pairs=tuple(ReferencePair(p.coarse[:, rows], p.fine[:, rows]) for p in last.pairs),
+                coarse_t2=last.coarse_t2[:, rows],
+            )
+        return self.source.block(top, stop)
+
+
 class _RowStream:
     """Rows of a :class:`Prediction` taken in increasing ranges, computing as few of its blocks as it can."""
 
@@ -219,12 +266,17 @@ class _RowStream:
         self.rows: Iterator[tuple[int, np.ndarray]] | None = None
         self.next_row = 0  # first row the iterator has not yielded
         self.pending: list[tuple[int, np.ndarray]] = []
+        self.last_top = 0
 
     def take(self, top: int, stop: int) -> np.ndarray:
         """Rows [top, stop): (C, stop - top, W); ``top`` at least the last call's ``top``."""
+        if top < self.last_top:
+            raise ValueError(f"rows from {top} asked after rows from {self.last_top}: rows go down the scene")
+        self.last_top = top
         start = max([s for s in self.starts if s <= top], default=0)
-        if self.rows is None or start > self.next_row or top < (self.pending[0][0] if self.pending else top):
+        if self.rows is None or start > self.next_row:
             # a block start lies between the rows computed so far and those asked for: start there
+            self.close()
             self.rows = self.prediction.iter_rows(self.source, start, self.source.height)
             self.next_row, self.pending = start, []
         while self.next_row < stop:
@@ -235,6 +287,12 @@ class _RowStream:
         parts = [v[:, max(0, top - row) : stop - row] for row, v in self.pending if row < stop]
         return np.concatenate(parts, axis=1)
 
+    def close(self) -> None:
+        """Stop the prediction's iterator (its blocks are not needed any more)."""
+        if self.rows is not None and hasattr(self.rows, "close"):
+            self.rows.close()
+        self.rows = None
+
 
 class GapFilledPrediction:
     """A prediction whose NaN pixels are filled from another where the scene can be predicted.
@@ -242,16 +300,26 @@ class GapFilledPrediction:
     Where ``primary`` gives NaN at a pixel of which the coarse image at t2 and at least one reference pair
     are valid (:func:`usable`), the value comes from the ``fallback`` prediction (a method run pair by
     pair, :func:`combine_pairs`). The fallback is prepared on first need (``prepare_fallback()``) and
-    computed only for the row blocks with such pixels; a scene without any costs one NaN test per block.
-    If it cannot be prepared on the scene (an :class:`InputError`, e.g. a scene too small for it), the
-    gaps stay NaN and a warning says why. Rows and row starts are the primary's.
+    computed only for the row blocks with such pixels; the inputs' validity is taken from the block the
+    primary read when it holds the rows (else they are read again). If the fallback cannot be prepared
+    on the scene (an :class:`InputError`, e.g. a scene too small for it), the gaps stay NaN and a
+    warning says why. Rows and row starts are the primary's. :attr:`filled` counts the pixels filled by
+    the last :meth:`iter_rows`, and a warning says how many.
     """
 
-    def __init__(self, primary: Prediction, prepare_fallback: Callable[[], Prediction], name: str) -> None:
-        self.primary, self.prepare_fallback, self.name = primary, prepare_fallback, name
+    def __init__(
+        self,
+        primary: Prediction,
+        prepare_fallback: Callable[[], Prediction],
+        name: str,
+        fallback_name: str = "the fallback",
+    ) -> None:
+        """``name``, ``fallback_name``: the methods' names, for messages."""
+        self.primary, self.prepare_fallback = primary, prepare_fallback
+        self.name, self.fallback_name = name, fallback_name
         self._fallback: Prediction | None = None
         self._failed = False
-        self.filled = 0  # pixels filled so far (all bands)
+        self.filled = 0  # pixels filled (all bands) by the last iter_rows
 
     def row_starts(self, height: int, width: int) -> list[int]:
         return self.primary.row_starts(height, width)
@@ -267,20 +335,27 @@ class GapFilledPrediction:
 
     def iter_rows(self, source: SceneSource, first: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
         stream: _RowStream | None = None
-        filled = self.filled
-        for row, values in self.primary.iter_rows(source, first, stop):
-            gaps = np.isnan(values)
-            if gaps.any() and not self._failed:
-                gaps &= usable(source.block(row, row + values.shape[1]))[None]
-                if gaps.any():
-                    stream = stream or self._stream(source)
-                    if stream is not None:
-                        fill = stream.take(row, row + values.shape[1])
-                        values = np.where(gaps, fill, values).astype(values.dtype, copy=False)
-                        self.filled += int((gaps.any(axis=0) & np.isfinite(fill).all(axis=0)).sum())
-            yield row, values
-        if self.filled > filled:
-            logger.info(
-                "%s: %d pixels of rows %d-%d predicted from the usable reference pair(s) alone",
-                self.name, self.filled - filled, first, stop - 1,
+        remembering = _RememberingSource(source)
+        self.filled = 0
+        try:
+            for row, values in self.primary.iter_rows(remembering, first, stop):
+                gaps = np.isnan(values)
+                if gaps.any() and not self._failed:
+                    gaps &= usable(remembering.rows(row, row + values.shape[1]))[None]
+                    if gaps.any():
+                        stream = stream or self._stream(source)
+                        if stream is not None:
+                            fill = stream.take(row, row + values.shape[1])
+                            values = np.where(gaps, fill, values).astype(values.dtype, copy=False)
+                            self.filled += int((gaps.any(axis=0) & np.isfinite(fill).all(axis=0)).sum())
+                yield row, values
+        finally:
+            if stream is not None:
+                stream.close()
+        if self.filled:
+            logger.warning(
+                "%s: %d pixels (%.1f%%) of rows %d-%d predicted by %s from one reference pair (the other "
+                "is invalid there; option fill_gaps=false leaves them nodata)",
+                self.name, self.filled, 100 * self.filled / max(1, (stop - first) * source.width), first,
+                stop - 1, self.fallback_name,
             )  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from stfusion import __version__, distributed, raster, report
+from stfusion import __version__, distributed, fusion, raster, report
 from stfusion.atomic import atomic_path
 from stfusion.blocks import Prediction
 from stfusion.errors import InputError, NothingToScoreError
@@ -131,6 +131,12 @@ def provenance_tags(
     for role, path in case.paths().items():
         if role != TRUTH_ROLE:
             tags[f"STFUSION_INPUT_{role.upper()}"] = f"{path.name} ({case.dates()[role]})"
+    entry = fusion.METHODS.get(method)
+    given = {k.replace("-", "_"): v for k, v in (options or {}).items()}
+    if entry is not None and entry.fills_gaps and len(case.pairs) > 1:
+        fill = entry.option(fusion.FILL_GAPS).parse(given.get(fusion.FILL_GAPS, True), method)
+        if fill:
+            tags["STFUSION_GAP_FILL"] = f"{fusion.DEFAULT_METHOD}, where one reference pair is invalid"
     return tags
 
 
