@@ -662,3 +662,27 @@ def test_a_cloud_in_one_reference_is_predicted_from_the_other_and_noted(tmp_path
     assert "1024 pixels (25%) predicted by fsdaf from one pair" in row["note"]
     assert float(row["valid_fraction"]) == 1.0
     assert np.isfinite(raster.read(out / f"fused_{target:%Y%m%d}.tif").data).all()
+
+
+def test_common_means_leave_out_dates_mostly_invalid(tmp_path: Path) -> None:
+    """The pixels common to all dates come from the dates at least half valid; a date mostly cloud gets
+    no common means instead of shrinking everyone's set to a sliver."""
+    rng = np.random.default_rng(4)
+    images = [rng.uniform(0.05, 0.4, (2, 20, 20)).astype(np.float32) for _ in range(3)]
+    images[1][:, :5] = np.nan  # 75% valid
+    images[2][:, 2:] = np.nan  # 10% valid
+    results = []
+    for day, image in enumerate(images, start=1):
+        path = write_tif(tmp_path / f"fused_2001010{day}.tif", image, dtype="float32", nodata=float("nan"))
+        valid = float(np.isfinite(image).all(axis=0).mean())
+        results.append(series.DateResult(dt.date(2001, 1, day), "predicted", path=path, valid_fraction=valid))
+    inputs = series.SeriesInputs(fine={}, coarse={}, masks={})
+    common = series.common_band_means(results, inputs)
+    assert common.fraction == 0.75 and sorted(common.means) == [dt.date(2001, 1, 1), dt.date(2001, 1, 2)]
+    for day in (1, 2):
+        expected = [float(band[5:].mean()) for band in images[day - 1]]
+        np.testing.assert_allclose(common.means[dt.date(2001, 1, day)], expected, rtol=1e-6)
+    table = series.write_series_table(tmp_path / "series.csv", results, ["b1", "b2"], common)
+    with open(table) as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[2]["common_b1"] == "" and rows[2]["b1"] == "" and float(rows[0]["common_b1"]) > 0

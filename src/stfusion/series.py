@@ -539,13 +539,18 @@ def iter_series(
         )
 
 
+#: Valid share of the scene a date needs to take part in the pixels common to all dates.
+MIN_SHARED_VALID = 0.5
+
+
 @dataclass(frozen=True)
 class CommonMeans:
     """Band means of every date over one set of pixels: those valid in every date's image.
 
     Each date's own means (:attr:`DateResult.band_means`) are over its own valid pixels, which clouds
-    change from date to date; these compare dates on the same ground. ``fraction``: that set's share of
-    the scene (0 when the dates share no valid pixel, or their images differ in shape).
+    change from date to date; these compare dates on the same ground. ``means`` has the dates that took
+    part (see :func:`common_band_means`); ``fraction``: that set's share of the scene (0 when the dates
+    share no valid pixel, or their images differ in shape).
     """
 
     means: dict[dt.date, tuple[float, ...]]
@@ -555,8 +560,10 @@ class CommonMeans:
 def common_band_means(
     results: Sequence[DateResult], inputs: SeriesInputs, reading: ReadOptions | None = None
 ) -> CommonMeans:
-    """:class:`CommonMeans` of the observed, predicted and kept dates, reading each image twice (the
-    pixels valid in all, then the means), one image in memory at a time."""
+    """:class:`CommonMeans` of the observed, predicted and kept dates with at least
+    :data:`MIN_SHARED_VALID` of their pixels valid (a date mostly cloud would shrink the set to a sliver
+    for all: its common means are left blank), reading each image twice (the pixels valid in all, then
+    the means), one image in memory at a time."""
 
     def image(result: DateResult) -> np.ndarray:
         if result.status == "observed":
@@ -567,7 +574,8 @@ def common_band_means(
     dated = [
         r
         for r in results
-        if r.status == "observed" or (r.status in ("predicted", "kept") and r.path is not None)
+        if (r.status == "observed" or (r.status in ("predicted", "kept") and r.path is not None))
+        and r.valid_fraction >= MIN_SHARED_VALID
     ]
     common: np.ndarray | None = None
     for result in dated:
@@ -858,7 +866,7 @@ def write_series_figure(
     if {"red", "nir"} <= index:
         values = {"NDVI": [ndvi(band_names, means(r)) for r in rows]}
     where = (
-        f"pixels valid on every date, {_percent(common.fraction)}"
+        f"the {_percent(common.fraction)} of pixels valid on every date"
         if shared and common is not None
         else "each date's valid pixels"
     )
