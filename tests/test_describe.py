@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,7 +135,9 @@ def test_doctests() -> None:
     assert result.attempted >= 2 and result.failed == 0
 
 
-def test_cases_says_how_much_of_each_image_is_invalid(tmp_path: Path) -> None:
+def test_cases_says_how_much_of_each_image_is_invalid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`stfusion cases` reads each image once and flags a reference over 50% invalid; an unreadable
     image is named in its case's line, and the listing goes on."""
     folder = tmp_path / "d"
@@ -149,8 +152,18 @@ def test_cases_says_how_much_of_each_image_is_invalid(tmp_path: Path) -> None:
     mask[:5] = 1
     write_tif(folder / "coarse_20010711_mask.tif", mask, crs=None)
     (folder / "fine_20010812.tif").write_bytes(b"II*\x00" + b"\x00" * 20)  # a damaged TIFF
+    judged: list[Path] = []
+    invalid_fraction = describe.series.invalid_fraction
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> float:
+        judged.append(path)
+        return invalid_fraction(path, *args, **kwargs)
+
+    monkeypatch.setattr(describe.series, "invalid_fraction", counted)
     result = CliRunner().invoke(cli, ["cases", str(folder)])
     assert result.exit_code == 0, result.output
+    # 6 images in 2 cases (2 shared, on one grid): each judged once
+    assert sorted(judged) == sorted(set(judged)) and len(judged) == 6, judged
     lines = [
         line.strip() for line in result.output.splitlines() if "invalid pixel" in line or "unreadable" in line
     ]
@@ -160,3 +173,21 @@ def test_cases_says_how_much_of_each_image_is_invalid(tmp_path: Path) -> None:
     assert any("fine_t2 unreadable (" in line and "fine_20010812.tif" in line for line in lines), (
         result.output
     )
+
+
+def test_cases_with_an_unreadable_grid_image_say_it_once(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    data = np.random.default_rng(1).integers(100, 3000, (2, 12, 12)).astype(np.int16)
+    for date in ("20010524", "20010711", "20010812"):
+        for role in ("fine", "coarse"):
+            write_tif(folder / f"{role}_{date}.tif", data, crs=None)
+    (folder / "fine_20010524.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    (folder / "coarse_20010812_mask.tif").write_bytes(b"II*\x00")  # a damaged mask
+    result = CliRunner().invoke(cli, ["cases", str(folder)])
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines() if "unreadable" in line]
+    lines = [line for line in lines if line.startswith("invalid pixels:")]
+    assert len(lines) == 2, result.output
+    assert lines[0].startswith("invalid pixels: fine_t1 unreadable (") and "fine_20010524.tif" in lines[0]
+    assert lines[0].endswith("the case's other images not judged") and lines[0].count(" unreadable (") == 1
+    assert lines[1].startswith("invalid pixels: coarse_t2 mask unreadable (") and "_mask.tif" in lines[1]

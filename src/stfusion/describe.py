@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,22 +174,44 @@ class InvalidFractions:
     on the fine t1 grid of the case, each file judged once (:func:`stfusion.series.invalid_fraction`)."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[Path, Path | None, Path], float | str] = {}
+        self._known: dict[tuple[Any, ...], float | str] = {}
+        self._grids: dict[Path, raster.RasterInfo | str] = {}
+
+    def _grid(self, path: Path) -> raster.RasterInfo | str:
+        if path not in self._grids:
+            try:
+                self._grids[path] = raster.inspect(path)
+            except InputError as exc:
+                self._grids[path] = str(exc)
+        return self._grids[path]
 
     def of_case(self, case: scenes.FusionCase) -> dict[str, float | str]:
-        """Role -> invalid fraction (0..1), or the one-line reason the file cannot be read."""
+        """Role -> invalid fraction (0..1), or why it cannot be told (an unreadable image or mask, or a
+        fine t1 image, the case's grid, that cannot be read: then only fine t1 is listed)."""
+        grid = self._grid(case.fine_t1)
+        if isinstance(grid, str):
+            return {scenes.pair_roles(0)[1]: f"unreadable ({grid}); the case's other images not judged"}
         fractions: dict[str, float | str] = {}
-        grid_path = case.fine_t1
         for role, path in case.paths().items():
-            key = (path, case.masks.get(role), grid_path)
+            mask = case.masks.get(role)
+            # fine images of one area share a grid: a file is judged once on it, whichever case it is in
+            key = (path, mask, grid.crs, tuple(grid.transform), grid.height, grid.width)
             if key not in self._known:
-                try:
-                    grid = raster.inspect(grid_path)
-                    self._known[key] = series.invalid_fraction(path, case.masks.get(role), grid)
-                except InputError as exc:
-                    self._known[key] = str(exc)
+                self._known[key] = self._judge(path, mask, grid)
             fractions[role] = self._known[key]
         return fractions
+
+    @staticmethod
+    def _judge(path: Path, mask: Path | None, grid: raster.RasterInfo) -> float | str:
+        if mask is not None:
+            try:
+                raster.inspect(mask)
+            except InputError as exc:
+                return f"mask unreadable ({exc})"
+        try:
+            return series.invalid_fraction(path, mask, grid)
+        except InputError as exc:
+            return f"unreadable ({exc})"
 
 
 def invalid_summary(fractions: dict[str, float | str], max_invalid: float = series.MAX_INVALID) -> str:
@@ -202,7 +225,7 @@ def invalid_summary(fractions: dict[str, float | str], max_invalid: float = seri
     parts = []
     for role, value in fractions.items():
         if isinstance(value, str):
-            parts.append(f"{role} unreadable ({value})")
+            parts.append(f"{role} {value}")
         elif value > 0:
             text = f"{role} {100 * value:.3g}%"
             if value > max_invalid and role not in ("coarse_t2", scenes.TRUTH_ROLE):
