@@ -805,8 +805,10 @@ def implied_nodata(info: RasterInfo) -> float | None:
     file is warped onto another grid, they are resampled as declared nodata is (the valid neighbours
     are used; a grid pixel whose centre falls on one is invalid) instead of spoiling every grid pixel
     they touch. The fill value is declared when a sample of the file (:func:`sample_values`' windows)
-    holds exactly one fill value and no NaN; NaN otherwise (any other fill value then still makes the
-    grid pixels it touches invalid). None for integer files and files with a nodata value.
+    holds exactly one fill value and no NaN; NaN when it holds NaN or several fill values (any other
+    fill value then still makes the grid pixels it touches invalid). None for integer files, files with
+    a nodata value, and files whose sample holds neither (no second warp for the centre rule: a NaN the
+    sample missed spoils the grid pixels it touches).
     """
     if info.nodata is not None or np.dtype(info.dtype).kind != "f":
         return None
@@ -815,19 +817,22 @@ def implied_nodata(info: RasterInfo) -> float | None:
         key = (str(info.path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
     except OSError:
         key = (str(info.path), 0, 0, 0)
-    return _cached_implied_nodata(*key)
+    return _cached_implied_nodata(*key, str(info.path))
 
 
 @lru_cache(maxsize=256)
-def _cached_implied_nodata(path: str, mtime_ns: int, size: int, inode: int) -> float:
-    with _open(Path(path)) as src:
+def _cached_implied_nodata(path: str, mtime_ns: int, size: int, inode: int, given: str) -> float | None:
+    """Keyed by the file's version; ``given``: the path as the user gave it, for error messages."""
+    with _open(Path(given)) as src:
         indexes = list(range(1, src.count + 1))
         windows = _sample_windows(src.height, src.width, 512 * 512, 8)
         try:
             parts = [src.read(indexes, window=w) for w in windows] if windows else [src.read(indexes)]
         except RasterioIOError as exc:
-            raise _read_error(Path(path), exc) from exc
+            raise _read_error(Path(given), exc) from exc
     unusable = np.concatenate([p[_unusable(p)] for p in parts])
+    if not unusable.size:
+        return None
     fills = np.unique(unusable[np.isfinite(unusable)])
     if fills.size == 1 and not np.isnan(unusable).any():
         return float(fills[0])
