@@ -686,3 +686,32 @@ def test_common_means_leave_out_dates_mostly_invalid(tmp_path: Path) -> None:
     with open(table) as handle:
         rows = list(csv.DictReader(handle))
     assert rows[2]["common_b1"] == "" and rows[2]["b1"] == "" and float(rows[0]["common_b1"]) > 0
+
+
+@pytest.mark.parametrize("fill", ["declared", "nan"])
+def test_a_coarse_date_without_a_valid_pixel_is_skipped_too(tmp_path: Path, fill: str) -> None:
+    """A fully cloudy MODIS day often comes as all fill (or all NaN), not as a mask: the date is skipped
+    and the series goes on, as for a fully masked one; a reference image without a valid pixel is no
+    reference (too cloudy), and any other unusable file still stops the series before any output."""
+    data = tmp_path / "data"
+    synthetic = sorted(build_series(data, extra=4))
+    empty = synthetic[1]
+    path = data / f"coarse_{empty:%Y%m%d}.tif"
+    if fill == "declared":
+        write_tif(path, np.full((3, 64, 64), -28672, np.int16), crs=None, nodata=-28672)
+    else:
+        write_tif(path, np.full((3, 64, 64), np.nan, np.float32), crs=None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["fuse", str(data), "--out", str(out), "--method", "coarse-delta"])
+    assert result.exit_code == 0, result.output
+    assert f"{empty}: skipped: no pixel could be predicted: {path.name} has no valid pixel" in result.output
+    assert result.output.rstrip().endswith(
+        "3 date(s) predicted, 1 skipped (no pixel could be predicted), 3 observed"
+    )
+    with open(out / "series.csv") as handle:
+        assert {row["date"]: row["status"] for row in csv.DictReader(handle)}[str(empty)] == "skipped"
+    path.write_bytes(path.read_bytes()[:300])  # a truncated file is still refused, naming it
+    refused = CliRunner().invoke(
+        cli, ["fuse", str(data), "--out", str(tmp_path / "o2"), "--method", "coarse-delta"]
+    )
+    assert refused.exit_code == 2 and path.name in refused.output and not (tmp_path / "o2").exists()

@@ -15,6 +15,14 @@ class OutputExistsError(StfusionError, FileExistsError):
     """An output path exists and overwriting was not requested."""
 
 
+class NoValidPixelError(InputError):
+    """Every pixel of an image is nodata, masked, non-finite or a fill value; ``path`` names the image."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class NothingPredictedError(InputError):
     """Every pixel of a case is invalid in some input (e.g. a fully cloudy coarse image): no prediction."""
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from stfusion import raster
 from stfusion.blocks import Block, ReferencePair
-from stfusion.errors import InputError
+from stfusion.errors import InputError, NoValidPixelError
 from stfusion.scenes import (
     MIN_COARSE_OVERLAP,
     FusionCase,
@@ -430,9 +430,10 @@ def check_values(
     sample = raster.sample_values(path, scale=scale, offset=offset)
     if sample.values.size == 0 and (sample.complete or not raster.has_valid_pixel(path)):
         nodata = f"nodata = {sample.nodata}" if sample.nodata is not None else "no nodata declared"
-        raise InputError(
+        raise NoValidPixelError(
             f"{path}: no valid pixel (every value is nodata, masked, NaN/inf or a fill value; {nodata}); "
-            "check the file, or its nodata value (e.g. gdal_edit.py -a_nodata)"
+            "check the file, or its nodata value (e.g. gdal_edit.py -a_nodata)",
+            path,
         )
     if sample.n_nonfinite:
         log.warning(

@@ -42,7 +42,7 @@ import numpy as np
 from stfusion import distributed, fusion, raster, scenes, workflows
 from stfusion.atomic import atomic_path
 from stfusion.blocks import predict_scene
-from stfusion.errors import InputError, NothingPredictedError
+from stfusion.errors import InputError, NothingPredictedError, NoValidPixelError
 from stfusion.inputs import CaseReader, ReadOptions, band_count, band_names, resolve_bands
 from stfusion.pairs import GapFilledPrediction
 
@@ -380,8 +380,18 @@ def check_plans(
                 f"{plan.date}: method {name} needs {fewest} reference pairs, and only "
                 f"{len(plan.pairs)} usable one(s) are near this date (--max-invalid admits cloudier ones)"
             )
-        readers[plan.date] = CaseReader(_case(inputs, plan), options=reading)
+        try:
+            readers[plan.date] = CaseReader(_case(inputs, plan), options=reading)
+        except NoValidPixelError as exc:
+            if not _is_target_coarse(exc, inputs, plan):
+                raise
+            # a coarse image with no valid pixel (all fill, all NaN): the date is skipped (iter_series)
     return readers
+
+
+def _is_target_coarse(exc: NoValidPixelError, inputs: SeriesInputs, plan: DatePlan) -> bool:
+    """Whether the image without a valid pixel is the coarse image of the date to predict."""
+    return exc.path is not None and Path(str(exc.path)).resolve() == inputs.coarse[plan.date].resolve()
 
 
 def _check_observed(path: Path, grid: raster.RasterInfo, bands: int, reading: ReadOptions | None) -> None:
@@ -494,10 +504,15 @@ def iter_series(
             yield DateResult(plan.date, "kept", plan.pairs, made_by, target, valid, means, reason=reason)
             continue
         case = _case(inputs, plan)
-        reader = (readers or {}).get(plan.date) or CaseReader(case, options=reading)
-        prediction = preparers[name](reader)
         start = time.perf_counter()
         try:
+            try:
+                reader = (readers or {}).get(plan.date) or CaseReader(case, options=reading)
+            except NoValidPixelError as exc:
+                if not _is_target_coarse(exc, inputs, plan):
+                    raise
+                raise NothingPredictedError(str(exc)) from exc
+            prediction = preparers[name](reader)
             if target is None:
                 image = predict_scene(prediction, reader)
                 if not np.isfinite(image).all(axis=0).any():
@@ -506,11 +521,16 @@ def iter_series(
                 tags = workflows.provenance_tags(name, case, options)
                 workflows.write_prediction(reader, prediction, target, output, tags)
                 image = raster.read(target).data
-        except NothingPredictedError:  # e.g. a fully cloudy coarse image: the series goes on
+        except NothingPredictedError as exc:  # e.g. a fully cloudy coarse image: the series goes on
             why = (
                 "skipped: no pixel could be predicted: every pixel is invalid in some input (e.g. a fully "
                 f"cloudy or masked coarse image of {plan.date})"
             )
+            if isinstance(exc.__cause__, NoValidPixelError):
+                coarse = inputs.coarse[plan.date].name
+                why = (
+                    f"skipped: no pixel could be predicted: {coarse} has no valid pixel (nodata, NaN or fill)"
+                )
             if target is not None and target.exists():  # an earlier run's output, to be redone: gone
                 target.unlink()
                 why += f"; {target.name} of an earlier run removed"
