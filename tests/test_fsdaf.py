@@ -1441,3 +1441,35 @@ def test_cells_follow_the_coarse_pixels_of_a_scene_cut_anywhere() -> None:
     diagnosed, diagnostics = fsdaf(c1, f1, c2, scale_factor=16, block_size=4, return_diagnostics=True)
     np.testing.assert_array_equal(diagnosed, whole)
     assert diagnostics.temporal.shape == whole.shape and diagnostics.class_map.shape == whole.shape[1:]
+
+
+def test_kmeans_sample_is_drawn_by_position_so_a_masked_pixel_changes_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The k-means sample is a draw of pixel positions over the whole scene, the valid ones kept: masking
+    pixels outside it leaves the sample (and so every class) as it was, masking drawn ones only drops
+    them (a draw over the valid pixels by index drew a new sample, and changed classes everywhere)."""
+    c1, f1, c2, _ = patchy_scene(60, 60, 5)
+    monkeypatch.setattr(fsdaf_module, "_KMEANS_SAMPLE", 500)
+    drawn = np.sort(np.random.default_rng(0).choice(3600, 500, False))
+    samples: list[np.ndarray] = []
+    fit = fsdaf_module.fit_classes
+
+    def recorded(x: np.ndarray, **kwargs: Any) -> np.ndarray:
+        samples.append(x.copy())
+        return fit(x, **kwargs)
+
+    monkeypatch.setattr(fsdaf_module, "fit_classes", recorded)
+    config = fsdaf_module.FSDAFConfig(scale_factor=5)
+    undrawn = np.setdiff1d(np.arange(3600), drawn)[[7, 1500]]
+    masks = {"none": [], "undrawn": list(undrawn), "drawn": list(drawn[[3, 400]])}
+    for positions in masks.values():
+        fine = f1.copy()
+        for p in positions:
+            fine[:, p // 60, p % 60] = np.nan
+        fsdaf_module.scene_statistics(ArraySource([(c1, fine)], c2), config=config)
+    clean, outside, inside = samples
+    assert clean.shape == (500, 3)
+    np.testing.assert_array_equal(clean, f1.reshape(3, -1)[:, drawn].T)
+    np.testing.assert_array_equal(outside, clean)
+    np.testing.assert_array_equal(inside, np.delete(clean, [3, 400], axis=0))

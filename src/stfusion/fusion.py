@@ -424,6 +424,13 @@ METHODS: dict[str, Method] = {
                     minimum=1,
                 ),
                 Option("n_classes", int, 5, "Classes of the k-means classification of F1.", minimum=1),
+                Option(
+                    "seed",
+                    int,
+                    0,
+                    "Seed of the k-means classification (its sample of F1's pixels and its seeding).",
+                    minimum=0,
+                ),
                 Option("window", int, 20, "Half window of the final neighbourhood step (pixels).", minimum=1),
                 Option("n_similar", int, 20, "Similar pixels in the final step.", minimum=1),
                 Option(

@@ -38,7 +38,7 @@ run-to-run noise (24 to 29 s): a smaller TPS fit (O(P³), P = (block + 2·margin
 one factorisation per distinct control-point layout) is offset by more margin pixels read twice.
 
 **Passes.** :func:`prepare` reads the scene in row blocks: (1) valid pixels, band sums; (2) the
-k-means sample (the in-memory reference's ``rng.choice`` over valid pixels, by index), squared
+k-means sample (``rng.choice`` of pixel positions over the whole scene, the valid ones kept), squared
 deviations, first level of the exact noise-clamp quantiles (histograms of float bit patterns);
 (2') the quantiles' second level (float64 data may need more); (3) classes present and the clamp's
 fill values; (4) over the rows of FSDAF blocks, the cell table for the unmixing, block by block as
@@ -1852,34 +1852,30 @@ def _pixel_statistics(
     """Classification, noise clamp and similarity thresholds in passes over row blocks.
 
     Pass 1 counts valid pixels and accumulates band sums and the first level of the exact
-    quantiles; pass 2 draws the k-means sample by index (as the in-memory reference does: the same
-    ``rng.choice`` over the valid pixels in raster order), the squared deviations and the second
-    quantile level; pass 3 classifies (classes present) and finds the noise clamp's fill values.
+    quantiles; pass 2 takes the k-means sample (``rng.choice`` of :data:`_KMEANS_SAMPLE` positions
+    of the whole scene, the valid ones kept: for a scene without invalid pixels the same draw as the
+    in-memory reference's over valid pixels by index), the squared deviations and the second quantile
+    level; pass 3 classifies (classes present) and finds the noise clamp's fill values.
     """
     nb = source.bands
-    n_in = 0  # valid pixels before the class filter (k-means sampling)
     n_valid = 0
     sums = np.zeros(nb)
     present: set[int] = set()
     dtype: np.dtype[Any] | None = None
     # the passes compute blocks concurrently (_map_blocks) and reduce them here in row order
 
-    def pass_1(block: Block) -> tuple[np.dtype[Any], int, Array | None, int, Array]:
+    def pass_1(block: Block) -> tuple[np.dtype[Any], Array | None, int, Array]:
         _, f1, _, valid, r = _block_inputs(block, valid_mask)
-        n_in_block = int(valid.sum())
         labels_present = None
         if class_map is not None:
             labels = np.asarray(class_map[r])
             valid = valid & (labels > 0)
             labels_present = np.unique(labels[valid])
         block_sums = f1[:, valid].sum(axis=1, dtype=np.float64)
-        return f1.dtype, n_in_block, labels_present, int(valid.sum()), block_sums
+        return f1.dtype, labels_present, int(valid.sum()), block_sums
 
-    for block_dtype, n_in_block, labels_present, n_valid_block, block_sums in _map_blocks(
-        source, rows, pass_1
-    ):
+    for block_dtype, labels_present, n_valid_block, block_sums in _map_blocks(source, rows, pass_1):
         dtype = block_dtype if dtype is None else np.promote_types(dtype, block_dtype)
-        n_in += n_in_block
         if labels_present is not None:
             present.update(int(v) for v in labels_present)
         n_valid += n_valid_block
@@ -1896,34 +1892,42 @@ def _pixel_statistics(
         return f1, valid, r
 
     # the quantile passes need the count first, so its first level runs with pass 2
+    # k-means sample: pixel positions of the whole scene drawn once, the valid ones kept, so that a pixel
+    # masked elsewhere changes no other pixel's part in it (a scene without invalid pixels: the same
+    # draw as over its valid pixels by index)
     sample_idx: Array | None = None
-    if class_map is None:
+    n_positions = source.height * source.width
+    if class_map is None and n_positions > _KMEANS_SAMPLE:
         rng = np.random.default_rng(config.seed)
-        sample_idx = np.arange(n_in)
-        if n_in > _KMEANS_SAMPLE:
-            sample_idx = np.sort(rng.choice(n_in, _KMEANS_SAMPLE, False))
+        sample_idx = np.sort(rng.choice(n_positions, _KMEANS_SAMPLE, False))
     m2 = np.zeros(nb)
     samples: list[Array] = []
-    seen = 0
     # pass 2 (+ more quantile passes for float64 data whose bins are crowded)
     first = True
 
-    def pass_2(block: Block) -> tuple[Array, Array | None, list[list[tuple[int, Array]]]]:
+    def pass_2(block: Block) -> tuple[Array, Array | None, list[list[tuple[int, Array]]], Array | None]:
         f1, valid, _ = selected(block)
         values = f1[:, valid]
         deviations = ((values.astype(np.float64) - mean[:, None]) ** 2).sum(axis=1) if first else None
         parts = [order.contributions(b, values[b]) for b in range(nb)] if order is not None else []
-        return values, deviations, parts
+        picked = None
+        if first and class_map is None:
+            if sample_idx is None:
+                picked = values.T
+            else:  # the drawn positions in this block's rows, where valid
+                start = block.top * source.width
+                lo, hi = np.searchsorted(sample_idx, [start, start + valid.size])
+                flat = sample_idx[lo:hi] - start
+                flat = flat[valid.reshape(-1)[flat]]
+                picked = f1.reshape(nb, -1)[:, flat].T
+        return values, deviations, parts, picked
 
     while first or (order is not None and not order.done):
-        for values, deviations, parts in _map_blocks(source, rows, pass_2):
+        for _, deviations, parts, picked in _map_blocks(source, rows, pass_2):
             if deviations is not None:
                 m2 += deviations
-            if first and sample_idx is not None:
-                lo = np.searchsorted(sample_idx, seen)
-                hi = np.searchsorted(sample_idx, seen + values.shape[1])
-                samples.append(values[:, sample_idx[lo:hi] - seen].T)
-                seen += values.shape[1]
+            if picked is not None:
+                samples.append(picked)
             if order is not None:
                 for part in parts:
                     order.add(part)
