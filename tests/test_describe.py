@@ -139,7 +139,8 @@ def test_cases_says_how_much_of_each_image_is_invalid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`stfusion cases` reads each image once and flags a reference over 50% invalid; an unreadable
-    image is named in its case's line, and the listing goes on."""
+    image, or a mask off the grid that cannot be placed on it, is named in its case's line, and the
+    listing goes on."""
     folder = tmp_path / "d"
     rng = np.random.default_rng(0)
     images = {name: rng.integers(100, 3000, (2, 20, 20)).astype(np.int16) for name in ("a", "b", "c")}
@@ -162,15 +163,15 @@ def test_cases_says_how_much_of_each_image_is_invalid(
     monkeypatch.setattr(describe.series, "invalid_fraction", counted)
     result = CliRunner().invoke(cli, ["cases", str(folder)])
     assert result.exit_code == 0, result.output
-    # 6 images in 2 cases (2 shared, on one grid): each judged once
-    assert sorted(judged) == sorted(set(judged)) and len(judged) == 6, judged
+    # 6 images in 2 cases (2 shared, on one grid): each judged once (the damaged one is refused first)
+    assert sorted(judged) == sorted(set(judged)) and len(judged) == 5, judged
     lines = [
         line.strip() for line in result.output.splitlines() if "invalid pixel" in line or "unreadable" in line
     ]
     assert lines[0] == "invalid pixels: fine_t1 60% (too cloudy to be a reference), coarse_t2 25%", (
         result.output
     )
-    assert any("fine_t2 unreadable (" in line and "fine_20010812.tif" in line for line in lines), (
+    assert any("fine_t2 not usable (" in line and "fine_20010812.tif" in line for line in lines), (
         result.output
     )
 
@@ -183,11 +184,16 @@ def test_cases_with_an_unreadable_grid_image_say_it_once(tmp_path: Path) -> None
             write_tif(folder / f"{role}_{date}.tif", data, crs=None)
     (folder / "fine_20010524.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
     (folder / "coarse_20010812_mask.tif").write_bytes(b"II*\x00")  # a damaged mask
+    write_tif(folder / "fine_20010711_mask.tif", np.zeros((6, 6), np.uint8), crs=None)  # off the grid, no CRS
     result = CliRunner().invoke(cli, ["cases", str(folder)])
     assert result.exit_code == 0, result.output
-    lines = [line.strip() for line in result.output.splitlines() if "unreadable" in line]
+    lines = [line.strip() for line in result.output.splitlines() if "not usable" in line]
     lines = [line for line in lines if line.startswith("invalid pixels:")]
     assert len(lines) == 2, result.output
-    assert lines[0].startswith("invalid pixels: fine_t1 unreadable (") and "fine_20010524.tif" in lines[0]
-    assert lines[0].endswith("the case's other images not judged") and lines[0].count(" unreadable (") == 1
-    assert lines[1].startswith("invalid pixels: coarse_t2 mask unreadable (") and "_mask.tif" in lines[1]
+    assert lines[0].startswith("invalid pixels: fine_t1 not usable (") and "fine_20010524.tif" in lines[0]
+    assert lines[0].endswith("the case's other images not judged") and lines[0].count(" not usable (") == 1
+    assert (
+        lines[1].startswith("invalid pixels: fine_t1 mask not usable (")
+        and "cannot be reprojected" in lines[1]
+    )
+    assert "coarse_t2 mask not usable (" in lines[1] and "coarse_20010812_mask.tif" in lines[1]

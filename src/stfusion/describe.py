@@ -186,32 +186,48 @@ class InvalidFractions:
         return self._grids[path]
 
     def of_case(self, case: scenes.FusionCase) -> dict[str, float | str]:
-        """Role -> invalid fraction (0..1), or why it cannot be told (an unreadable image or mask, or a
-        fine t1 image, the case's grid, that cannot be read: then only fine t1 is listed)."""
+        """Role -> invalid fraction (0..1), or why it cannot be told (an image or mask that cannot be read
+        or placed on the case's grid; a fine t1 image, the grid, that cannot be read: then only fine t1
+        is listed)."""
         grid = self._grid(case.fine_t1)
         if isinstance(grid, str):
-            return {scenes.pair_roles(0)[1]: f"unreadable ({grid}); the case's other images not judged"}
+            return {scenes.pair_roles(0)[1]: f"not usable ({grid}); the case's other images not judged"}
         fractions: dict[str, float | str] = {}
         for role, path in case.paths().items():
             mask = case.masks.get(role)
             # fine images of one area share a grid: a file is judged once on it, whichever case it is in
-            key = (path, mask, grid.crs, tuple(grid.transform), grid.height, grid.width)
+            key = (
+                path,
+                mask,
+                role.startswith("fine"),
+                grid.crs,
+                tuple(grid.transform),
+                grid.height,
+                grid.width,
+            )
             if key not in self._known:
-                self._known[key] = self._judge(path, mask, grid)
+                self._known[key] = self._judge(path, mask, grid, role.startswith("fine"))
             fractions[role] = self._known[key]
         return fractions
 
     @staticmethod
-    def _judge(path: Path, mask: Path | None, grid: raster.RasterInfo) -> float | str:
+    def _judge(path: Path, mask: Path | None, grid: raster.RasterInfo, fine: bool) -> float | str:
+        """The invalid fraction, or why the image (or its mask) cannot be used on the case's grid, as
+        the other commands check it (fine images on the grid, coarse images and masks placeable)."""
         if mask is not None:
             try:
-                raster.inspect(mask)
+                scenes.check_mask_grid(raster.inspect(mask), grid)
             except InputError as exc:
-                return f"mask unreadable ({exc})"
+                return f"mask not usable ({exc})"
         try:
+            info = raster.inspect(path)
+            if fine:
+                scenes.check_fine_grid(info, grid)
+            else:
+                scenes.check_coarse_footprint(info, grid)
             return series.invalid_fraction(path, mask, grid)
         except InputError as exc:
-            return f"unreadable ({exc})"
+            return f"not usable ({exc})"
 
 
 def invalid_summary(fractions: dict[str, float | str], max_invalid: float = series.MAX_INVALID) -> str:
