@@ -85,9 +85,10 @@ def _differences(
 def test_two_process_training_matches_one_process_with_the_same_global_batch(
     tiny_paper_data: Path, tmp_path: Path
 ) -> None:
-    """Stated tolerance, after 4 G+D steps: every weight within Adam's budget 2 x lr x steps = 1.6e-3,
-    and in each tensor at most 2 % of the elements more than 1e-4 apart; the generator's losses and the
-    validation MSE within 1e-5 (relative), the discriminator's loss within 2e-3.
+    """Stated tolerance, after 4 G+D steps: every weight within Adam's budget 2 x lr x steps = 1.6e-3;
+    the generator's weights within 1e-4 and, in each discriminator tensor, at most 2 % of the elements
+    more than 1e-4 apart; the generator's losses and the validation MSE within 1e-5 (relative), the
+    discriminator's loss within 2e-3.
 
     Differences come only from float rounding (the ranks' BatchNorm statistics are combined as sums,
     gradients averaged in another order), but Adam turns rounding noise into steps of ~lr wherever a
@@ -123,6 +124,8 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
     assert single.epoch == double.epoch == 2
     largest, share, noise_only = _differences(single, double)
     assert max(largest.values()) <= STEP_BUDGET, max(largest.items(), key=lambda item: item[1])
+    generator = {key: largest[key] for key in share if key.startswith("generator.")}
+    assert max(generator.values()) <= 1e-4, max(generator.items(), key=lambda item: item[1])
     assert max(share.values()) <= 0.02, max(share.items(), key=lambda item: item[1])
     assert noise_only < 20
     for a, b in zip(single.history, double.history, strict=True):
@@ -130,9 +133,11 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
         assert a["d_loss"] == pytest.approx(b["d_loss"], rel=2e-3)
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["world_size"] == 2
-    # the checks fail on a run that trains differently: one process with a global batch of 2
+    # the checks fail on a run that trains differently: one process with a global batch of 2 for one
+    # epoch (the same 4 steps, each on half the patches: what ranks that do not average their gradients
+    # would compute)
     halved = tmp_path / "halved.json"
-    halved.write_text(json.dumps({**TINY, "batch_size": 2}))
+    halved.write_text(json.dumps({**TINY, "batch_size": 2, "epochs": 1}))
     args = [
         "train",
         "--data-dir",
@@ -144,12 +149,12 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
     ]
     run(args, nproc=1, cwd=tmp_path)
     changed = load_checkpoint(tmp_path / "b2" / "last.ckpt")
-    _, share, _ = _differences(single, changed, same_batches=False)
-    assert sum(value > 0.02 for value in share.values()) > 0.8 * len(share)
-    assert any(
-        abs(a["d_loss"] - b["d_loss"]) > 2e-3 * abs(a["d_loss"])
-        for a, b in zip(single.history, changed.history, strict=True)
-    )
+    largest, share, _ = _differences(single, changed, same_batches=False)
+    generator = [largest[key] for key in share if key.startswith("generator.")]
+    discriminator = [value for key, value in share.items() if key.startswith("discriminator.")]
+    # seen: 90 of 156 generator tensors over 1e-4 (up to 0.044), 12 of 13 discriminator tensors over 2 %
+    assert sum(value > 1e-4 for value in generator) > len(generator) / 3
+    assert sum(value > 0.02 for value in discriminator) >= 0.75 * len(discriminator)
 
 
 @pytest.mark.slow
