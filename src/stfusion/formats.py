@@ -1,7 +1,8 @@
 """File signatures: what the first bytes of a file say it is, before any library opens it.
 
 Used to name a file's kind in errors (a GeoTIFF given as a checkpoint, a truncated or foreign file given
-as a GeoTIFF) and to tell ``stfusion info`` what to describe. Pure: reads four bytes at most.
+as a GeoTIFF) and to tell ``stfusion info`` what to describe. :func:`head` reads four bytes at most;
+the tests are pure.
 """
 
 from __future__ import annotations

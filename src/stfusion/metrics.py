@@ -37,8 +37,8 @@ a scene value.
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,8 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from stfusion.blocks import MAX_MEDIAN_REFLECTANCE
+
+log = logging.getLogger(__name__)
 
 #: Metrics computed per band (their band mean is reported too).
 BAND_METRICS: tuple[str, ...] = ("rmse", "mae", "bias", "psnr", "ssim", "cc", "uiqi")
@@ -571,20 +573,23 @@ def ergas(
 
 
 def _warn_unscaled(truth: np.ndarray, used: np.ndarray, data_range: float) -> None:
-    """A UserWarning when ``truth`` holds reflectance x 10000 (or digital numbers) but ``data_range``
-    is reflectance's 1.0: RMSE and MAE come out in the file's units, PSNR and SSIM are meaningless."""
-    if data_range != 1.0 or not used.any():
+    """A logged warning when ``truth`` holds reflectance x 10000 (or digital numbers) but ``data_range``
+    is reflectance's 1.0: RMSE and MAE come out in the file's units, PSNR and SSIM are meaningless.
+    Judged on at most ~100 000 used values."""
+    if data_range != 1.0:
         return
-    values = np.abs(truth[:, used])
-    sample = values.reshape(-1)[:: max(1, values.size // 100_000)]
+    rows, cols = np.nonzero(used)
+    if not rows.size:
+        return
+    step = max(1, rows.size // 100_000)
+    sample = np.abs(truth[:, rows[::step], cols[::step]])
     median = float(np.median(sample))
     if median > MAX_MEDIAN_REFLECTANCE:
-        warnings.warn(
-            f"truth does not hold reflectance 0..1 (median |value| {median:.4g}) while data_range is 1.0: "
-            "RMSE and MAE are in its units and PSNR/SSIM assume 0..1; divide both images by 10000 "
-            "(stored integers) or give data_range and ssim_data_range in their units",
-            UserWarning,
-            stacklevel=3,
+        log.warning(
+            "truth does not hold reflectance 0..1 (median |value| %.4g) while data_range is 1.0: RMSE and "
+            "MAE are in its units and PSNR/SSIM assume 0..1; divide both images by 10000 (stored integers) "
+            "or give data_range and ssim_data_range in their units",
+            median,
         )
 
 
@@ -632,9 +637,8 @@ def compute_metrics(
             no variation ("truth has no variation ... check the scale").
         TypeError: non-float images or a non-bool mask.
 
-    Warns:
-        UserWarning: the truth holds reflectance x 10000 or digital numbers (median |value| above
-            1.5) while ``data_range`` is 1.0.
+    Logs a warning when the truth holds reflectance x 10000 or digital numbers (median |value| above
+    1.5) while ``data_range`` is 1.0.
 
     An 8x8 truth with rows 1/16, 3/16, ..., 15/16 predicted 0.25 too bright:
 
