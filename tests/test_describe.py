@@ -42,12 +42,16 @@ def test_a_geotiff_is_described_as_it_is_read(tmp_path: Path) -> None:
     assert lines["nodata"] == "-9999"
     assert lines["date"].startswith("2021-07-04")
     assert "x 2.75e-05 - 0.2" in lines["reading"] and "tags" in lines["reading"]
-    assert lines["values"] == "25.0% invalid in every pixel; 1200 nodata"
+    assert lines["values"] == "25.0% of the values invalid (every value read); 1200 nodata"
     median = float(lines["reflectance"].split()[1].rstrip(","))
     assert 0.09 < median < 0.11  # the reflectance written, not the stored numbers
     assert lines["grid"].startswith("EPSG:") and lines["masks"] == "none"
-    write_tif(tmp_path / "fine_2021-07-04_MASK.TIF", np.zeros((1, 40, 40), np.uint8))
-    assert "sidecar fine_2021-07-04_MASK.TIF" in dict(describe.describe(path))["masks"]
+    mask = np.zeros((1, 40, 40), np.uint8)
+    mask[:, :10] = 1
+    write_tif(tmp_path / "fine_2021-07-04_MASK.TIF", mask)
+    described = dict(describe.describe(path))
+    assert "sidecar fine_2021-07-04_MASK.TIF" in described["masks"]
+    assert described["values"].endswith("; its sidecar mask covers 25.0% of the pixels")
 
 
 def test_a_scale_given_for_a_tagged_file_is_said_to_be_unused(
@@ -197,3 +201,13 @@ def test_cases_with_an_unreadable_grid_image_say_it_once(tmp_path: Path) -> None
         and "cannot be reprojected" in lines[1]
     )
     assert "coarse_t2 mask not usable (" in lines[1] and "coarse_20010812_mask.tif" in lines[1]
+
+
+def test_a_mask_file_is_described_as_a_mask(tmp_path: Path) -> None:
+    write_tif(tmp_path / "fine_20010711.tif", np.full((2, 10, 10), 1000, np.int16))
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:3] = 1
+    path = write_tif(tmp_path / "fine_20010711_mask.tif", mask)
+    lines = dict(describe.describe(path))
+    assert lines["kind"] == "mask of fine_20010711.tif (nonzero = invalid)"
+    assert lines["masked"] == "30.0% of the pixels" and "reflectance" not in lines

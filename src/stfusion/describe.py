@@ -82,6 +82,24 @@ def _masks(info: raster.RasterInfo) -> str:
     return text
 
 
+def describe_mask(path: Path, info: raster.RasterInfo) -> Lines:
+    """A mask file (``<image stem>_mask.tif``): what it masks and how much, read as masks are read
+    (any nonzero or non-finite value in any band = invalid), not as reflectance."""
+    image = path.with_name(path.name[: path.name.lower().rindex(scenes.MASK_SUFFIX)] + path.suffix)
+    masked = raster.read_mask_on_grid(path, info)
+    return [
+        ("file", str(path)),
+        (
+            "kind",
+            f"mask of {image.name} (nonzero = invalid)" if image.exists() else "mask (nonzero = invalid)",
+        ),
+        ("size", f"{info.count} band(s) x {info.height} rows x {info.width} columns"),
+        ("storage", info.dtype),
+        ("grid", _grid(info)),
+        ("masked", f"{masked.mean():.1%} of the pixels"),
+    ]
+
+
 def describe_raster(
     path: str | os.PathLike[str], *, scale: float | None = None, offset: float | None = None
 ) -> Lines:
@@ -92,6 +110,8 @@ def describe_raster(
     """
     path = Path(path)
     info = raster.inspect(path)
+    if scenes.is_mask_name(path):
+        return describe_mask(path, info)
     sample = check_values(path, scale=scale, offset=offset, options="")
     date = series.date_of(path)
     profile = info.profile
@@ -113,9 +133,9 @@ def describe_raster(
     ]
     if sample.scaling is not None:
         lines.append(("reading", str(sample.scaling)))
-    where = "every pixel" if sample.complete else "a sample of windows"
+    where = "every value read" if sample.complete else "a sample of windows read"
     invalid = sample.n_pixels - sample.values.size
-    parts = [f"{invalid / max(sample.n_pixels, 1):.1%} invalid in {where}"]
+    parts = [f"{invalid / max(sample.n_pixels, 1):.1%} of the values invalid ({where})"]
     for count, what in (
         (sample.n_nodata, "nodata"),
         (sample.n_nonfinite, "NaN/inf or fill values"),
@@ -123,6 +143,21 @@ def describe_raster(
     ):
         if count:
             parts.append(f"{count} {what}")
+    sidecar = scenes.sidecar_mask(info.path)
+    if sidecar is not None:
+        try:
+            masked = (
+                raster.read_mask_on_grid(sidecar, info)
+                if raster.same_grid(raster.inspect(sidecar), info)
+                else None
+            )
+        except InputError:
+            masked = None
+        parts.append(
+            f"its sidecar mask covers {masked.mean():.1%} of the pixels"
+            if masked is not None
+            else f"its sidecar mask {sidecar.name} is not on its grid (not counted)"
+        )
     lines.append(("values", "; ".join(parts)))
     if sample.reflectance.size:
         low, median, high = np.percentile(sample.reflectance.astype(np.float64), [2, 50, 98])

@@ -233,7 +233,8 @@ class CaseReader:
             fix = (
                 f"select them in its order by name, e.g. {option} {','.join(fine)}"
                 if set(fine) <= every
-                else f"select the bands that match with {option} / --bands"
+                else f"select the bands that match with {option}"
+                + ("" if option == "--bands" else " (and fine t1's with --bands)")
             )
             raise InputError(
                 f"{info.path}: bands {', '.join(n or '?' for n in names)} would be fused with fine t1's "
