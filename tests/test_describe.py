@@ -211,3 +211,19 @@ def test_a_mask_file_is_described_as_a_mask(tmp_path: Path) -> None:
     lines = dict(describe.describe(path))
     assert lines["kind"] == "mask of fine_20010711.tif (nonzero = invalid)"
     assert lines["masked"] == "30.0% of the pixels" and "reflectance" not in lines
+
+
+def test_cases_warns_about_values_as_the_other_commands_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "d"
+    data = np.random.default_rng(2).integers(100, 3000, (2, 20, 20)).astype(np.int16)
+    filled = data.copy()
+    filled[:, :2] = -9999  # an undeclared fill value
+    for date, fine in (("20010524", filled), ("20010711", data)):
+        write_tif(folder / f"fine_{date}.tif", fine, crs=None)
+        write_tif(folder / f"coarse_{date}.tif", data, crs=None)
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(cli, ["cases", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "fine_20010524.tif: 80 of 800 sampled values are below reflectance -0.5" in caplog.text

@@ -248,7 +248,8 @@ class InvalidFractions:
     @staticmethod
     def _judge(path: Path, mask: Path | None, grid: raster.RasterInfo, fine: bool) -> float | str:
         """The invalid fraction, or why the image (or its mask) cannot be used on the case's grid, as
-        the other commands check it (fine images on the grid, coarse images and masks placeable)."""
+        the other commands check it (fine images on the grid, coarse images and masks placeable, some
+        valid pixel); the warnings about its values are logged as every command logs them."""
         if mask is not None:
             try:
                 scenes.check_mask_grid(raster.inspect(mask), grid)
@@ -260,7 +261,10 @@ class InvalidFractions:
                 scenes.check_fine_grid(info, grid)
             else:
                 scenes.check_coarse_footprint(info, grid)
-            return series.invalid_fraction(path, mask, grid)
+            fraction = series.invalid_fraction(path, mask, grid)
+            # the warnings every command gives about its values (undeclared fill values, a wrong scale)
+            check_values(path, options="fine" if fine else "coarse")
+            return fraction
         except InputError as exc:
             return f"not usable ({exc})"
 
