@@ -14,9 +14,9 @@ For each target date (every coarse date without a usable fine image, or the date
 - **Method**: the one given, or the best for the number of pairs (:func:`stfusion.fusion.default_method`).
 - **Output**: ``OUT/fused_YYYYMMDD.tif`` (or a COG), georeferenced like the fine images, with provenance
   tags; from ``stfusion fuse``, ``series.csv`` (date, status, pairs used, method, valid fraction,
-  per-band mean over the date's valid pixels and over the pixels valid on every date) and
-  ``series.png`` (per-band mean, or NDVI, over time on the pixels valid on every date, with the fine
-  dates marked, and quick-looks).
+  per-band mean over the date's valid pixels and over the pixels valid on every date at least half
+  valid, :func:`common_band_means`) and ``series.png`` (those common means, or NDVI from them, over
+  time, with the fine dates marked, and quick-looks).
 
 Each method is prepared once for the whole series (a trained model is loaded once), and kept outputs
 are not redone with ``skip_existing``. Under ``torchrun`` the dates are split over the processes; each
