@@ -1446,9 +1446,11 @@ def test_cells_follow_the_coarse_pixels_of_a_scene_cut_anywhere() -> None:
 def test_kmeans_sample_is_drawn_by_position_so_a_masked_pixel_changes_no_other(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The k-means sample is a draw of pixel positions over the whole scene, the valid ones kept: masking
-    pixels outside it leaves the sample (and so every class) as it was, masking drawn ones only drops
-    them (a draw over the valid pixels by index drew a new sample, and changed classes everywhere)."""
+    """The k-means sample is a draw of pixel positions over the whole scene, the valid ones kept, topped
+    up to min(sample size, valid pixels) by the valid pixels of lowest fixed priority: masking pixels
+    outside it leaves the sample (and so every class) as it was, masking drawn ones swaps each for one
+    top-up pixel, and a scene with few valid pixels samples them all (a draw over the valid pixels by
+    index drew a new sample for any mask, and changed classes everywhere)."""
     c1, f1, c2, _ = patchy_scene(60, 60, 5)
     monkeypatch.setattr(fsdaf_module, "_KMEANS_SAMPLE", 500)
     drawn = np.sort(np.random.default_rng(0).choice(3600, 500, False))
@@ -1461,15 +1463,20 @@ def test_kmeans_sample_is_drawn_by_position_so_a_masked_pixel_changes_no_other(
 
     monkeypatch.setattr(fsdaf_module, "fit_classes", recorded)
     config = fsdaf_module.FSDAFConfig(scale_factor=5)
-    undrawn = np.setdiff1d(np.arange(3600), drawn)[[7, 1500]]
-    masks = {"none": [], "undrawn": list(undrawn), "drawn": list(drawn[[3, 400]])}
-    for positions in masks.values():
+    undrawn = np.setdiff1d(np.arange(3600), drawn)
+    few = np.ones(3600, bool)
+    few[undrawn[:40]] = False  # 40 valid pixels, none of them drawn
+    masks = {"none": [], "undrawn": list(undrawn[[7, 1500]]), "drawn": list(drawn[[3, 400]])}
+    for positions in [*masks.values(), list(np.flatnonzero(few))]:
         fine = f1.copy()
-        for p in positions:
-            fine[:, p // 60, p % 60] = np.nan
+        fine[:, np.asarray(positions, int) // 60, np.asarray(positions, int) % 60] = np.nan
         fsdaf_module.scene_statistics(ArraySource([(c1, fine)], c2), config=config)
-    clean, outside, inside = samples
-    assert clean.shape == (500, 3)
-    np.testing.assert_array_equal(clean, f1.reshape(3, -1)[:, drawn].T)
+    clean, outside, inside, sparse = samples
+    flat = f1.reshape(3, -1)
+    np.testing.assert_array_equal(clean, flat[:, drawn].T)
     np.testing.assert_array_equal(outside, clean)
-    np.testing.assert_array_equal(inside, np.delete(clean, [3, 400], axis=0))
+    priority = fsdaf_module._sample_priority(undrawn, 0)
+    np.testing.assert_array_equal(inside[:498], np.delete(clean, [3, 400], axis=0))
+    np.testing.assert_array_equal(inside[498:], flat[:, undrawn[np.argsort(priority)[:2]]].T)
+    assert sparse.shape == (40, 3)
+    np.testing.assert_array_equal(np.sort(sparse, axis=0), np.sort(flat[:, undrawn[:40]].T, axis=0))

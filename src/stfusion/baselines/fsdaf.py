@@ -38,7 +38,8 @@ run-to-run noise (24 to 29 s): a smaller TPS fit (O(P³), P = (block + 2·margin
 one factorisation per distinct control-point layout) is offset by more margin pixels read twice.
 
 **Passes.** :func:`prepare` reads the scene in row blocks: (1) valid pixels, band sums; (2) the
-k-means sample (``rng.choice`` of pixel positions over the whole scene, the valid ones kept), squared
+k-means sample (``rng.choice`` of pixel positions over the whole scene, the valid ones kept, topped up
+by fixed pixel priorities), squared
 deviations, first level of the exact noise-clamp quantiles (histograms of float bit patterns);
 (2') the quantiles' second level (float64 data may need more); (3) classes present and the clamp's
 fill values; (4) over the rows of FSDAF blocks, the cell table for the unmixing, block by block as
@@ -1841,6 +1842,20 @@ class _PixelStatistics:
     n_valid: int
 
 
+def _sample_priority(positions: Array, seed: int) -> Array:
+    """A fixed pseudo-random priority of each pixel position (splitmix64 of position and seed): the
+    k-means sample's top-up takes the valid pixels of lowest priority, whichever other pixels are valid.
+
+    >>> _sample_priority(np.array([0, 1, 2]), 0).dtype
+    dtype('uint64')
+    """
+    with np.errstate(over="ignore"):
+        z = positions.astype(np.uint64) + np.uint64(seed + 1) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return np.asarray(z ^ (z >> np.uint64(31)))
+
+
 def _pixel_statistics(
     source: SceneSource,
     config: FSDAFConfig,
@@ -1854,8 +1869,9 @@ def _pixel_statistics(
     Pass 1 counts valid pixels and accumulates band sums and the first level of the exact
     quantiles; pass 2 takes the k-means sample (``rng.choice`` of :data:`_KMEANS_SAMPLE` positions
     of the whole scene, the valid ones kept: for a scene without invalid pixels the same draw as the
-    in-memory reference's over valid pixels by index), the squared deviations and the second quantile
-    level; pass 3 classifies (classes present) and finds the noise clamp's fill values.
+    in-memory reference's over valid pixels by index; topped up to min(:data:`_KMEANS_SAMPLE`, valid
+    pixels) by the valid pixels of lowest :func:`_sample_priority`), the squared deviations and the
+    second quantile level; pass 3 classifies (classes present) and finds the noise clamp's fill values.
     """
     nb = source.bands
     n_valid = 0
@@ -1892,9 +1908,10 @@ def _pixel_statistics(
         return f1, valid, r
 
     # the quantile passes need the count first, so its first level runs with pass 2
-    # k-means sample: pixel positions of the whole scene drawn once, the valid ones kept, so that a pixel
-    # masked elsewhere changes no other pixel's part in it (a scene without invalid pixels: the same
-    # draw as over its valid pixels by index)
+    # k-means sample (see _sample_priority): drawn pixel positions of the whole scene, the valid ones kept
+    # (a scene without invalid pixels: the same draw as over its valid pixels by index), topped up to
+    # min(_KMEANS_SAMPLE, valid pixels) by the valid pixels of lowest priority; a pixel masked elsewhere
+    # changes at most one other pixel's part in it
     sample_idx: Array | None = None
     n_positions = source.height * source.width
     if class_map is None and n_positions > _KMEANS_SAMPLE:
@@ -1902,32 +1919,47 @@ def _pixel_statistics(
         sample_idx = np.sort(rng.choice(n_positions, _KMEANS_SAMPLE, False))
     m2 = np.zeros(nb)
     samples: list[Array] = []
+    spare_keys, spare_values = np.zeros(0, np.uint64), np.zeros((0, nb), dtype)  # top-up candidates
     # pass 2 (+ more quantile passes for float64 data whose bins are crowded)
     first = True
 
-    def pass_2(block: Block) -> tuple[Array, Array | None, list[list[tuple[int, Array]]], Array | None]:
+    def pass_2(block: Block) -> tuple[Array, Array | None, list[list[tuple[int, Array]]], Array | None, Any]:
         f1, valid, _ = selected(block)
         values = f1[:, valid]
         deviations = ((values.astype(np.float64) - mean[:, None]) ** 2).sum(axis=1) if first else None
         parts = [order.contributions(b, values[b]) for b in range(nb)] if order is not None else []
-        picked = None
+        picked, spare = None, None
         if first and class_map is None:
             if sample_idx is None:
                 picked = values.T
-            else:  # the drawn positions in this block's rows, where valid
+            else:  # the drawn positions in this block's rows, where valid; the others: spare candidates
                 start = block.top * source.width
                 lo, hi = np.searchsorted(sample_idx, [start, start + valid.size])
-                flat = sample_idx[lo:hi] - start
-                flat = flat[valid.reshape(-1)[flat]]
-                picked = f1.reshape(nb, -1)[:, flat].T
-        return values, deviations, parts, picked
+                flat_valid = valid.reshape(-1)
+                drawn = sample_idx[lo:hi] - start
+                picked = f1.reshape(nb, -1)[:, drawn[flat_valid[drawn]]].T
+                undrawn = flat_valid.copy()
+                undrawn[drawn] = False
+                candidates = np.flatnonzero(undrawn)
+                keys = _sample_priority(start + candidates, config.seed)
+                if keys.size > _KMEANS_SAMPLE:
+                    best = np.argpartition(keys, _KMEANS_SAMPLE - 1)[:_KMEANS_SAMPLE]
+                    keys, candidates = keys[best], candidates[best]
+                spare = keys, f1.reshape(nb, -1)[:, candidates].T
+        return values, deviations, parts, picked, spare
 
     while first or (order is not None and not order.done):
-        for _, deviations, parts, picked in _map_blocks(source, rows, pass_2):
+        for _, deviations, parts, picked, spare in _map_blocks(source, rows, pass_2):
             if deviations is not None:
                 m2 += deviations
             if picked is not None:
                 samples.append(picked)
+            if spare is not None and spare[0].size:
+                spare_keys = np.concatenate([spare_keys, spare[0]])
+                spare_values = np.concatenate([spare_values, spare[1]])
+                if spare_keys.size > _KMEANS_SAMPLE:
+                    best = np.argpartition(spare_keys, _KMEANS_SAMPLE - 1)[:_KMEANS_SAMPLE]
+                    spare_keys, spare_values = spare_keys[best], spare_values[best]
             if order is not None:
                 for part in parts:
                     order.add(part)
@@ -1935,6 +1967,9 @@ def _pixel_statistics(
             order.finish_pass()
         first = False
     if class_map is None:
+        need = min(_KMEANS_SAMPLE, n_valid) - sum(part.shape[0] for part in samples)
+        if need > 0:  # invalid pixels took drawn positions: the spare pixels of lowest priority
+            samples.append(spare_values[np.argsort(spare_keys, kind="stable")[:need]])
         centres = fit_classes(np.concatenate(samples), n_classes=config.n_classes, seed=config.seed)
         labeler = _Labeler(None, centres, np.arange(1, centres.shape[0] + 1))
     else:
