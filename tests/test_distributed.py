@@ -51,12 +51,13 @@ STEP_BUDGET = 2 * 2e-4 * 4
 
 def _differences(
     single: Checkpoint, other: Checkpoint, *, same_batches: bool = True
-) -> tuple[dict[str, float], dict[str, float], int]:
-    """Per float tensor: the largest |difference| and the share of elements differing by more than 1e-4
-    (the discriminator's BatchNorm running statistics left out: it only ever runs in training mode, on
-    batch statistics), and how many noise-only tensors (see the test) differ by more than 1e-4. With
-    ``same_batches``, integer tensors (BatchNorm's batch counts) must be equal."""
-    largest, share, noise_only = {}, {}, 0
+) -> tuple[dict[str, float], dict[str, bool], int]:
+    """Per float tensor: the largest |difference|, and whether more of its elements differ by over 1e-4
+    than rounding noise explains (more than one element and more than 2 % of them); the discriminator's
+    BatchNorm running statistics are left out (it only ever runs in training mode, on batch statistics).
+    Also how many noise-only tensors (see the test) differ by more than 1e-4. With ``same_batches``,
+    integer tensors (BatchNorm's batch counts) must be equal."""
+    largest, too_many, noise_only = {}, {}, 0
     for part in ("generator", "discriminator"):
         state = getattr(single, part)
         assert state.keys() == getattr(other, part).keys()
@@ -77,8 +78,9 @@ def _differences(
             if before_norm:
                 noise_only += float(difference.max()) > 1e-4
             else:
-                share[f"{part}.{key}"] = float((difference > 1e-4).float().mean())
-    return largest, share, noise_only
+                apart = int((difference > 1e-4).sum())
+                too_many[f"{part}.{key}"] = apart > max(1, 0.02 * difference.numel())
+    return largest, too_many, noise_only
 
 
 @pytest.mark.slow
@@ -86,9 +88,9 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
     tiny_paper_data: Path, tmp_path: Path
 ) -> None:
     """Stated tolerance, after 4 G+D steps: every weight within Adam's budget 2 x lr x steps = 1.6e-3;
-    the generator's weights within 1e-4 and, in each discriminator tensor, at most 2 % of the elements
-    more than 1e-4 apart; the generator's losses and the validation MSE within 1e-5 (relative), the
-    discriminator's loss within 2e-3.
+    in each tensor at most one element, or 2 % of them, more than 1e-4 apart; the generator's losses and
+    the validation MSE within 1e-4 (relative), the discriminator's loss within 2e-3. Checked with seeds
+    1 to 6 and 11 on one host (generator losses up to 1.0e-5 apart, the discriminator's 6.5e-4).
 
     Differences come only from float rounding (the ranks' BatchNorm statistics are combined as sums,
     gradients averaged in another order), but Adam turns rounding noise into steps of ~lr wherever a
@@ -97,8 +99,8 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
     those biases, and the running means that track them, may differ by up to the budget and change no
     output) and for a few elements of others, whose gradient is a sum of terms that cancel (up to 0.65 %
     of a discriminator tensor's elements on one 2-core host, none on others; their noise moves the
-    discriminator's loss by up to 6.5e-4). A run with another global batch, the kind of difference a
-    broken gradient sync makes, is far outside these tolerances: checked at the end.
+    discriminator's loss by up to 6.5e-4). A run of the same steps on half the patches each, what ranks
+    that do not average their gradients compute, is far outside these tolerances: checked at the end.
     """
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
@@ -122,15 +124,13 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
         runs[nproc] = load_checkpoint(save_dir / "last.ckpt")
     single, double = runs[1], runs[2]
     assert single.epoch == double.epoch == 2
-    largest, share, noise_only = _differences(single, double)
+    largest, too_many, noise_only = _differences(single, double)
     assert max(largest.values()) <= STEP_BUDGET, max(largest.items(), key=lambda item: item[1])
-    generator = {key: largest[key] for key in share if key.startswith("generator.")}
-    assert max(generator.values()) <= 1e-4, max(generator.items(), key=lambda item: item[1])
-    assert max(share.values()) <= 0.02, max(share.items(), key=lambda item: item[1])
+    assert not any(too_many.values()), [key for key, value in too_many.items() if value]
     assert noise_only < 20
     for a, b in zip(single.history, double.history, strict=True):
         for key in ("g_loss", "g_l1", "g_ms_ssim", "val_mse"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
         assert a["d_loss"] == pytest.approx(b["d_loss"], rel=2e-3)
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["world_size"] == 2
     # the checks fail on a run that trains differently: one process with a global batch of 2 for one
@@ -149,12 +149,8 @@ def test_two_process_training_matches_one_process_with_the_same_global_batch(
     ]
     run(args, nproc=1, cwd=tmp_path)
     changed = load_checkpoint(tmp_path / "b2" / "last.ckpt")
-    largest, share, _ = _differences(single, changed, same_batches=False)
-    generator = [largest[key] for key in share if key.startswith("generator.")]
-    discriminator = [value for key, value in share.items() if key.startswith("discriminator.")]
-    # seen: 90 of 156 generator tensors over 1e-4 (up to 0.044), 12 of 13 discriminator tensors over 2 %
-    assert sum(value > 1e-4 for value in generator) > len(generator) / 3
-    assert sum(value > 0.02 for value in discriminator) >= 0.75 * len(discriminator)
+    _, too_many, _ = _differences(single, changed, same_batches=False)
+    assert sum(too_many.values()) > len(too_many) / 3  # seen: 78 of 169 tensors
 
 
 @pytest.mark.slow
