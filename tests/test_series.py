@@ -715,3 +715,20 @@ def test_a_coarse_date_without_a_valid_pixel_is_skipped_too(tmp_path: Path, fill
         cli, ["fuse", str(data), "--out", str(tmp_path / "o2"), "--method", "coarse-delta"]
     )
     assert refused.exit_code == 2 and path.name in refused.output and not (tmp_path / "o2").exists()
+
+
+def test_common_means_are_relative_to_the_clearest_date(tmp_path: Path) -> None:
+    """A scene whose footprint leaves every date half empty (a diagonal Landsat path, SLC-off stripes)
+    still gets common means: a date takes part when at least half as valid as the clearest."""
+    rng = np.random.default_rng(5)
+    results = []
+    for day in (1, 2, 3):
+        image = rng.uniform(0.05, 0.4, (2, 20, 20)).astype(np.float32)
+        image[:, :, :11] = np.nan  # outside the footprint on every date: 45% valid at most
+        if day == 3:
+            image[:, :8] = np.nan  # and a cloud: 27% valid
+        path = write_tif(tmp_path / f"fused_2001010{day}.tif", image, dtype="float32", nodata=float("nan"))
+        valid = float(np.isfinite(image).all(axis=0).mean())
+        results.append(series.DateResult(dt.date(2001, 1, day), "predicted", path=path, valid_fraction=valid))
+    common = series.common_band_means(results, series.SeriesInputs(fine={}, coarse={}))
+    assert len(common.means) == 3 and common.fraction == pytest.approx(12 * 9 / 400)

@@ -14,9 +14,9 @@ For each target date (every coarse date without a usable fine image, or the date
 - **Method**: the one given, or the best for the number of pairs (:func:`stfusion.fusion.default_method`).
 - **Output**: ``OUT/fused_YYYYMMDD.tif`` (or a COG), georeferenced like the fine images, with provenance
   tags; from ``stfusion fuse``, ``series.csv`` (date, status, pairs used, method, valid fraction,
-  per-band mean over the date's valid pixels and over the pixels valid on every date at least half
-  valid, :func:`common_band_means`) and ``series.png`` (those common means, or NDVI from them, over
-  time, with the fine dates marked, and quick-looks).
+  per-band mean over the date's valid pixels and over the pixels valid on every date at least half as
+  valid as the clearest, :func:`common_band_means`) and ``series.png`` (those common means, or NDVI
+  from them, over time, with the fine dates marked, and quick-looks).
 
 Each method is prepared once for the whole series (a trained model is loaded once), and kept outputs
 are not redone with ``skip_existing``. Under ``torchrun`` the dates are split over the processes; each
@@ -559,7 +559,8 @@ def iter_series(
         )
 
 
-#: Valid share of the scene a date needs to take part in the pixels common to all dates.
+#: A date takes part in the pixels common to all dates when its valid share is at least this fraction
+#: of the clearest date's (relative: a scene's footprint may leave every date half empty).
 MIN_SHARED_VALID = 0.5
 
 
@@ -580,10 +581,10 @@ class CommonMeans:
 def common_band_means(
     results: Sequence[DateResult], inputs: SeriesInputs, reading: ReadOptions | None = None
 ) -> CommonMeans:
-    """:class:`CommonMeans` of the observed, predicted and kept dates with at least
-    :data:`MIN_SHARED_VALID` of their pixels valid (a date mostly cloud would shrink the set to a sliver
-    for all: its common means are left blank), reading each image twice (the pixels valid in all, then
-    the means), one image in memory at a time."""
+    """:class:`CommonMeans` of the observed, predicted and kept dates at least :data:`MIN_SHARED_VALID`
+    as valid as the clearest of them (a date mostly cloud would shrink the set to a sliver for all: its
+    common means are left blank), reading each image twice (the pixels valid in all, then the means),
+    one image in memory at a time."""
 
     def image(result: DateResult) -> np.ndarray:
         if result.status == "observed":
@@ -591,12 +592,14 @@ def common_band_means(
         assert result.path is not None
         return raster.read(result.path).data
 
-    dated = [
+    imaged = [
         r
         for r in results
         if (r.status == "observed" or (r.status in ("predicted", "kept") and r.path is not None))
-        and r.valid_fraction >= MIN_SHARED_VALID
+        and r.valid_fraction > 0
     ]
+    clearest = max((r.valid_fraction for r in imaged), default=0.0)
+    dated = [r for r in imaged if r.valid_fraction >= MIN_SHARED_VALID * clearest]
     common: np.ndarray | None = None
     for result in dated:
         valid = np.isfinite(image(result)).all(axis=0)

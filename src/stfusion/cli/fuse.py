@@ -117,8 +117,8 @@ def fuse_command(
     one side). Writes OUT/fused_YYYYMMDD.tif, OUT/series.csv and OUT/series.png (with the dates an
     earlier run into OUT predicted, e.g. with other --dates, while their outputs remain). series.csv:
     date, status, pairs, method, valid_fraction, each band's mean over the date's valid pixels, then
-    common_<band>, its mean over the pixels valid on every date at least half valid (dates compare on
-    the same ground), seconds, note. Under `torchrun
+    common_<band>, its mean over the pixels valid on every date at least half as valid as the clearest
+    (dates compare on the same ground), seconds, note. Under `torchrun
     --nproc_per_node N -m stfusion fuse ...` the dates are split over the N processes.
     """
     one_output_state(overwrite, skip_existing)
