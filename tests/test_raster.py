@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,21 +230,29 @@ def test_set_band_names_in_place(tmp_path: Path, rng: np.random.Generator) -> No
         raster.set_band_names(path, ("a", "b", "c"))
 
 
+@pytest.mark.parametrize("crs", [TEST_CRS, None], ids=["crs", "no-crs"])
 @pytest.mark.parametrize(("factor", "offset"), [(1.25, -0.797), (1.25, -0.503), (2.0, -0.5), (3.0, -0.6)])
 def test_reprojected_reads_are_bilinear_by_hand_in_any_window(
-    tmp_path: Path, factor: float, offset: float
+    tmp_path: Path, factor: float, offset: float, crs: str | None
 ) -> None:
     """A coarser raster warped onto a small grid: every pixel is the textbook bilinear interpolation of
     the four source pixels around its centre, in the whole read and in any window (GDAL, left to
     estimate the resampling scale per window, widened its kernel for the whole 6 x 7 read: 0.09 off)."""
-    grid_path = write_tif(
-        tmp_path / "grid.tif", np.zeros((1, 6, 7), np.int16), transform=from_origin(500000, 6000000, 30, 30)
+
+    def write(path: Path, data: np.ndarray, transform: Any) -> Path:  # with a transform even without CRS
+        profile = dict(driver="GTiff", count=1, height=data.shape[1], width=data.shape[2], dtype="int16")
+        with rasterio.open(path, "w", crs=crs, transform=transform, **profile) as dst:
+            dst.write(data)
+        return path
+
+    grid_path = write(
+        tmp_path / "grid.tif", np.zeros((1, 6, 7), np.int16), from_origin(500000, 6000000, 30, 30)
     )
     grid = raster.inspect(grid_path)
     size = 30 * factor
     x0, y0 = 500000 + offset * size, 6000000 - offset * size
     stored = np.random.default_rng(2).integers(0, 10000, (1, 10, 9)).astype(np.int16)
-    source = write_tif(tmp_path / "coarse.tif", stored, transform=from_origin(x0, y0, size, size))
+    source = write(tmp_path / "coarse.tif", stored, from_origin(x0, y0, size, size))
     whole = raster.read_on_grid(source, grid, resampling="bilinear")[0]
 
     def by_hand(row: int, col: int) -> float:

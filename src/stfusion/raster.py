@@ -746,23 +746,33 @@ def _warp_scales(src: Any, grid: RasterInfo) -> dict[str, float]:
     warp. Left to itself, GDAL estimates them per chunk from the sizes of the destination and source
     windows, and takes a source window wider than the kernel needs (a small or edge window) for
     downsampling: it widens the kernel, and the same grid pixel gets another value in another window
-    (bilinear up to 0.1 reflectance apart on a 6 x 7 grid). Empty when the scales cannot be told."""
-    if src.crs is None or grid.crs is None:
+    (bilinear up to 0.1 reflectance apart on a 6 x 7 grid). In one CRS (or none) the scales are the
+    ratios of the pixel sizes (rotated grids too); across CRSs, from the source's footprint in the grid's
+    CRS. Empty when they cannot be told."""
+    g = Affine(*grid.transform[:6])
+    across, down = math.hypot(g.a, g.d), math.hypot(g.b, g.e)
+    if not (across > 0 and down > 0):
         return {}
-    from rasterio.warp import transform_bounds
+    src_crs = src.crs.to_wkt() if src.crs is not None else None
+    if same_crs(src_crs, grid.crs):
+        t = src.transform
+        x_scale, y_scale = math.hypot(t.a, t.d) / across, math.hypot(t.b, t.e) / down
+    elif src.crs is None or grid.crs is None:
+        return {}
+    else:
+        from rasterio.warp import transform_bounds
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
-    except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
-        return {}
-    across, down = abs(grid.transform[0]), abs(grid.transform[4])
-    if not all(math.isfinite(v) for v in (left, bottom, right, top)) or across <= 0 or down <= 0:
-        return {}
-    x_scale = abs(right - left) / max(src.width, 1) / across
-    y_scale = abs(top - bottom) / max(src.height, 1) / down
-    if not (x_scale > 0 and y_scale > 0):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
+        except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
+            return {}
+        if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+            return {}
+        x_scale = abs(right - left) / max(src.width, 1) / across
+        y_scale = abs(top - bottom) / max(src.height, 1) / down
+    if not (x_scale > 0 and y_scale > 0 and math.isfinite(x_scale) and math.isfinite(y_scale)):
         return {}
     return {"XSCALE": x_scale, "YSCALE": y_scale}
 
