@@ -211,6 +211,8 @@ def test_a_mask_file_is_described_as_a_mask(tmp_path: Path) -> None:
     lines = dict(describe.describe(path))
     assert lines["kind"] == "mask of fine_20010711.tif (nonzero = invalid)"
     assert lines["masked"] == "30.0% of the pixels" and "reflectance" not in lines
+    (tmp_path / "fine_20010711.tif").rename(tmp_path / "fine_20010711.TIFF")  # paired by stem, any suffix
+    assert dict(describe.describe(path))["kind"] == "mask of fine_20010711.TIFF (nonzero = invalid)"
 
 
 def test_cases_warns_about_values_as_the_other_commands_do(

@@ -366,7 +366,7 @@ def test_estarfm_predicts_the_pixels_of_one_clear_pair(case: scenes.FusionCase, 
     assert np.isnan(runs["false"][:, gap]).all() and np.isfinite(runs["true"]).all()
     np.testing.assert_array_equal(runs["true"][:, ~gap], runs["false"][:, ~gap])
     tags = {fill: raster.inspect(tmp_path / f"fill-{fill}.tif").tags for fill in runs}
-    assert tags["true"]["STFUSION_GAP_FILL"] == "fsdaf, where one reference pair is invalid"
+    assert tags["true"]["STFUSION_GAP_FILL"] == "on: fsdaf where one reference pair is invalid"
     assert "STFUSION_GAP_FILL" not in tags["false"] and tags["false"]["STFUSION_METHOD"] == "estarfm"
     quality = raster.read(tmp_path / "fill-true_quality.tif", scale=1.0).data[0]
     assert (quality[gap] == 1).all() and (quality[~gap] == 0).all()  # 1 = fine_t1 invalid

@@ -85,14 +85,17 @@ def _masks(info: raster.RasterInfo) -> str:
 def describe_mask(path: Path, info: raster.RasterInfo) -> Lines:
     """A mask file (``<image stem>_mask.tif``): what it masks and how much, read as masks are read
     (any nonzero or non-finite value in any band = invalid), not as reflectance."""
-    image = path.with_name(path.name[: path.name.lower().rindex(scenes.MASK_SUFFIX)] + path.suffix)
+    stem = path.stem[: -len(scenes.MASK_SUFFIX)].lower()
+    images = [
+        p
+        for p in sorted(path.parent.iterdir())
+        if p != path and p.suffix.lower() in (".tif", ".tiff") and p.stem.lower() == stem
+    ]  # as scenes.sidecar_mask pairs them: by stem, suffixes in any case
     masked = raster.read_mask_on_grid(path, info)
+    kind = f"mask of {images[0].name}" if images else "mask"
     return [
         ("file", str(path)),
-        (
-            "kind",
-            f"mask of {image.name} (nonzero = invalid)" if image.exists() else "mask (nonzero = invalid)",
-        ),
+        ("kind", f"{kind} (nonzero = invalid)"),
         ("size", f"{info.count} band(s) x {info.height} rows x {info.width} columns"),
         ("storage", info.dtype),
         ("grid", _grid(info)),

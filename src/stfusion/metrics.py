@@ -578,12 +578,14 @@ def _warn_unscaled(truth: np.ndarray, used: np.ndarray, data_range: float) -> No
     Judged on at most ~100 000 used values."""
     if data_range != 1.0:
         return
-    rows, cols = np.nonzero(used)
-    if not rows.size:
+    flat = used.reshape(-1)
+    positions = np.arange(0, flat.size, max(1, flat.size // 100_000))
+    positions = positions[flat[positions]]
+    if not positions.size:  # few used pixels, between the strided ones
+        positions = np.flatnonzero(flat)[:100_000]
+    if not positions.size:
         return
-    step = max(1, rows.size // 100_000)
-    sample = np.abs(truth[:, rows[::step], cols[::step]])
-    median = float(np.median(sample))
+    median = float(np.median(np.abs(truth.reshape(truth.shape[0], -1)[:, positions])))
     if median > MAX_MEDIAN_REFLECTANCE:
         log.warning(
             "truth does not hold reflectance 0..1 (median |value| %.4g) while data_range is 1.0: RMSE and "

@@ -136,7 +136,8 @@ def provenance_tags(
     if entry is not None and entry.fills_gaps and len(case.pairs) > 1:
         fill = entry.option(fusion.FILL_GAPS).parse(given.get(fusion.FILL_GAPS, True), method)
         if fill:
-            tags["STFUSION_GAP_FILL"] = f"{fusion.DEFAULT_METHOD}, where one reference pair is invalid"
+            # the setting (the pixels it filled are counted in the log and in fuse's series.csv)
+            tags["STFUSION_GAP_FILL"] = f"on: {fusion.DEFAULT_METHOD} where one reference pair is invalid"
     return tags
 
 
