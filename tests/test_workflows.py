@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_every_method_is_scored_on_the_same_pixels(case: scenes.FusionCase, tmp_
     assert "- coarse-delta: " in markdown and "excluded=25, unpredicted=0" in markdown, markdown
 
 
-def test_scored_pixel_counts_are_disjoint_and_add_up() -> None:
+def test_scored_pixel_counts_are_disjoint_and_add_up(caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(0)
     truth = rng.uniform(0.05, 0.4, (2, 20, 24))
     truth[:, 0, :10] = np.nan  # 10 invalid truth pixels
@@ -63,9 +64,14 @@ def test_scored_pixel_counts_are_disjoint_and_add_up() -> None:
     one[:, 5:10, 5:10] = np.nan  # 25 holes in one; 4 in two, 2 of them shared with one
     two[:, 9, 8:12] = np.nan
     two[:, 0, :2] = np.nan  # where the truth is invalid anyway
-    results = workflows.score_predictions(
-        {"one": (one, 0.0, None), "two": (two, 0.0, None)}, truth, ratio=None, band_names=["a", "b"]
-    )
+    with caplog.at_level(logging.WARNING):
+        results = workflows.score_predictions(
+            {"one": (one, 0.0, None), "two": (two, 0.0, None)}, truth, ratio=None, band_names=["a", "b"]
+        )
+    # the 2 pixels neither method predicted are said once; each method's own holes apart
+    assert "2 pixels valid in the truth are predicted by no method" in caplog.text
+    assert "one left 23 pixels unpredicted that another method predicted" in caplog.text
+    assert "two left 2 pixels unpredicted that another method predicted" in caplog.text
     for name, unpredicted, masked in (("one", 25, 2), ("two", 4, 23)):
         conventions = results[name].metrics.conventions  # type: ignore[union-attr]
         assert conventions["n_valid"] == 20 * 24 - 10 - 27

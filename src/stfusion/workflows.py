@@ -424,11 +424,28 @@ def score_predictions(
         raise NothingToScoreError(
             "no pixel is predicted by every method and valid in the truth; nothing to score"
         )
+    # pixels no method predicted (an input invalid there) are said once, not once per method
+    by_none = truth_valid.copy()
+    for mask in predicted.values():
+        by_none &= ~mask
+    n_by_none = int(by_none.sum()) if len(predicted) > 1 else 0
+    if n_by_none:
+        log.warning(
+            "%d pixels valid in the truth are predicted by no method (an input is invalid there); every "
+            "method is scored without them",
+            n_by_none,
+        )
     results = {}
     for name, (prediction, seconds, path) in predictions.items():
         missing = int((truth_valid & ~predicted[name]).sum())
-        if missing:
-            log.warning("%s left %d pixels unpredicted; every method is scored without them", name, missing)
+        if missing > n_by_none:
+            others = " that another method predicted" if n_by_none or len(predicted) > 1 else ""
+            log.warning(
+                "%s left %d pixels unpredicted%s; every method is scored without them",
+                name,
+                missing - n_by_none,
+                others,
+            )
         try:
             metrics = compute_metrics(prediction, truth, valid=common, ratio=ratio, band_names=band_names)
         except ValueError as exc:
