@@ -355,7 +355,7 @@ class GapFilledPrediction:
         if self.filled:
             logger.warning(
                 "%s: %d pixels (%.1f%%) of rows %d-%d predicted by %s from one reference pair (the other "
-                "is invalid there; option fill_gaps=false leaves them nodata)",
+                "is invalid there; --option fill_gaps=false leaves them nodata)",
                 self.name, self.filled, 100 * self.filled / max(1, (stop - first) * source.width), first,
                 stop - 1, self.fallback_name,
             )  # fmt: skip
