@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stfusion.blocks import ArraySource, Block, RowBlocks, iter_source_blocks, predict_scene
+from stfusion.blocks import ArraySource, Block, RowBlocks, SourceView, iter_source_blocks, predict_scene
 from stfusion.tiling import Window
 
 
@@ -59,3 +59,15 @@ def test_explicit_starts_and_sources() -> None:
     with pytest.raises(ValueError, match="one"):
         ArraySource([(np.zeros((1, 2, 2)), np.zeros((1, 3, 2)))], np.zeros((1, 2, 2)))
     assert Window(1, 2, 3, 4).slices == (slice(1, 4), slice(2, 6))
+
+
+def test_a_source_view_passes_everything_through() -> None:
+    rng = np.random.default_rng(1)
+    c1, f1, c2 = (rng.uniform(0, 1, (2, 6, 5)).astype(np.float32) for _ in range(3))
+    source = ArraySource([(c1, f1)], c2, coarse_ratio=4.0)
+    view = SourceView(source)
+    assert (view.bands, view.height, view.width, view.n_pairs, view.coarse_ratio) == (2, 6, 5, 1, 4.0)
+    np.testing.assert_array_equal(view.block(1, 4).pairs[0].fine, f1[:, 1:4])
+    window = view.read_window(Window(-1, 0, 3, 5))
+    assert window.top == -1 and np.isnan(window.coarse_t2[:, 0]).all()
+    np.testing.assert_array_equal(window.coarse_t2[:, 1:], c2[:, :2])

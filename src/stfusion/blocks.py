@@ -150,6 +150,41 @@ class RowBlocks:
             yield r0, self.predict_block(block, r0 - top, bottom - r1)
 
 
+class SourceView:
+    """A :class:`SceneSource` over another one, every property and read passed through: the base of
+    views that change part of a scene (one pair of it, a padded scene, ...) by overriding what they
+    change."""
+
+    def __init__(self, source: SceneSource) -> None:
+        self.source = source
+
+    @property
+    def bands(self) -> int:
+        return self.source.bands
+
+    @property
+    def height(self) -> int:
+        return self.source.height
+
+    @property
+    def width(self) -> int:
+        return self.source.width
+
+    @property
+    def n_pairs(self) -> int:
+        return self.source.n_pairs
+
+    @property
+    def coarse_ratio(self) -> float | None:
+        return self.source.coarse_ratio
+
+    def block(self, top: int, stop: int) -> Block:
+        return self.source.block(top, stop)
+
+    def read_window(self, window: Window) -> Block:
+        return self.source.read_window(window)
+
+
 class ArraySource:
     """A scene held in memory as arrays: K reference pairs and the coarse image at t2, each (C, H, W)."""
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy import ndimage
 
-from stfusion.blocks import Block, Prediction, ReferencePair, SceneSource
+from stfusion.blocks import Block, Prediction, ReferencePair, SceneSource, SourceView
 from stfusion.errors import InputError
 from stfusion.tiling import Window
 
@@ -44,33 +44,18 @@ HALF_WINDOW: int = 25
 EPSILON: float = 1e-6
 
 
-class PairView:
+class PairView(SourceView):
     """One reference pair of a scene, seen as a one-pair scene (a :class:`SceneSource`)."""
 
     def __init__(self, source: SceneSource, index: int) -> None:
         if not 0 <= index < source.n_pairs:
             raise ValueError(f"pair {index} of a scene with {source.n_pairs} pairs")
-        self.source, self.index = source, index
-
-    @property
-    def bands(self) -> int:
-        return self.source.bands
-
-    @property
-    def height(self) -> int:
-        return self.source.height
-
-    @property
-    def width(self) -> int:
-        return self.source.width
+        super().__init__(source)
+        self.index = index
 
     @property
     def n_pairs(self) -> int:
         return 1
-
-    @property
-    def coarse_ratio(self) -> float | None:
-        return self.source.coarse_ratio
 
     def _one(self, block: Block) -> Block:
         return Block(top=block.top, pairs=(block.pairs[self.index],), coarse_t2=block.coarse_t2)
@@ -210,39 +195,16 @@ def usable(block: Block) -> np.ndarray:
     return np.isfinite(block.coarse_t2).all(axis=0) & np.logical_or.reduce(pair_valid)
 
 
-class _RememberingSource:
+class _RememberingSource(SourceView):
     """A :class:`SceneSource` that keeps the last block it read, so that rows inside it are not read again."""
 
     def __init__(self, source: SceneSource) -> None:
-        self.source = source
+        super().__init__(source)
         self.last: Block | None = None
-
-    @property
-    def bands(self) -> int:
-        return self.source.bands
-
-    @property
-    def height(self) -> int:
-        return self.source.height
-
-    @property
-    def width(self) -> int:
-        return self.source.width
-
-    @property
-    def n_pairs(self) -> int:
-        return self.source.n_pairs
-
-    @property
-    def coarse_ratio(self) -> float | None:
-        return self.source.coarse_ratio
 
     def block(self, top: int, stop: int) -> Block:
         self.last = self.source.block(top, stop)
         return self.last
-
-    def read_window(self, window: Window) -> Block:
-        return self.source.read_window(window)
 
     def rows(self, top: int, stop: int) -> Block:
         """Scene rows [top, stop), sliced from the last block read when it holds them."""

@@ -100,6 +100,7 @@ from stfusion.blocks import (
     Prediction,
     RowBlocks,
     SceneSource,
+    SourceView,
     check_fusion_inputs,
     check_reflectance,
     iter_source_blocks,
@@ -2780,16 +2781,13 @@ def scene_statistics(
     return model.statistics
 
 
-class _PaddedSource:
+class _PaddedSource(SourceView):
     """A scene seen with ``rows`` NaN rows above it and ``cols`` NaN columns left of it (a SceneSource),
     so that FSDAF's cells, squares from pixel (0, 0), fall on the coarse pixels."""
 
     def __init__(self, source: SceneSource, rows: int, cols: int) -> None:
-        self.source, self.rows, self.cols = source, rows, cols
-
-    @property
-    def bands(self) -> int:
-        return self.source.bands
+        super().__init__(source)
+        self.rows, self.cols = rows, cols
 
     @property
     def height(self) -> int:
@@ -2798,10 +2796,6 @@ class _PaddedSource:
     @property
     def width(self) -> int:
         return self.source.width + self.cols
-
-    @property
-    def n_pairs(self) -> int:
-        return self.source.n_pairs
 
     @property
     def coarse_ratio(self) -> float | None:
