@@ -264,10 +264,9 @@ class InvalidFractions:
                 scenes.check_fine_grid(info, grid)
             else:
                 scenes.check_coarse_footprint(info, grid)
-            fraction = series.invalid_fraction(path, mask, grid)
             # the warnings every command gives about its values (undeclared fill values, a wrong scale)
-            check_values(path, options="fine" if fine else "coarse")
-            return fraction
+            sample = check_values(path, options="fine" if fine else "coarse")
+            return series.invalid_fraction(path, mask, grid, sample=sample)
         except InputError as exc:
             return f"not usable ({exc})"
 

@@ -166,18 +166,26 @@ def _masks(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
     return attached
 
 
-def invalid_fraction(path: Path, mask: Path | None, grid: raster.RasterInfo, *, side: int = 512) -> float:
+def invalid_fraction(
+    path: Path,
+    mask: Path | None,
+    grid: raster.RasterInfo,
+    *,
+    side: int = 512,
+    sample: raster.ValueSample | None = None,
+) -> float:
     """Fraction of ``grid``'s pixels that are invalid in an image as read on it: nodata, NaN, fill
     values, its GDAL masks, outside its footprint, or set in ``mask`` (the union, per pixel).
 
     An image on the grid without a mask file is judged from a cheap sample of its values; otherwise
     the image and its mask are read (nearest resampling) on the grid decimated to at most ``side``
     pixels per side (whole, when the files have no CRS): an estimate for choosing reference dates,
-    cheap on any scene.
+    cheap on any scene. ``sample``: the image's :func:`stfusion.raster.sample_values`, when the caller
+    has it already.
     """
     info = raster.inspect(path)
     if mask is None and raster.same_grid(info, grid):
-        sample = raster.sample_values(path)
+        sample = sample if sample is not None else raster.sample_values(path)
         return 1.0 - sample.values.size / max(sample.n_pixels, 1)
     # without CRS nothing can be warped: read on the grid itself
     small = grid if grid.crs is None or info.crs is None else _decimated(grid, side)
