@@ -85,12 +85,12 @@ def _masks(info: raster.RasterInfo) -> str:
 def describe_mask(path: Path, info: raster.RasterInfo) -> Lines:
     """A mask file (``<image stem>_mask.tif``): what it masks and how much, read as masks are read
     (any nonzero or non-finite value in any band = invalid), not as reflectance."""
-    stem = path.stem[: -len(scenes.MASK_SUFFIX)].lower()
+    # the image the pipeline pairs with this mask (scenes.sidecar_mask), whatever its suffix's case
     images = [
         p
         for p in sorted(path.parent.iterdir())
-        if p != path and p.suffix.lower() in (".tif", ".tiff") and p.stem.lower() == stem
-    ]  # as scenes.sidecar_mask pairs them: by stem, suffixes in any case
+        if p.suffix.lower() in (".tif", ".tiff") and scenes.sidecar_mask(p) == path
+    ]
     masked = raster.read_mask_on_grid(path, info)
     kind = f"mask of {images[0].name}" if images else "mask"
     return [
