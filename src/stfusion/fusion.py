@@ -170,6 +170,11 @@ class Method:
             parsed[name] = option.parse(value, self.name)
         return parsed
 
+    def gap_fill(self, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether this method, with these user options, has its gaps filled (:attr:`fills_gaps` and
+        the option :data:`FILL_GAPS` not false)."""
+        return self.fills_gaps and bool(self.parse_options(options).get(FILL_GAPS, True))
+
     def accepts_pairs(self, n_pairs: int) -> bool:
         """Whether the method can predict from ``n_pairs`` reference pairs (directly or pair by pair)."""
         fewest, most = self.pairs
@@ -214,7 +219,8 @@ class Method:
             combinations, too few pairs, images too small) become one-line InputErrors naming the method.
         """
         values = {**dict(self.defaults), **self.parse_options(options)}
-        fill_gaps = bool(values.pop(FILL_GAPS, True)) and self.fills_gaps
+        fill_gaps = self.gap_fill(options)
+        values.pop(FILL_GAPS, None)
         prepare = _resolve(self.prepare)
         extra: dict[str, Any] = {}
         self.check_checkpoint(checkpoint is not None)

@@ -132,12 +132,9 @@ def provenance_tags(
         if role != TRUTH_ROLE:
             tags[f"STFUSION_INPUT_{role.upper()}"] = f"{path.name} ({case.dates()[role]})"
     entry = fusion.METHODS.get(method)
-    given = {k.replace("-", "_"): v for k, v in (options or {}).items()}
-    if entry is not None and entry.fills_gaps and len(case.pairs) > 1:
-        fill = entry.option(fusion.FILL_GAPS).parse(given.get(fusion.FILL_GAPS, True), method)
-        if fill:
-            # the setting (the pixels it filled are counted in the log and in fuse's series.csv)
-            tags["STFUSION_GAP_FILL"] = f"on: {fusion.DEFAULT_METHOD} where one reference pair is invalid"
+    if entry is not None and len(case.pairs) > 1 and entry.gap_fill(options):
+        # the setting (the pixels it filled are counted in the log and in fuse's series.csv)
+        tags["STFUSION_GAP_FILL"] = f"on: {fusion.DEFAULT_METHOD} where one reference pair is invalid"
     return tags
 
 
