@@ -546,13 +546,13 @@ def iter_series(
             yield DateResult(plan.date, "skipped", plan.pairs, name, reason=why)
             continue
         means, valid = _band_means(image)
-        filled = prediction.filled if isinstance(prediction, GapFilledPrediction) else 0
-        note = (
-            f"{filled} pixels ({_percent(filled / (reader.height * reader.width))}) predicted by "
-            f"{fusion.DEFAULT_METHOD} from one pair (the other invalid there)"
-            if filled
-            else ""
-        )
+        note = ""
+        if isinstance(prediction, GapFilledPrediction) and prediction.filled:
+            share = _percent(prediction.filled / (reader.height * reader.width))
+            note = (
+                f"{prediction.filled} pixels ({share}) predicted by {prediction.fallback_name} from one pair "
+                "(the other invalid there)"
+            )
         yield DateResult(
             plan.date,
             "predicted",
