@@ -642,22 +642,30 @@ def pixel_size_ratio(source: RasterInfo, grid: RasterInfo) -> float | None:
     """
     if source.crs is None or grid.crs is None:
         return None
+    sizes = _pixel_in(source.crs, _bounds(source), source.width, source.height, grid.crs)
+    pixel = math.hypot(grid.transform[0], grid.transform[3])
+    if sizes is None or pixel <= 0:
+        return None
+    across, down = sizes
+    return float(math.sqrt(abs(across * down)) / pixel)
+
+
+def _pixel_in(
+    crs: Any, bounds: tuple[float, float, float, float], width: int, height: int, grid_crs: Any
+) -> tuple[float, float] | None:
+    """A raster's mean pixel width and height in another CRS (its bounds transformed, densified), or
+    None when they do not transform."""
     from rasterio.warp import transform_bounds
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            left, bottom, right, top = transform_bounds(
-                source.crs, grid.crs, *_bounds(source), densify_pts=21
-            )
+            left, bottom, right, top = transform_bounds(crs, grid_crs, *bounds, densify_pts=21)
     except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
         return None
-    pixel = math.hypot(grid.transform[0], grid.transform[3])
-    if not all(math.isfinite(v) for v in (left, bottom, right, top)) or pixel <= 0:
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
         return None
-    across = (right - left) / max(source.width, 1)
-    down = (top - bottom) / max(source.height, 1)
-    return float(math.sqrt(abs(across * down)) / pixel)
+    return (right - left) / max(width, 1), (top - bottom) / max(height, 1)
 
 
 def footprint_fraction(source: RasterInfo, grid: RasterInfo) -> float:
@@ -760,18 +768,10 @@ def _warp_scales(src: Any, grid: RasterInfo) -> dict[str, float]:
     elif src.crs is None or grid.crs is None:
         return {}
     else:
-        from rasterio.warp import transform_bounds
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                left, bottom, right, top = transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21)
-        except Exception:  # PROJ raises several types for coordinates outside a CRS's domain
+        sizes = _pixel_in(src.crs, tuple(src.bounds), src.width, src.height, grid.crs)
+        if sizes is None:
             return {}
-        if not all(math.isfinite(v) for v in (left, bottom, right, top)):
-            return {}
-        x_scale = abs(right - left) / max(src.width, 1) / across
-        y_scale = abs(top - bottom) / max(src.height, 1) / down
+        x_scale, y_scale = abs(sizes[0]) / across, abs(sizes[1]) / down
     if not (x_scale > 0 and y_scale > 0 and math.isfinite(x_scale) and math.isfinite(y_scale)):
         return {}
     return {"XSCALE": x_scale, "YSCALE": y_scale}
